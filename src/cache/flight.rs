@@ -1,0 +1,149 @@
+//! Request coalescing: one upstream fetch per key, however many requests want it.
+//!
+//! The first request for a missing key becomes the *leader*: it registers a flight and
+//! the fetch runs on its own task (so a client that hangs up cannot cancel it for the
+//! others, the moka `get_with` pitfall). Every later request for the key *follows*: it
+//! waits on the flight's channel. The result, an error too, reaches every waiter. The
+//! flight ends by publishing its result, then unregistering; because the fetch stores a
+//! cacheable answer in the cache *before* publishing, a request that arrives after the
+//! flight ended finds the answer in the cache.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+/// The registry of fetches under way.
+pub struct Flights<K, V> {
+    /// Key -> the channel its result will be published on. A `std` mutex: it is held for
+    /// a hash-map operation only, never across an await.
+    map: Mutex<HashMap<K, watch::Receiver<Option<V>>>>,
+}
+
+/// The role a request takes for a key.
+pub enum Join<K: Eq + Hash + Clone, V: Clone> {
+    /// No fetch was under way: this request must start one and complete it.
+    Leader(FlightLeader<K, V>),
+    /// A fetch is under way: wait for its result.
+    Follower(Waiter<V>),
+}
+
+/// Held by whoever runs the fetch. Dropping it without completing (a panic in the fetch
+/// task) unregisters the flight and wakes waiters with "abandoned".
+pub struct FlightLeader<K: Eq + Hash + Clone, V: Clone> {
+    /// The key, to unregister it.
+    key: K,
+    /// Where the result is published.
+    tx: watch::Sender<Option<V>>,
+    /// The registry it belongs to.
+    flights: Arc<Flights<K, V>>,
+}
+
+/// A handle to wait for a flight's result.
+pub struct Waiter<V> {
+    /// The flight's channel; `None` until the result is in.
+    rx: watch::Receiver<Option<V>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
+    /// An empty registry.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Flights {
+            map: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Joins the flight for `key`, starting one if none is under way.
+    pub fn join(self: &Arc<Self>, key: &K) -> Join<K, V> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = map.get(key) {
+            return Join::Follower(Waiter { rx: rx.clone() });
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.clone(), rx);
+        Join::Leader(FlightLeader {
+            key: key.clone(),
+            tx,
+            flights: Arc::clone(self),
+        })
+    }
+
+    /// Number of fetches under way.
+    pub fn in_flight(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> FlightLeader<K, V> {
+    /// A waiter for this flight's own result (the leader's request waits like any other).
+    pub fn waiter(&self) -> Waiter<V> {
+        Waiter {
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// Publishes the result to every waiter and ends the flight.
+    pub fn complete(self, value: V) {
+        self.tx.send_replace(Some(value));
+        // `Drop` unregisters, after the value is out.
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Drop for FlightLeader<K, V> {
+    fn drop(&mut self) {
+        self.flights
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+impl<V: Clone> Waiter<V> {
+    /// The flight's result, or `None` if it was abandoned without one.
+    pub async fn wait(mut self) -> Option<V> {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(value) => value.clone(),
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_result() {
+        let flights: Arc<Flights<u32, u32>> = Flights::new();
+        let Join::Leader(leader) = flights.join(&1) else {
+            panic!("first join must lead");
+        };
+        let Join::Follower(follower) = flights.join(&1) else {
+            panic!("second join must follow");
+        };
+        let own = leader.waiter();
+        assert_eq!(flights.in_flight(), 1);
+        leader.complete(7);
+        assert_eq!(follower.wait().await, Some(7));
+        assert_eq!(own.wait().await, Some(7));
+        assert_eq!(flights.in_flight(), 0);
+        assert!(matches!(flights.join(&1), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn abandoned_flight_wakes_waiters_with_none() {
+        let flights: Arc<Flights<u32, u32>> = Flights::new();
+        let Join::Leader(leader) = flights.join(&1) else {
+            panic!("first join must lead");
+        };
+        let waiter = leader.waiter();
+        drop(leader);
+        assert_eq!(waiter.wait().await, None);
+        assert_eq!(flights.in_flight(), 0);
+    }
+}

@@ -1,0 +1,14 @@
+//! The cache: what is stored under which key (`key`), for how long (`policy`), where
+//! (`store`), and how concurrent misses share one upstream call (`flight`).
+
+pub mod answer;
+pub mod flight;
+pub mod key;
+pub mod policy;
+pub mod store;
+
+pub use answer::Answer;
+pub use flight::{Flights, Join};
+pub use key::{CacheKey, JobKey};
+pub use policy::{CachePolicy, Decision, JobState, NoCacheReason};
+pub use store::CacheStore;

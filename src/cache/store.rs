@@ -1,0 +1,108 @@
+//! The moka cache, bounded in bytes, with per-entry expiry taken from each answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+use uuid::Uuid;
+
+use super::answer::Answer;
+use super::key::CacheKey;
+
+/// Expiry read from the entry itself: the policy already decided when it stops being true.
+struct AnswerExpiry;
+
+impl Expiry<CacheKey, Arc<Answer>> for AnswerExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Answer>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(remaining(value, created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Answer>,
+        updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        // A newer answer replaces the old one whole, expiry included.
+        Some(remaining(value, updated_at))
+    }
+}
+
+fn remaining(value: &Answer, at: Instant) -> Duration {
+    value
+        .expires_at
+        .map_or(Duration::ZERO, |t| t.saturating_duration_since(at))
+}
+
+/// The gateway's answer cache.
+#[derive(Clone)]
+pub struct CacheStore {
+    /// Answers by key; moka evicts by weight (bytes) and expires per entry.
+    cache: Cache<CacheKey, Arc<Answer>>,
+}
+
+impl CacheStore {
+    /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`]).
+    pub fn new(max_bytes: u64) -> CacheStore {
+        let cache = Cache::builder()
+            .name("exagate")
+            .max_capacity(max_bytes)
+            .weigher(|key: &CacheKey, value: &Arc<Answer>| value.weight(key))
+            .expire_after(AnswerExpiry)
+            .support_invalidation_closures()
+            .build();
+        CacheStore { cache }
+    }
+
+    /// The stored answer, if any and still true.
+    pub async fn get(&self, key: &CacheKey) -> Option<Arc<Answer>> {
+        self.cache.get(key).await
+    }
+
+    /// Stores an answer whose `expires_at` is set; others are ignored.
+    pub async fn insert(&self, key: CacheKey, answer: Arc<Answer>) {
+        if answer.expires_at.is_some() {
+            self.cache.insert(key, answer).await;
+        }
+    }
+
+    /// Drops a job and all its chunk windows, in every scope (a job id is unique, and a
+    /// write to it in one scope must not leave a stale copy anywhere).
+    pub fn invalidate_job(&self, job: Uuid) {
+        // One predicate covers the job and its chunk windows; moka guarantees `get` never
+        // returns an entry it matches, even before the background removal has run.
+        if let Err(e) = self
+            .cache
+            .invalidate_entries_if(move |key, _| key.job().job == job)
+        {
+            tracing::warn!(error = %e, "could not schedule cache invalidation");
+        }
+    }
+
+    /// Drops everything.
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Number of entries (approximate until pending maintenance runs).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Total weight of the entries, in bytes (approximate, as above).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Applies pending maintenance so counts are exact (tests, metrics scrapes).
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}

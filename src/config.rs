@@ -1,0 +1,441 @@
+//! Configuration: one TOML file turned into typed, validated structs.
+//!
+//! Parsing is kept apart from the code that uses the config (the linkerd2-proxy way):
+//! the rest of the gateway only ever sees a [`Config`] whose values are already checked,
+//! so no request path has to handle a bad setting. Unknown keys are errors, so a typo in
+//! an ops file fails loudly instead of silently falling back to a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A problem with the configuration file; the message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong form.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, when the config came from one.
+        path: Option<PathBuf>,
+        /// The parser's message, which quotes the offending line and key.
+        message: String,
+    },
+    /// A value parsed but makes no sense (e.g. a zero timeout).
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, as written in the file.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where and how the gateway listens.
+    pub server: ServerConfig,
+    /// The Exabase API behind the gateway.
+    pub upstream: UpstreamConfig,
+    /// Cache size and per-state lifetimes.
+    pub cache: CacheConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Socket address the gateway accepts HTTP/1.1 and h2c on.
+    pub listen: SocketAddr,
+    /// Origin (and optional path prefix) that rewritten links point at: what apps reach
+    /// the gateway by, which is not always `listen` (a load balancer, a Service name).
+    pub public_url: String,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".to_string(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Origin of the Extract API, e.g. `https://api.exabase.io`.
+    pub url: String,
+    /// Environment variable holding the API key (used when `api_key_file` is unset).
+    pub api_key_env: String,
+    /// File holding the API key (a mounted secret); takes precedence over the variable.
+    pub api_key_file: Option<PathBuf>,
+    /// Extra CA certificate(s), PEM, trusted for the upstream besides the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed to open a TCP (and TLS) connection upstream.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Deadline for an upstream answer: headers for streamed routes, the whole body for
+    /// cached ones. No waiter waits longer than this.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Idle pooled connections are closed after this; keep it below the upstream's own
+    /// keep-alive so we never reuse a connection the far end is closing.
+    #[serde(with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Largest upstream body the gateway buffers (jobs, chunks); larger answers are a 502.
+    #[serde(with = "size")]
+    pub max_body: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "https://api.exabase.io".to_string(),
+            api_key_env: "EXABASE_API_KEY".to_string(),
+            api_key_file: None,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(50),
+            max_body: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Upper bound of the cache, in bytes (entries are weighed by their real size).
+    #[serde(with = "size")]
+    pub max_size: u64,
+    /// Longest a `completed` job is kept (further capped by `retention`).
+    #[serde(with = "duration")]
+    pub completed_ttl: Duration,
+    /// How long after `createdAt` the upstream deletes a job's files (it turns `cleaned`).
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// How long a `cleaned` job is kept; it never changes again.
+    #[serde(with = "duration")]
+    pub cleaned_ttl: Duration,
+    /// How long a `failed` job is kept; a reprocess can revive it.
+    #[serde(with = "duration")]
+    pub failed_ttl: Duration,
+    /// How long a `pending`/`processing`/unknown job is kept; 0 turns it off.
+    #[serde(with = "duration")]
+    pub in_progress_ttl: Duration,
+    /// How long a 404 is kept: a job may appear moments after creation.
+    #[serde(with = "duration")]
+    pub not_found_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: 256 * 1024 * 1024,
+            completed_ttl: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(24 * 3600),
+            cleaned_ttl: Duration::from_secs(7 * 24 * 3600),
+            failed_ttl: Duration::from_secs(30),
+            in_progress_ttl: Duration::from_secs(1),
+            not_found_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, or directives like `exagate=debug,hyper=info`.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable single lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The file as written: every section optional, every key defaulted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    upstream: UpstreamConfig,
+    #[serde(default)]
+    cache: CacheConfig,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: Some(path.to_path_buf()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: None,
+            message: e.to_string(),
+        })?;
+        let config = Config {
+            server: raw.server,
+            upstream: raw.upstream,
+            cache: raw.cache,
+            log: raw.log,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The defaults, as if from an empty file.
+    pub fn defaults() -> Config {
+        let raw = RawConfig::default();
+        Config {
+            server: raw.server,
+            upstream: raw.upstream,
+            cache: raw.cache,
+            log: raw.log,
+        }
+    }
+
+    /// Checks the relations a type cannot express. Public so code that builds a config
+    /// in memory (tests, the demo) gets the same checks as a file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        http_origin(&self.server.public_url).map_err(|m| invalid("server.public_url", m))?;
+        http_origin(&self.upstream.url).map_err(|m| invalid("upstream.url", m))?;
+        if self.upstream.api_key_env.is_empty() && self.upstream.api_key_file.is_none() {
+            return Err(invalid(
+                "upstream.api_key_env",
+                "empty, and no upstream.api_key_file either: the key must come from somewhere",
+            ));
+        }
+        let positive = [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.timeout", self.upstream.timeout),
+            (
+                "upstream.pool_idle_timeout",
+                self.upstream.pool_idle_timeout,
+            ),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.upstream.max_body == 0 {
+            return Err(invalid("upstream.max_body", "must be greater than 0"));
+        }
+        if self.cache.max_size < 64 * 1024 {
+            return Err(invalid(
+                "cache.max_size",
+                "must be at least 64KiB (one job can weigh several KiB)",
+            ));
+        }
+        if self.cache.retention.is_zero() {
+            return Err(invalid("cache.retention", "must be greater than 0"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Parsed pieces of an `http(s)://host[:port][/prefix]` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and optional port.
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash; empty for none.
+    pub prefix: String,
+}
+
+/// Parses an absolute http(s) URL without query or fragment into its parts.
+pub fn http_origin(url: &str) -> Result<Origin, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("`{url}` has no scheme: write http:// or https://"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(format!("`{url}`: only http and https are supported"));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
+    if uri.query().is_some() || url.contains('#') {
+        return Err(format!("`{url}` must not have a query or fragment"));
+    }
+    Ok(Origin {
+        scheme,
+        authority,
+        prefix: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+impl fmt::Display for Config {
+    /// The effective config as TOML, as `exagate check` prints it. It holds no secret:
+    /// the key itself is never part of [`Config`], only where to read it from.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match toml::to_string_pretty(self) {
+            Ok(text) => f.write_str(&text),
+            Err(e) => write!(f, "# (could not render config: {e})"),
+        }
+    }
+}
+
+/// Serde adapter for durations written like `"1s"`, `"24h"`, `"7d"`.
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"24h\", \"7d\""
+            ))
+        })
+    }
+}
+
+/// Serde adapter for sizes written like `"256MiB"`, `"64 KB"`.
+mod size {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&bytesize::ByteSize(*value).display().iec().to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a size ({e}); write e.g. \"64KiB\", \"256MiB\", \"1GiB\""
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").expect("defaults are valid");
+        assert_eq!(c.cache.max_size, 256 * 1024 * 1024);
+        assert_eq!(c.cache.in_progress_ttl, Duration::from_secs(1));
+        assert_eq!(c.upstream.api_key_env, "EXABASE_API_KEY");
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        let c = Config::parse(
+            "[cache]\nmax_size = \"1GiB\"\ncleaned_ttl = \"7d\"\nin_progress_ttl = \"0s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.cache.max_size, 1 << 30);
+        assert_eq!(c.cache.cleaned_ttl, Duration::from_secs(7 * 86400));
+        assert!(c.cache.in_progress_ttl.is_zero());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[cache]\nmax_sise = \"1GiB\"\n").expect_err("typo");
+        assert!(err.to_string().contains("max_sise"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_value() {
+        let err = Config::parse("[upstream]\ntimeout = \"soon\"\n").expect_err("bad");
+        let text = err.to_string();
+        assert!(text.contains("timeout") && text.contains("soon"), "{text}");
+    }
+
+    #[test]
+    fn zero_timeout_is_refused() {
+        let err = Config::parse("[upstream]\ntimeout = \"0s\"\n").expect_err("zero");
+        assert!(err.to_string().contains("upstream.timeout"), "{err}");
+    }
+
+    #[test]
+    fn bad_public_url_is_refused() {
+        let err = Config::parse("[server]\npublic_url = \"ftp://x\"\n").expect_err("scheme");
+        assert!(err.to_string().contains("server.public_url"), "{err}");
+    }
+
+    #[test]
+    fn origin_keeps_prefix() {
+        let o = http_origin("https://gw.example.com/exa/").expect("valid");
+        assert_eq!(o.prefix, "/exa");
+        assert_eq!(o.authority.as_str(), "gw.example.com");
+    }
+}

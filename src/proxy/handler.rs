@@ -1,0 +1,101 @@
+//! The request's entry point: route it, dispatch it, write its access-log line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::route::{self, Route};
+use super::{lookup, passthrough};
+use crate::body::Body;
+use crate::cache::answer::XCache;
+use crate::cache::JobKey;
+use crate::gateway::Gateway;
+
+/// What happened to one request, filled in along its way, for the access log.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Route label.
+    pub route: &'static str,
+    /// The `x-cache` outcome.
+    pub cache: XCache,
+    /// The upstream's status, when one was involved.
+    pub upstream_status: Option<StatusCode>,
+    /// Time spent on the upstream call this request made (none for hits and waiters).
+    pub upstream_time: Option<Duration>,
+    /// Answered by another request's upstream call.
+    pub coalesced: bool,
+    /// The gateway's error code, when it answered with one.
+    pub error: Option<&'static str>,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            route: "none",
+            cache: XCache::Bypass,
+            upstream_status: None,
+            upstream_time: None,
+            coalesced: false,
+            error: None,
+        }
+    }
+}
+
+/// Handles one request end to end. Never fails: every error is an answer.
+pub async fn handle(gw: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut ex = Exchange::default();
+    let response = dispatch(&gw, request, &mut ex).await;
+    // The path only, never the query or headers: nothing here can carry a secret.
+    tracing::info!(
+        target: "exagate::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        cache = ex.cache.as_str(),
+        route = ex.route,
+        upstream_status = ex.upstream_status.map(|s| s.as_u16()),
+        upstream_ms = ex.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+        coalesced = ex.coalesced,
+        error = ex.error,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    response
+}
+
+async fn dispatch(
+    gw: &Arc<Gateway>,
+    request: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Response<Body> {
+    let refuse = |e: crate::error::GatewayError, ex: &mut Exchange| {
+        ex.error = Some(e.kind.code());
+        e.to_response(XCache::Bypass.as_str())
+    };
+    let route = match route::route(request.method(), request.uri().path()) {
+        Ok(route) => route,
+        Err(e) => return refuse(e, ex),
+    };
+    ex.route = route.name();
+    let base = match route::parse_base(request.headers()) {
+        Ok(base) => base,
+        Err(e) => return refuse(e, ex),
+    };
+    let head = request.method() == Method::HEAD;
+    match route {
+        Route::Job(job) => lookup::job(gw, JobKey { base, job }, head, ex).await,
+        Route::Chunks(job) => {
+            let query = request.uri().query().unwrap_or("");
+            lookup::chunks(gw, JobKey { base, job }, query, head, ex).await
+        }
+        Route::Download(_)
+        | Route::JobAction(_)
+        | Route::Collection
+        | Route::Upload
+        | Route::Settings => passthrough::forward(gw, request, &route, base, ex).await,
+    }
+}

@@ -1,0 +1,222 @@
+//! The cached reads: a job, and a window of its chunks.
+//!
+//! Phases: look in the cache; on a miss join (or lead) the key's flight; the leader's
+//! fetch runs on its own task with its own deadline, decides from the answer how long it
+//! stays true, stores it, and publishes it to every waiter.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Response, StatusCode};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::handler::Exchange;
+use super::headers;
+use super::upstream::Fetched;
+use crate::body::Body;
+use crate::cache::answer::XCache;
+use crate::cache::{Answer, CacheKey, Decision, JobKey, JobState, Join, NoCacheReason};
+use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::{FetchResult, Gateway};
+
+/// `GET`/`HEAD /v2/extract/{id}`.
+pub async fn job(gw: &Arc<Gateway>, key: JobKey, head: bool, ex: &mut Exchange) -> Response<Body> {
+    read(gw, CacheKey::Job(key), head, ex).await
+}
+
+/// `GET`/`HEAD /v2/extract/{id}/chunks?...`.
+pub async fn chunks(
+    gw: &Arc<Gateway>,
+    key: JobKey,
+    query: &str,
+    head: bool,
+    ex: &mut Exchange,
+) -> Response<Body> {
+    read(gw, CacheKey::Chunks(key, query.into()), head, ex).await
+}
+
+async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -> Response<Body> {
+    if let Some(answer) = gw.cache.get(&key).await {
+        ex.cache = XCache::Hit;
+        return answer.respond(head, XCache::Hit);
+    }
+    ex.cache = XCache::Miss;
+    match fetch_shared(gw, key, ex).await {
+        Ok(answer) => {
+            ex.upstream_status = Some(answer.status);
+            if !ex.coalesced {
+                ex.upstream_time = Some(answer.upstream_time);
+            }
+            answer.respond(head, XCache::Miss)
+        }
+        Err(e) => {
+            ex.error = Some(e.kind.code());
+            e.to_response(XCache::Miss.as_str())
+        }
+    }
+}
+
+/// Joins the key's flight, starting the fetch if none is under way, and waits for it.
+async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> FetchResult {
+    let waiter = match gw.flights.join(&key) {
+        Join::Follower(waiter) => {
+            ex.coalesced = true;
+            waiter
+        }
+        Join::Leader(leader) => {
+            let waiter = leader.waiter();
+            let gw = Arc::clone(gw);
+            // Its own task: the requester hanging up must not cancel the fetch that
+            // other requests are waiting on.
+            tokio::spawn(async move {
+                let result = fetch(&gw, &key).await;
+                leader.complete(result);
+            });
+            waiter
+        }
+    };
+    match tokio::time::timeout(gw.upstream_timeout, waiter.wait()).await {
+        Ok(Some(result)) => result,
+        Ok(None) => Err(GatewayError::new(
+            ErrorKind::Internal,
+            "the upstream fetch was abandoned",
+        )),
+        Err(_) => Err(timeout()),
+    }
+}
+
+fn timeout() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamTimeout,
+        "the upstream did not answer within upstream.timeout",
+    )
+}
+
+/// One upstream fetch under the deadline, then the storing decision.
+async fn fetch(gw: &Gateway, key: &CacheKey) -> FetchResult {
+    let work = async {
+        // A flight that finished between our cache miss and our joining has already
+        // stored its answer: use it rather than spend another upstream call.
+        if let Some(answer) = gw.cache.get(key).await {
+            return Ok(answer);
+        }
+        let job = key.job();
+        let path = match key {
+            CacheKey::Job(k) => format!("/v2/extract/{}", k.job),
+            CacheKey::Chunks(k, q) if q.is_empty() => format!("/v2/extract/{}/chunks", k.job),
+            CacheKey::Chunks(k, q) => format!("/v2/extract/{}/chunks?{q}", k.job),
+        };
+        let fetched = gw.upstream.get_buffered(&path, job.base).await?;
+        let answer = match key {
+            CacheKey::Job(k) => job_answer(gw, k.job, fetched)?,
+            CacheKey::Chunks(k, _) => chunks_answer(gw, k, fetched).await?,
+        };
+        let answer = Arc::new(answer);
+        gw.cache.insert(key.clone(), Arc::clone(&answer)).await;
+        Ok(answer)
+    };
+    match tokio::time::timeout(gw.upstream_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(timeout()),
+    }
+}
+
+/// Builds the answer for a job lookup: a 200 is validated and rewritten, a 404 kept
+/// briefly, anything else passed on unstored.
+fn job_answer(gw: &Gateway, asked: Uuid, fetched: Fetched) -> Result<Answer, GatewayError> {
+    let (body, state, decision) = match fetched.status {
+        StatusCode::OK => {
+            let (body, facts) = gw.rewriter.rewrite_job(&fetched.body).map_err(|e| {
+                tracing::warn!(job = %asked, error = %e, "upstream sent an unusable job");
+                GatewayError::new(
+                    ErrorKind::UpstreamInvalid,
+                    "the upstream answered with a body that is not a JSON job",
+                )
+            })?;
+            let same_job = facts
+                .id
+                .as_deref()
+                .and_then(|id| Uuid::try_parse(id).ok())
+                .is_some_and(|id| id == asked);
+            if !same_job {
+                tracing::warn!(job = %asked, "upstream answered with another job's id");
+                return Err(GatewayError::new(
+                    ErrorKind::UpstreamInvalid,
+                    "the upstream answered with a job whose id is not the one asked for",
+                ));
+            }
+            let decision =
+                gw.policy
+                    .for_job(facts.state, facts.created_at, OffsetDateTime::now_utc());
+            (Some(body), Some(facts.state), decision)
+        }
+        StatusCode::NOT_FOUND => (None, None, gw.policy.for_not_found()),
+        _ => (None, None, Decision::Skip(NoCacheReason::Status)),
+    };
+    let expires_at = expiry(fetched.status, decision);
+    Ok(answer(fetched, body, state, expires_at))
+}
+
+/// Builds the answer for a chunks window: stored only while the job itself is cached as
+/// completed, and only until the job's own entry expires.
+async fn chunks_answer(
+    gw: &Gateway,
+    job: &JobKey,
+    fetched: Fetched,
+) -> Result<Answer, GatewayError> {
+    let mut expires_at = None;
+    if fetched.status == StatusCode::OK {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&fetched.body).is_err() {
+            return Err(GatewayError::new(
+                ErrorKind::UpstreamInvalid,
+                "the upstream answered chunks with a body that is not JSON",
+            ));
+        }
+        match gw.cache.get(&CacheKey::Job(*job)).await {
+            Some(parent) if parent.job_state == Some(JobState::Completed) => {
+                expires_at = parent.expires_at;
+            }
+            _ => not_stored(fetched.status, NoCacheReason::JobNotCompleted),
+        }
+    }
+    Ok(answer(fetched, None, None, expires_at))
+}
+
+/// When a decision says the answer stops being true; `None` for not stored.
+fn expiry(status: StatusCode, decision: Decision) -> Option<Instant> {
+    match decision {
+        Decision::Store(ttl) => Some(Instant::now() + ttl),
+        Decision::Skip(reason) => {
+            not_stored(status, reason);
+            None
+        }
+    }
+}
+
+fn not_stored(status: StatusCode, reason: NoCacheReason) {
+    tracing::debug!(
+        status = status.as_u16(),
+        reason = reason.as_str(),
+        "answer not stored"
+    );
+}
+
+/// Assembles an answer from the upstream's, with `body` replacing the upstream body when
+/// it was rewritten.
+fn answer(
+    fetched: Fetched,
+    body: Option<bytes::Bytes>,
+    job_state: Option<JobState>,
+    expires_at: Option<Instant>,
+) -> Answer {
+    Answer {
+        status: fetched.status,
+        headers: headers::buffered_response(&fetched.headers, expires_at.is_some()),
+        body: body.unwrap_or(fetched.body),
+        job_state,
+        fetched_at: Instant::now(),
+        expires_at,
+        upstream_time: fetched.elapsed,
+    }
+}

@@ -1,0 +1,12 @@
+//! The request's path through the gateway, one phase per file:
+//! `route` (what is asked), `handler` (dispatch and access log), `lookup` (cached job and
+//! chunk reads), `passthrough` (everything streamed), `upstream` (the pooled client and
+//! key injection), `rewrite` (links in job bodies), `headers` (what crosses the proxy).
+
+pub mod handler;
+pub mod headers;
+pub mod lookup;
+pub mod passthrough;
+pub mod rewrite;
+pub mod route;
+pub mod upstream;

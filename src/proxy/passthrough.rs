@@ -1,0 +1,133 @@
+//! Everything that is forwarded rather than cached: creates, lists, upload targets,
+//! settings, job actions and downloads. Bodies stream both ways; nothing is retried
+//! (a create has no idempotency key, so a retry could make two jobs).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use uuid::Uuid;
+
+use super::handler::Exchange;
+use super::headers;
+use super::route::{Route, BASE_HEADER};
+use crate::body::Body;
+use crate::cache::answer::XCache;
+use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::Gateway;
+
+/// Forwards a request as it is (with the key) and streams the answer back.
+pub async fn forward(
+    gw: &Arc<Gateway>,
+    request: Request<Incoming>,
+    route: &Route,
+    base: Option<Uuid>,
+    ex: &mut Exchange,
+) -> Response<Body> {
+    ex.cache = XCache::Bypass;
+    if let Route::JobAction(job) = route {
+        // The action changes the job (a reprocess revives a failed one): drop what we
+        // hold before, and again after, so a fetch that raced the action cannot leave
+        // a stale copy behind.
+        gw.cache.invalidate_job(*job);
+    }
+    let (parts, body) = request.into_parts();
+    let mut out_headers = headers::forward_request(&parts.headers);
+    if let Some(base) = base {
+        if let Ok(value) = HeaderValue::from_str(&base.to_string()) {
+            out_headers.insert(BASE_HEADER, value);
+        }
+    }
+    let relays_body = !matches!(parts.method, Method::GET | Method::HEAD);
+    let body = if relays_body {
+        Body::stream(body)
+    } else {
+        Body::Empty
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    let started = Instant::now();
+    let result = gw
+        .upstream
+        .send(parts.method.clone(), path_and_query, out_headers, body)
+        .await;
+    ex.upstream_time = Some(started.elapsed());
+    if let Route::JobAction(job) = route {
+        gw.cache.invalidate_job(*job);
+    }
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            ex.error = Some(e.kind.code());
+            return e.to_response(XCache::Bypass.as_str());
+        }
+    };
+    ex.upstream_status = Some(response.status());
+    let rewrite = matches!(route, Route::Collection)
+        && response.status().is_success()
+        && is_json(response.headers());
+    if rewrite {
+        return rewrite_collection(gw, &parts.method, response, ex).await;
+    }
+    let (parts, body) = response.into_parts();
+    let mut response = Response::new(Body::stream(body));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = headers::forward_response(&parts.headers);
+    response
+        .headers_mut()
+        .insert("x-cache", HeaderValue::from_static(XCache::Bypass.as_str()));
+    response
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// A created job (`POST`) or a list of jobs (`GET`) carries links too: rewrite them so an
+/// app that follows them from there also comes back through the gateway. These bodies
+/// are small JSON, read whole within `upstream.max_body`.
+async fn rewrite_collection(
+    gw: &Gateway,
+    method: &Method,
+    response: Response<Incoming>,
+    ex: &mut Exchange,
+) -> Response<Body> {
+    let (parts, body) = response.into_parts();
+    let limit = usize::try_from(gw.upstream.max_body()).unwrap_or(usize::MAX);
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            let e = GatewayError::new(
+                ErrorKind::UpstreamInvalid,
+                "the upstream answer broke off or exceeded upstream.max_body",
+            );
+            ex.error = Some(e.kind.code());
+            return e.to_response(XCache::Bypass.as_str());
+        }
+    };
+    let rewritten = if method == Method::POST {
+        gw.rewriter.rewrite_job(&bytes).map(|(b, _)| b)
+    } else {
+        gw.rewriter.rewrite_list(&bytes)
+    };
+    // A body we cannot read as JSON is passed on untouched: the app gets what the
+    // upstream said, which is all a pass-through route promises.
+    let body = rewritten.unwrap_or(bytes);
+    let mut headers = headers::forward_response(&parts.headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::ETAG);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert("x-cache", HeaderValue::from_static(XCache::Bypass.as_str()));
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = headers;
+    response
+}

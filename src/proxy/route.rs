@@ -1,0 +1,248 @@
+//! Routing: which of the gateway's few routes a request is, with its ids validated.
+//!
+//! The gateway is not an open door to the rest of the API: anything not listed here is a
+//! 404 from the gateway itself and costs no upstream call.
+
+use http::{HeaderMap, Method};
+use uuid::Uuid;
+
+use crate::error::{ErrorKind, GatewayError};
+
+/// The header selecting a base (sandboxed scope).
+pub const BASE_HEADER: &str = "x-exabase-base-id";
+
+/// A recognised request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET`/`HEAD /v2/extract/{id}`: the cached lookup.
+    Job(Uuid),
+    /// `GET`/`HEAD /v2/extract/{id}/chunks`: cached while the job is known completed.
+    Chunks(Uuid),
+    /// `GET`/`HEAD /v2/extract/{id}/download`: streamed, never cached.
+    Download(Uuid),
+    /// Any other method on `/v2/extract/{id}/...` (reprocess, webhook trigger): forwarded,
+    /// and the job's cached entries dropped.
+    JobAction(Uuid),
+    /// `GET /v2/extract` (list) and `POST /v2/extract` (create).
+    Collection,
+    /// `GET /v2/extract/upload`: a one-time upload target.
+    Upload,
+    /// `GET`/`PUT /v2/extract-settings`.
+    Settings,
+}
+
+impl Route {
+    /// Label for logs and metrics: bounded, never the id.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Job(_) => "job",
+            Route::Chunks(_) => "chunks",
+            Route::Download(_) => "download",
+            Route::JobAction(_) => "job_action",
+            Route::Collection => "collection",
+            Route::Upload => "upload",
+            Route::Settings => "settings",
+        }
+    }
+}
+
+/// Methods of the read routes.
+const GET_HEAD: &str = "GET, HEAD";
+
+/// Classifies a request by method and path.
+pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    let not_found = || {
+        GatewayError::new(
+            ErrorKind::NotFound,
+            "exagate serves only the Extract API routes under /v2/extract",
+        )
+    };
+    let read = method == Method::GET || method == Method::HEAD;
+    match path {
+        "/v2/extract" => {
+            return match *method {
+                Method::GET | Method::POST => Ok(Route::Collection),
+                _ => Err(GatewayError::method_not_allowed("GET, POST")),
+            }
+        }
+        "/v2/extract/upload" => {
+            return match *method {
+                Method::GET => Ok(Route::Upload),
+                _ => Err(GatewayError::method_not_allowed("GET")),
+            }
+        }
+        "/v2/extract-settings" => {
+            return match *method {
+                Method::GET | Method::PUT => Ok(Route::Settings),
+                _ => Err(GatewayError::method_not_allowed("GET, PUT")),
+            }
+        }
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v2/extract/") else {
+        return Err(not_found());
+    };
+    let (id, tail) = match rest.split_once('/') {
+        Some((id, tail)) => (id, Some(tail)),
+        None => (rest, None),
+    };
+    let id = parse_job_id(id)?;
+    match tail {
+        None if read => Ok(Route::Job(id)),
+        None => Err(GatewayError::method_not_allowed(GET_HEAD)),
+        Some("chunks") if read => Ok(Route::Chunks(id)),
+        Some("download") if read => Ok(Route::Download(id)),
+        Some(tail) if !read && !tail.is_empty() => Ok(Route::JobAction(id)),
+        Some(_) => Err(not_found()),
+    }
+}
+
+/// Checks a job id against the documented pattern
+/// `^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`,
+/// case-insensitively. The parsed `Uuid` prints lower-case, which is what goes upstream.
+pub fn parse_job_id(text: &str) -> Result<Uuid, GatewayError> {
+    let bytes = text.as_bytes();
+    let valid = bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            14 => (b'1'..=b'8').contains(&b),
+            19 => matches!(b.to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b'),
+            _ => b.is_ascii_hexdigit(),
+        });
+    if !valid {
+        return Err(GatewayError::new(
+            ErrorKind::InvalidJobId,
+            "the job id must be a UUID like 123e4567-e89b-12d3-a456-426614174000",
+        ));
+    }
+    Uuid::try_parse(text)
+        .map_err(|_| GatewayError::new(ErrorKind::InvalidJobId, "the job id is not a valid UUID"))
+}
+
+/// Reads `X-Exabase-Base-Id`: absent is the workspace scope; present must be one UUID.
+pub fn parse_base(headers: &HeaderMap) -> Result<Option<Uuid>, GatewayError> {
+    let mut values = headers.get_all(BASE_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = || {
+        GatewayError::new(
+            ErrorKind::InvalidBaseId,
+            "X-Exabase-Base-Id must be a single UUID",
+        )
+    };
+    if values.next().is_some() {
+        return Err(invalid());
+    }
+    let text = value.to_str().map_err(|_| invalid())?;
+    // Only the hyphenated form: the braced and URN forms `Uuid` also takes are not what
+    // the API documents, and accepting them would make two spellings of one scope.
+    if text.len() != 36 {
+        return Err(invalid());
+    }
+    Uuid::try_parse(text).map(Some).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "123e4567-e89b-12d3-a456-426614174000";
+
+    #[test]
+    fn job_routes() {
+        let id = parse_job_id(ID).expect("valid");
+        assert_eq!(
+            route(&Method::GET, &format!("/v2/extract/{ID}")).ok(),
+            Some(Route::Job(id))
+        );
+        assert_eq!(
+            route(&Method::HEAD, &format!("/v2/extract/{ID}")).ok(),
+            Some(Route::Job(id))
+        );
+        assert_eq!(
+            route(&Method::GET, &format!("/v2/extract/{ID}/chunks")).ok(),
+            Some(Route::Chunks(id))
+        );
+        assert_eq!(
+            route(&Method::POST, &format!("/v2/extract/{ID}/reprocess")).ok(),
+            Some(Route::JobAction(id))
+        );
+        assert_eq!(
+            route(&Method::POST, &format!("/v2/extract/{ID}/webhook/trigger")).ok(),
+            Some(Route::JobAction(id))
+        );
+    }
+
+    #[test]
+    fn upper_case_id_is_the_same_job() {
+        let lower = parse_job_id(ID).expect("valid");
+        let upper = parse_job_id(&ID.to_uppercase()).expect("valid");
+        assert_eq!(lower, upper);
+        assert_eq!(upper.to_string(), ID);
+    }
+
+    #[test]
+    fn ids_off_the_pattern_are_refused() {
+        for bad in [
+            "",
+            "upload2",
+            "123e4567-e89b-02d3-a456-426614174000", // version 0
+            "123e4567-e89b-92d3-a456-426614174000", // version 9
+            "123e4567-e89b-12d3-c456-426614174000", // variant c
+            "123e4567e89b12d3a456426614174000",
+            "{123e4567-e89b-12d3-a456-426614174000}",
+            "123e4567-e89b-12d3-a456-42661417400g",
+            "%31%32%33e4567-e89b-12d3-a456-426614174000",
+        ] {
+            let err = parse_job_id(bad).expect_err(bad);
+            assert_eq!(err.kind, ErrorKind::InvalidJobId, "{bad}");
+        }
+    }
+
+    #[test]
+    fn other_paths_are_not_found() {
+        for path in [
+            "/",
+            "/v2/users",
+            "/v2/extractx",
+            "/v1/extract/x",
+            "/v2/extract/",
+        ] {
+            let err = route(&Method::GET, path).expect_err(path);
+            assert!(
+                matches!(err.kind, ErrorKind::NotFound | ErrorKind::InvalidJobId),
+                "{path}"
+            );
+        }
+        let err = route(&Method::GET, &format!("/v2/extract/{ID}/secret")).expect_err("tail");
+        assert_eq!(err.kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn wrong_methods_get_405_with_allow() {
+        let err = route(&Method::DELETE, &format!("/v2/extract/{ID}")).expect_err("delete");
+        assert_eq!(err.kind, ErrorKind::MethodNotAllowed);
+        assert_eq!(err.allow, Some("GET, HEAD"));
+        let err = route(&Method::DELETE, "/v2/extract").expect_err("delete");
+        assert_eq!(err.allow, Some("GET, POST"));
+    }
+
+    #[test]
+    fn base_header_must_be_one_uuid() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_base(&h).ok(), Some(None));
+        h.insert(BASE_HEADER, ID.parse().expect("header"));
+        assert!(parse_base(&h).expect("valid").is_some());
+        h.insert(BASE_HEADER, "not-a-uuid".parse().expect("header"));
+        assert_eq!(
+            parse_base(&h).expect_err("bad").kind,
+            ErrorKind::InvalidBaseId
+        );
+        h.insert(BASE_HEADER, ID.replace('-', "").parse().expect("header"));
+        assert!(parse_base(&h).is_err());
+        h.insert(BASE_HEADER, ID.parse().expect("header"));
+        h.append(BASE_HEADER, ID.parse().expect("header"));
+        assert!(parse_base(&h).is_err());
+    }
+}

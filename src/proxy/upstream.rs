@@ -1,0 +1,241 @@
+//! The upstream client: one pooled hyper-util client over rustls, the key injected into
+//! every request, deadlines applied, and every failure mapped to a [`GatewayError`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use uuid::Uuid;
+
+use crate::body::Body;
+use crate::config::{http_origin, Origin, UpstreamConfig};
+use crate::error::{BoxError, ErrorKind, GatewayError};
+use crate::secret::ApiKey;
+
+/// The header carrying the key upstream.
+const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// An upstream answer read to the end.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Upstream status.
+    pub status: StatusCode,
+    /// Upstream headers, unfiltered.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// Time from sending to the last byte.
+    pub elapsed: Duration,
+}
+
+/// The pooled client for the Extract API.
+pub struct UpstreamClient {
+    /// hyper-util's pooled client; HTTP/1.1 or HTTP/2 as ALPN decides.
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// Scheme, host and path prefix of the API.
+    origin: Origin,
+    /// The team's key, injected into every request.
+    key: ApiKey,
+    /// Deadline for response headers on streamed routes.
+    timeout: Duration,
+    /// Largest body read into memory.
+    max_body: u64,
+}
+
+impl UpstreamClient {
+    /// Builds the client: TLS roots (the public ones plus `ca_file`), connect timeout,
+    /// pool idle timeout (with the timer hyper-util needs for it to apply at all).
+    pub fn new(config: &UpstreamConfig, key: ApiKey) -> Result<UpstreamClient, BoxError> {
+        let origin = http_origin(&config.url)?;
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = &config.ca_file {
+            let mut added = 0;
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?
+            {
+                let cert = cert.map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(
+                    format!("upstream.ca_file {}: no certificate in it", path.display()).into(),
+                );
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(https);
+        Ok(UpstreamClient {
+            client,
+            origin,
+            key,
+            timeout: config.timeout,
+            max_body: config.max_body,
+        })
+    }
+
+    /// Largest body read into memory (`upstream.max_body`).
+    pub fn max_body(&self) -> u64 {
+        self.max_body
+    }
+
+    /// The absolute upstream URI for a gateway path and query.
+    fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        Uri::builder()
+            .scheme(self.origin.scheme.clone())
+            .authority(self.origin.authority.clone())
+            .path_and_query(format!("{}{}", self.origin.prefix, path_and_query))
+            .build()
+            .map_err(|_| GatewayError::new(ErrorKind::BadRequest, "the request path is not valid"))
+    }
+
+    /// Sends a request upstream with the key, and waits (up to `upstream.timeout`) for the
+    /// response head. The body is left to stream.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Body,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        headers.insert(API_KEY, self.key.header_value().clone());
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = self.uri(path_and_query)?;
+        *request.headers_mut() = headers;
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(connect_error(&e)),
+            Err(_) => Err(GatewayError::new(
+                ErrorKind::UpstreamTimeout,
+                "the upstream did not answer in time",
+            )),
+        }
+    }
+
+    /// GETs a JSON resource and reads it whole (bounded by `upstream.max_body`), asking for
+    /// an uncompressed body so it can be parsed and rewritten. The caller applies the
+    /// overall deadline.
+    pub async fn get_buffered(
+        &self,
+        path_and_query: &str,
+        base: Option<Uuid>,
+    ) -> Result<Fetched, GatewayError> {
+        let started = Instant::now();
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        if let Some(base) = base {
+            let value = HeaderValue::from_str(&base.to_string())
+                .map_err(|_| GatewayError::new(ErrorKind::Internal, "base id header"))?;
+            headers.insert(super::route::BASE_HEADER, value);
+        }
+        let response = self
+            .send(Method::GET, path_and_query, headers, Body::Empty)
+            .await?;
+        let (parts, body) = response.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(too_large());
+        }
+        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    tracing::debug!(error = %error_chain(e.as_ref()), "upstream body failed");
+                    GatewayError::new(
+                        ErrorKind::UpstreamInvalid,
+                        "the upstream connection broke before the whole body arrived",
+                    )
+                }
+            })?
+            .to_bytes();
+        Ok(Fetched {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+fn too_large() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamTooLarge,
+        "the upstream answer is larger than upstream.max_body",
+    )
+}
+
+/// Maps a client error. The message is generic: the client needs to know the upstream
+/// failed, not our network details; the detail goes to the log.
+fn connect_error(e: &hyper_util::client::legacy::Error) -> GatewayError {
+    tracing::warn!(error = %error_chain(e), "upstream request failed");
+    if e.is_connect() {
+        GatewayError::new(
+            ErrorKind::UpstreamUnreachable,
+            "cannot connect to the upstream",
+        )
+    } else {
+        GatewayError::new(
+            ErrorKind::UpstreamUnreachable,
+            "the upstream connection failed before an answer",
+        )
+    }
+}
+
+/// An error and its sources on one line (hyper's top-level messages say little).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
