@@ -346,12 +346,89 @@ impl fmt::Display for Config {
     }
 }
 
+/// The config in plain words, for `exagate check`: what an operator would otherwise have
+/// to work out from the TTL table.
+pub fn describe(config: &Config) -> Vec<String> {
+    let d = format_duration;
+    let c = &config.cache;
+    let mut lines = vec![
+        format!(
+            "listens on {} (HTTP/1.1 and h2c); rewritten links point at {}",
+            config.server.listen, config.server.public_url
+        ),
+        format!(
+            "forwards to {} with a {} deadline ({} to connect)",
+            config.upstream.url,
+            d(config.upstream.timeout),
+            d(config.upstream.connect_timeout)
+        ),
+        format!("cache holds at most {}", format_size(c.max_size)),
+        format!(
+            "completed jobs are kept up to {} after creation, and at most {}",
+            d(c.retention),
+            d(c.completed_ttl)
+        ),
+        format!("cleaned jobs are kept {}", d(c.cleaned_ttl)),
+        format!("failed jobs are kept {}", d(c.failed_ttl)),
+    ];
+    if c.in_progress_ttl.is_zero() {
+        lines.push(
+            "pending and processing jobs are not kept (polls still share in-flight calls)".into(),
+        );
+    } else {
+        lines.push(format!(
+            "pending and processing jobs are kept {}: polls within that share one upstream call",
+            d(c.in_progress_ttl)
+        ));
+    }
+    if c.not_found_ttl.is_zero() {
+        lines.push("404s are not kept".into());
+    } else {
+        lines.push(format!("404s are kept {}", d(c.not_found_ttl)));
+    }
+    lines
+}
+
+/// A duration the way an operator writes it: the largest whole unit (`"24h"`, `"7d"`,
+/// `"1500ms"`), so `exagate check` prints back what the file says.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 || d.is_zero() {
+        return if d.subsec_nanos() % 1_000_000 == 0 {
+            format!("{}ms", d.as_millis())
+        } else {
+            humantime::format_duration(d).to_string()
+        };
+    }
+    let secs = d.as_secs();
+    // Days only from a week up: "24h" reads better than "1d" next to retention.
+    if secs % 86_400 == 0 && secs >= 7 * 86_400 {
+        format!("{}d", secs / 86_400)
+    } else if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// A size the way an operator writes it: `"256MiB"` when exact, else bytes.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (unit, name) in UNITS {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{name}", bytes / unit);
+        }
+    }
+    format!("{bytes}B")
+}
+
 /// Serde adapter for durations written like `"1s"`, `"24h"`, `"7d"`.
 mod duration {
     use super::*;
 
     pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
+        s.serialize_str(&format_duration(*value))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -369,7 +446,7 @@ mod size {
     use super::*;
 
     pub fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&bytesize::ByteSize(*value).display().iec().to_string())
+        s.serialize_str(&format_size(*value))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -430,6 +507,20 @@ mod tests {
     fn bad_public_url_is_refused() {
         let err = Config::parse("[server]\npublic_url = \"ftp://x\"\n").expect_err("scheme");
         assert!(err.to_string().contains("server.public_url"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_sizes_print_as_written() {
+        assert_eq!(format_duration(Duration::from_secs(86400)), "24h");
+        assert_eq!(format_duration(Duration::from_secs(7 * 86400)), "7d");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::ZERO), "0ms");
+        assert_eq!(format_size(256 << 20), "256MiB");
+        assert_eq!(format_size(1000), "1000B");
+        let text = Config::defaults().to_string();
+        let again = Config::parse(&text).expect("printed config parses back");
+        assert_eq!(again.to_string(), text);
     }
 
     #[test]

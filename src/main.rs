@@ -1,1 +1,135 @@
-fn main() {}
+//! The `exagate` command: parse arguments, load the config, start logging, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use exagate::{ApiKey, Config};
+
+/// A caching reverse proxy gateway for the Exabase Extract API.
+#[derive(Parser)]
+#[command(name = "exagate", version, about)]
+struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "EXAGATE_CONFIG",
+        default_value = "config.toml"
+    )]
+    config: PathBuf,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the config file (the default).
+    Run,
+    /// Validate the config and the API key, print the effective config (key redacted).
+    Check,
+    /// Start a simulated Extract API and a gateway in front of it; needs no key and no
+    /// network.
+    Demo {
+        /// Where the demo gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run only the simulated Extract API (for load tests with external tools).
+    #[command(hide = true)]
+    Sim {
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// The key it accepts.
+        #[arg(long, default_value = "sim-key")]
+        key: String,
+        /// Completed jobs to create up front; their ids are printed one per line.
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
+        /// Pad job bodies to about this many bytes.
+        #[arg(long, default_value_t = 0)]
+        padding: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("exagate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => run(&cli.config).await,
+            Command::Check => check(&cli.config),
+            Command::Demo { listen } => exagate::demo::run(listen, shutdown_signal()).await,
+            Command::Sim {
+                listen,
+                key,
+                jobs,
+                padding,
+            } => exagate::demo::run_sim(listen, key, jobs, padding, shutdown_signal()).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exagate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &std::path::Path) -> Result<(), exagate::BoxError> {
+    let config = Config::load(path)?;
+    exagate::telemetry::init(&config.log)?;
+    let key = ApiKey::load(&config.upstream)?;
+    tracing::info!(key_source = %key.source(), "API key loaded");
+    exagate::run(&config, key, shutdown_signal()).await
+}
+
+fn check(path: &std::path::Path) -> Result<(), exagate::BoxError> {
+    let config = Config::load(path)?;
+    let key = ApiKey::load(&config.upstream)?;
+    println!("# {}: valid", path.display());
+    println!("# API key: loaded from {} (value not shown)", key.source());
+    for line in exagate::config::describe(&config) {
+        println!("# {line}");
+    }
+    println!();
+    print!("{config}");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

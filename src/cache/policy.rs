@@ -185,8 +185,10 @@ mod tests {
 
     #[test]
     fn completed_is_capped_by_completed_ttl() {
-        let mut config = CacheConfig::default();
-        config.completed_ttl = Duration::from_secs(600);
+        let config = CacheConfig {
+            completed_ttl: Duration::from_secs(600),
+            ..CacheConfig::default()
+        };
         let created = NOW - time::Duration::minutes(1);
         assert_eq!(
             CachePolicy::new(&config).for_job(JobState::Completed, Some(created), NOW),
@@ -238,8 +240,10 @@ mod tests {
 
     #[test]
     fn zero_ttl_turns_storing_off() {
-        let mut config = CacheConfig::default();
-        config.in_progress_ttl = Duration::ZERO;
+        let config = CacheConfig {
+            in_progress_ttl: Duration::ZERO,
+            ..CacheConfig::default()
+        };
         assert_eq!(
             CachePolicy::new(&config).for_job(JobState::Pending, None, NOW),
             Decision::Skip(NoCacheReason::Disabled)

@@ -1,1 +1,365 @@
-//! The simulated Extract API.
+//! A simulated Exabase Extract API, for integration tests, benchmarks and demos.
+//!
+//! [`Simulator::start`] binds a loopback port and serves the `/v2/` routes that
+//! exagate sits in front of (see `exabase-api.md`), with jobs that the test
+//! itself creates ([`Simulator::add_job`], [`Simulator::add_progressing`], ...),
+//! faults it can switch on ([`Fault`]) and counters of what reached it
+//! ([`Simulator::calls`], [`Simulator::requests`]).
+//!
+//! It is deliberately small: everything lives in memory, nothing is persisted,
+//! webhook settings are stored but no webhook is ever sent, and it only ever
+//! listens on a loopback address.
+#![warn(missing_docs)]
+
+mod body;
+mod faults;
+mod handlers;
+mod server;
+mod store;
+mod tls;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use faults::Fault;
+
+use faults::FaultState;
+use store::{JobState, Jobs, RenderCtx, Schedule};
+
+/// How many [`RecordedRequest`]s are kept for [`Simulator::requests`].
+///
+/// Counters ([`Simulator::calls`], [`Simulator::calls_to`]) cover every request;
+/// only the detailed log is bounded, so that a long load test does not grow
+/// the simulator's memory without limit.
+pub const MAX_RECORDED_REQUESTS: usize = 10_000;
+
+/// How the simulator is started.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// The `X-Api-Key` every request must carry; a wrong or missing key gets
+    /// `401 {"message":"Unauthorized"}`.
+    pub api_key: String,
+    /// Serve HTTPS with a self-signed certificate for `localhost` and
+    /// `127.0.0.1` (see [`Simulator::ca_pem`]), advertising ALPN `h2` and `http/1.1`.
+    pub tls: bool,
+    /// How long a job created by `POST /v2/extract` (or
+    /// [`Simulator::add_progressing`], or a reprocess) reads `pending`.
+    pub pending_for: Duration,
+    /// How long it then reads `processing` before it reads `completed`.
+    pub processing_for: Duration,
+    /// Size in bytes of every `/download` body.
+    pub download_size: usize,
+    /// Where to listen. Must be a loopback address; port 0 picks a free port.
+    pub addr: SocketAddr,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            api_key: "sim-key".to_owned(),
+            tls: false,
+            pending_for: Duration::from_secs(2),
+            processing_for: Duration::from_secs(3),
+            download_size: 4 * 1024 * 1024,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        }
+    }
+}
+
+/// One request as it reached the simulator (faulted ones included).
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// The request method.
+    pub method: http::Method,
+    /// Path and query string exactly as received, e.g. `/v2/extract?limit=5`.
+    pub path_and_query: String,
+    /// All request headers.
+    pub headers: http::HeaderMap,
+    /// Number of request body bytes received.
+    pub body_len: usize,
+}
+
+/// Counters of what reached the simulator.
+#[derive(Default)]
+struct RequestLog {
+    calls: usize,
+    /// Requests per distinct path-and-query; `calls_to` sums the matching keys.
+    /// Distinct keys are few (one per job id and window) even under load.
+    by_path: HashMap<String, usize>,
+    recent: VecDeque<RecordedRequest>,
+}
+
+/// State shared by the public handle, the accept loop and every connection.
+struct Inner {
+    api_key: String,
+    origin: String,
+    download_size: usize,
+    jobs: Jobs,
+    faults: Mutex<FaultState>,
+    log: Mutex<RequestLog>,
+    /// Flipped to `true` once by [`Simulator::shutdown`]; every task watches it.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Inner {
+    fn record(&self, req: RecordedRequest) {
+        let mut log = lock(&self.log);
+        log.calls += 1;
+        *log.by_path.entry(req.path_and_query.clone()).or_insert(0) += 1;
+        if log.recent.len() >= MAX_RECORDED_REQUESTS {
+            log.recent.pop_front();
+        }
+        log.recent.push_back(req);
+    }
+
+    /// Resolves once shutdown has been requested.
+    async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        // An error means the sender is gone, which also means "stop".
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded data stays consistent even if
+/// a holder panicked (every critical section is a few plain assignments), and a
+/// test helper must not cascade one panic into every later request.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running simulated Exabase Extract API.
+///
+/// A cheap, cloneable handle. The server keeps running when the last handle is
+/// dropped; call [`Simulator::shutdown`] to stop it.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    ca_pem: Option<Arc<str>>,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("url", &self.inner.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// Binds `opts.addr` and starts serving in a background task.
+    ///
+    /// Fails with `InvalidInput` if `opts.addr` is not a loopback address: the
+    /// simulator accepts a fixed, well-known key and must never be reachable
+    /// from another machine.
+    pub async fn start(opts: SimOptions) -> io::Result<Simulator> {
+        if !opts.addr.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the simulator only listens on loopback, not {}", opts.addr),
+            ));
+        }
+        let listener = tokio::net::TcpListener::bind(opts.addr).await?;
+        let addr = listener.local_addr()?;
+        let (acceptor, ca_pem) = if opts.tls {
+            let setup = tls::self_signed(addr.ip())?;
+            (Some(setup.acceptor), Some(Arc::<str>::from(setup.ca_pem)))
+        } else {
+            (None, None)
+        };
+        let scheme = if opts.tls { "https" } else { "http" };
+        let origin = format!("{scheme}://{addr}");
+        let ctx = RenderCtx {
+            origin: origin.clone(),
+            workspace_id: store::new_uuid().to_string(),
+            user_id: store::new_uuid().to_string(),
+        };
+        let schedule = Schedule {
+            pending_for: opts.pending_for,
+            processing_for: opts.processing_for,
+        };
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            api_key: opts.api_key,
+            origin,
+            download_size: opts.download_size,
+            jobs: Jobs::new(ctx, schedule),
+            faults: Mutex::new(FaultState::default()),
+            log: Mutex::new(RequestLog::default()),
+            shutdown,
+        });
+        let task = tokio::spawn(server::accept_loop(inner.clone(), listener, acceptor));
+        Ok(Simulator {
+            inner,
+            addr,
+            ca_pem,
+            task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its origin, `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`, without
+    /// a trailing slash.
+    pub fn url(&self) -> String {
+        self.inner.origin.clone()
+    }
+
+    /// The PEM of its self-signed certificate (add it to a root store to trust
+    /// the server), or `None` without TLS.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.as_deref().map(str::to_owned)
+    }
+
+    /// Stops accepting, closes every connection (requests held by
+    /// [`Fault::Silent`] included) and waits for that to finish.
+    ///
+    /// Open connections get a short grace period to finish a response in
+    /// flight. Calling it again is harmless.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Adds a job with a fixed `state` (`None` is served as JSON `null`) and
+    /// the given `createdAt`, in scope `base` (`None` is the workspace).
+    pub fn add_job(
+        &self,
+        base: Option<Uuid>,
+        state: Option<&str>,
+        created_at: OffsetDateTime,
+    ) -> Uuid {
+        self.inner
+            .jobs
+            .add(base, JobState::Fixed(state.map(str::to_owned)), created_at)
+    }
+
+    /// Adds a `completed` job created a minute ago.
+    pub fn add_completed(&self, base: Option<Uuid>) -> Uuid {
+        let created = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        self.add_job(base, Some("completed"), created)
+    }
+
+    /// Adds a job created now that reads `pending`, then `processing`, then
+    /// `completed`, on the schedule of [`SimOptions`].
+    pub fn add_progressing(&self, base: Option<Uuid>) -> Uuid {
+        let state = JobState::Progressing {
+            since: Instant::now(),
+        };
+        self.inner.jobs.add(base, state, OffsetDateTime::now_utc())
+    }
+
+    /// Adds `n` completed jobs (as [`Simulator::add_completed`]) and returns
+    /// their ids, oldest first.
+    pub fn seed_completed(&self, base: Option<Uuid>, n: usize) -> Vec<Uuid> {
+        (0..n).map(|_| self.add_completed(base)).collect()
+    }
+
+    /// Makes `GET /v2/extract/{id}` in scope `base` answer exactly `body`
+    /// (for odd bodies: a mismatched id, missing fields, invalid JSON...).
+    ///
+    /// The job's state for `/chunks`, `/download`, reprocess and list filters is
+    /// read from the body's `"state"` when it is a JSON object; it appears in
+    /// lists only if the body is valid JSON. [`Simulator::set_state`] and a
+    /// reprocess replace the odd body with a normal one.
+    pub fn add_job_with_body(&self, base: Option<Uuid>, id: Uuid, body: Bytes) {
+        self.inner.jobs.add_raw(base, id, body);
+    }
+
+    /// Sets the fixed state of job `id` (`None` is served as JSON `null`),
+    /// stopping its progression if it had one. Unknown ids are ignored.
+    pub fn set_state(&self, id: Uuid, state: Option<&str>) {
+        self.inner.jobs.set_state(id, state.map(str::to_owned));
+    }
+
+    /// Pads `extraction.common.caption` so that the body of every job that has
+    /// an extraction (`completed`, `cleaned`) is about `bytes` long; 0 (the
+    /// default) turns padding off. Bodies without an extraction are not padded.
+    pub fn set_padding(&self, bytes: usize) {
+        self.inner.jobs.set_padding(bytes);
+    }
+
+    /// `Some(url)`: `/download` answers `302 Location: url` instead of bytes.
+    pub fn set_download_redirect(&self, to: Option<String>) {
+        self.inner.jobs.set_redirect(to);
+    }
+
+    /// Applies `fault` to every request from now on, until changed.
+    pub fn set_fault(&self, fault: Fault) {
+        lock(&self.inner.faults).set(fault, None);
+    }
+
+    /// Applies `fault` to the next `count` requests only, then goes back to
+    /// [`Fault::None`].
+    pub fn set_fault_for(&self, fault: Fault, count: usize) {
+        lock(&self.inner.faults).set(fault, Some(count));
+    }
+
+    /// Number of requests received since start or the last
+    /// [`Simulator::reset_counters`], faulted and rejected ones included.
+    pub fn calls(&self) -> usize {
+        lock(&self.inner.log).calls
+    }
+
+    /// Number of those requests whose path-and-query starts with `path_prefix`
+    /// (e.g. `/v2/extract/<id>` also counts its `/chunks` and `/download`).
+    pub fn calls_to(&self, path_prefix: &str) -> usize {
+        lock(&self.inner.log)
+            .by_path
+            .iter()
+            .filter(|(path, _)| path.starts_with(path_prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The requests received, oldest first (at most the last
+    /// [`MAX_RECORDED_REQUESTS`]).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.inner.log).recent.iter().cloned().collect()
+    }
+
+    /// Zeroes [`Simulator::calls`], [`Simulator::calls_to`] and clears
+    /// [`Simulator::requests`].
+    pub fn reset_counters(&self) {
+        *lock(&self.inner.log) = RequestLog::default();
+    }
+}
+
+/// Runs a simulator for external load tools until Ctrl-C.
+///
+/// Starts it with `opts`, adds `jobs` completed jobs in the workspace scope,
+/// prints its URL and then every job id to stdout, one per line, and shuts it
+/// down on Ctrl-C.
+pub async fn run_standalone(opts: SimOptions, jobs: usize) -> io::Result<()> {
+    let sim = Simulator::start(opts).await?;
+    let ids = sim.seed_completed(None, jobs);
+    {
+        // Not println!: it panics when stdout is a closed pipe (`| head`).
+        let mut out = io::stdout().lock();
+        writeln!(out, "{}", sim.url())?;
+        for id in &ids {
+            writeln!(out, "{id}")?;
+        }
+        out.flush()?;
+    }
+    let waited = tokio::signal::ctrl_c().await;
+    sim.shutdown().await;
+    waited
+}

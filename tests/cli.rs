@@ -1,0 +1,287 @@
+//! The `exagate` binary: `check`, startup errors, and the key kept out of every log line,
+//! at the most verbose level, across hits, misses, errors and pass-through.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{client, send, start_sim, KEY};
+use exagate::sim::Fault;
+use http::{Method, StatusCode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_exagate");
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("exagate-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn check_prints_the_effective_config_without_the_key() {
+    let dir = tempdir();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, "[cache]\nmax_size = \"1GiB\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("EXABASE_API_KEY", KEY)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("max_size = \"1GiB\""), "{stdout}");
+    assert!(
+        stdout.contains("environment variable EXABASE_API_KEY"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("completed jobs are kept up to 24h after creation"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(KEY));
+}
+
+#[test]
+fn the_repository_config_passes_check() {
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+        ])
+        .env("EXABASE_API_KEY", KEY)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_missing_key_is_a_startup_error_naming_the_variable() {
+    let dir = tempdir();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, "[upstream]\napi_key_env = \"TEAM_EXA_KEY\"\n").expect("write");
+    for sub in ["check", "run"] {
+        let out = Command::new(BIN)
+            .arg(sub)
+            .arg("--config")
+            .arg(&path)
+            .env_remove("TEAM_EXA_KEY")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{sub} must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("TEAM_EXA_KEY"), "{sub}: {stderr}");
+    }
+}
+
+#[test]
+fn a_missing_key_file_is_named() {
+    let dir = tempdir();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        "[upstream]\napi_key_file = \"/nonexistent/exa-key\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/exa-key"));
+}
+
+#[test]
+fn bad_config_values_are_named() {
+    let dir = tempdir();
+    for (text, named) in [
+        ("[cache]\nmax_sise = \"1GiB\"\n", "max_sise"),
+        ("[upstream]\ntimeout = \"soon\"\n", "timeout"),
+        ("[log]\nformat = \"xml\"\n", "format"),
+        ("[server]\nlisten = \"nowhere\"\n", "listen"),
+    ] {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .env("EXABASE_API_KEY", KEY)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{text}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_never_appears_in_logs_at_trace_level() {
+    let sim = start_sim(false).await;
+    let dir = tempdir();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
+    let port = free_port();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+             [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\ntimeout = \"1s\"\n\
+             [log]\nlevel = \"trace\"\nformat = \"json\"\n",
+            sim.url(),
+            key_file.display()
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exagate");
+    let base = format!("http://127.0.0.1:{port}");
+    let c = client();
+    // Wait until it listens.
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "exagate did not start listening");
+
+    let id = sim.add_completed(None);
+    let job = format!("{base}/v2/extract/{id}");
+    let mut bodies = Vec::new();
+    let mut statuses = Vec::new();
+    for (method, url, body) in [
+        (Method::GET, job.clone(), Bytes::new()),
+        (Method::GET, job.clone(), Bytes::new()),
+        (
+            Method::GET,
+            format!("{job}/chunks?start=1&end=20"),
+            Bytes::new(),
+        ),
+        (
+            Method::POST,
+            format!("{base}/v2/extract"),
+            Bytes::from(r#"{"url":"https://example.com/a.pdf"}"#),
+        ),
+        (
+            Method::GET,
+            format!("{base}/v2/extract/not-a-job"),
+            Bytes::new(),
+        ),
+    ] {
+        let reply = send(&c, method, &url, &[("x-api-key", "client-sent-key")], body).await;
+        statuses.push(reply.status);
+        bodies.push(reply.body);
+    }
+    sim.set_fault(Fault::ServerError);
+    let other = sim.add_completed(None);
+    let reply = send(
+        &c,
+        Method::GET,
+        &format!("{base}/v2/extract/{other}"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    statuses.push(reply.status);
+    bodies.push(reply.body);
+    sim.set_fault(Fault::Silent);
+    let third = sim.add_completed(None);
+    let reply = send(
+        &c,
+        Method::GET,
+        &format!("{base}/v2/extract/{third}"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    statuses.push(reply.status);
+    bodies.push(reply.body);
+    sim.set_fault(Fault::None);
+    sim.shutdown().await;
+    let reply = send(
+        &c,
+        Method::GET,
+        &format!("{base}/v2/extract/{third}"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    statuses.push(reply.status);
+    bodies.push(reply.body);
+
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::BAD_REQUEST,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::GATEWAY_TIMEOUT,
+            StatusCode::BAD_GATEWAY,
+        ]
+    );
+    for body in &bodies {
+        assert!(
+            !String::from_utf8_lossy(body).contains(KEY),
+            "a response body holds the key"
+        );
+    }
+
+    // Stop it (SIGTERM) and read everything it logged.
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read logs");
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    // The check can fail: the logs are there, verbose, and mention the requests...
+    assert!(stderr.lines().count() > 20, "too few log lines: {stderr}");
+    assert!(
+        stderr.contains("exagate::access"),
+        "no access log: {stderr}"
+    );
+    assert!(stderr.contains(&id.to_string()));
+    // ...and never the key, whatever the level.
+    assert!(!stderr.contains(KEY), "the API key leaked into the logs");
+}

@@ -1,0 +1,197 @@
+//! Shared test harness: the simulated Extract API and a gateway in front of it, both
+//! in-process on ephemeral loopback ports, and a real hyper client to call them.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use exagate::secret::{ApiKey, KeySource};
+use exagate::sim::{SimOptions, Simulator};
+use exagate::{Config, RunningGateway};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+/// The key the simulator requires and the gateway injects. Distinctive, so a leak
+/// check can search output for it.
+pub const KEY: &str = "exa-test-key-7f3c9d2e41b8a6";
+
+/// An answer read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The `x-cache` header.
+    pub fn cache(&self) -> &str {
+        self.headers
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("<none>")
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The gateway's error code, for its own JSON errors.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_string()
+    }
+}
+
+/// A simulator, a gateway in front of it, and a client.
+pub struct Harness {
+    pub sim: Simulator,
+    pub gateway: RunningGateway,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    pub config: Config,
+}
+
+/// The config the harness uses: short timeouts so failure tests stay fast.
+pub fn test_config() -> Config {
+    let mut config = Config::defaults();
+    config.upstream.timeout = Duration::from_secs(2);
+    config.upstream.connect_timeout = Duration::from_millis(500);
+    config.server.shutdown_timeout = Duration::from_secs(5);
+    config
+}
+
+/// A simulator with the test key and a fast schedule.
+pub async fn start_sim(tls: bool) -> Simulator {
+    Simulator::start(SimOptions {
+        api_key: KEY.to_string(),
+        tls,
+        pending_for: Duration::from_millis(300),
+        processing_for: Duration::from_millis(300),
+        download_size: 3 * 1024 * 1024,
+        ..SimOptions::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+/// Starts a gateway in front of `sim` with `config` (its listen address and public URL
+/// are set to the ephemeral port bound here).
+pub async fn start_gateway(sim: &Simulator, mut config: Config) -> RunningGateway {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    config.server.listen = addr;
+    config.server.public_url = format!("http://{addr}");
+    config.upstream.url = sim.url();
+    config.validate().expect("valid test config");
+    let key = ApiKey::from_secret(KEY, KeySource::Env("TEST".into())).expect("key");
+    exagate::start(&config, key, listener).expect("gateway starts")
+}
+
+impl Harness {
+    /// Simulator + gateway with the test config.
+    pub async fn new() -> Harness {
+        Self::with(|_| {}).await
+    }
+
+    /// Simulator + gateway, with the test config adjusted by `adjust`.
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> Harness {
+        let sim = start_sim(false).await;
+        let mut config = test_config();
+        adjust(&mut config);
+        let gateway = start_gateway(&sim, config.clone()).await;
+        Harness {
+            sim,
+            gateway,
+            client: client(),
+            config,
+        }
+    }
+
+    /// The gateway's base URL.
+    pub fn url(&self) -> String {
+        self.gateway.url()
+    }
+
+    /// GET a gateway path.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    /// GET a gateway path in a base.
+    pub async fn get_in(&self, base: uuid::Uuid, path: &str) -> Reply {
+        let base = base.to_string();
+        self.send(
+            Method::GET,
+            path,
+            &[("x-exabase-base-id", &base)],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Any request to the gateway.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        send(
+            &self.client,
+            method,
+            &format!("{}{path}", self.url()),
+            headers,
+            body,
+        )
+        .await
+    }
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request with `client` and reads the answer whole.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body)).expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .expect("the gateway answers within 20 s")
+        .expect("request succeeds");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// The path of a job.
+pub fn job_path(id: uuid::Uuid) -> String {
+    format!("/v2/extract/{id}")
+}

@@ -1,0 +1,90 @@
+//! What the gateway refuses by itself, without an upstream call.
+
+mod common;
+
+use common::{job_path, Harness};
+use http::{Method, StatusCode};
+
+#[tokio::test]
+async fn invalid_job_ids_get_400_and_cost_nothing() {
+    let h = Harness::new().await;
+    for bad in [
+        "/v2/extract/not-a-job",
+        "/v2/extract/123e4567-e89b-02d3-a456-426614174000",
+        "/v2/extract/123e4567e89b12d3a456426614174000",
+        "/v2/extract/123e4567-e89b-12d3-a456-42661417400z/chunks",
+        "/v2/extract/%2e%2e",
+        "/v2/extract/..%2fusers",
+    ] {
+        let reply = h.get(bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.error_code(), "invalid_job_id", "{bad}");
+        assert!(reply.json()["error"]["message"].is_string());
+        assert_eq!(reply.cache(), "bypass");
+    }
+    assert_eq!(h.sim.calls(), 0);
+}
+
+#[tokio::test]
+async fn invalid_base_gets_400_and_costs_nothing() {
+    let h = Harness::new().await;
+    let id = h.sim.add_completed(None);
+    for bad in [
+        "nope",
+        "0c2d8a4e5b6f4a708b1c2d3e4f506172",
+        "{0c2d8a4e-5b6f-4a70-8b1c-2d3e4f506172}",
+    ] {
+        let reply = h
+            .send(
+                Method::GET,
+                &job_path(id),
+                &[("x-exabase-base-id", bad)],
+                Default::default(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.error_code(), "invalid_base_id");
+    }
+    assert_eq!(h.sim.calls(), 0);
+}
+
+#[tokio::test]
+async fn other_paths_are_404_from_the_gateway() {
+    let h = Harness::new().await;
+    let id = h.sim.add_completed(None);
+    for path in [
+        "/",
+        "/v2/users/me",
+        "/v2/workspaces",
+        "/v1/extract",
+        "/v2/extractx",
+        &format!("/v2/extract/{id}/secrets"),
+    ] {
+        let reply = h.get(path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply.error_code(), "not_found", "{path}");
+    }
+    assert_eq!(h.sim.calls(), 0);
+}
+
+#[tokio::test]
+async fn wrong_method_gets_405_with_allow() {
+    let h = Harness::new().await;
+    let id = h.sim.add_completed(None);
+    let reply = h
+        .send(Method::DELETE, &job_path(id), &[], Default::default())
+        .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.headers["allow"], "GET, HEAD");
+    assert_eq!(reply.error_code(), "method_not_allowed");
+    let reply = h
+        .send(
+            Method::DELETE,
+            "/v2/extract-settings",
+            &[],
+            Default::default(),
+        )
+        .await;
+    assert_eq!(reply.headers["allow"], "GET, PUT");
+    assert_eq!(h.sim.calls(), 0);
+}
