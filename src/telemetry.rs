@@ -12,8 +12,11 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
         _ => EnvFilter::try_new(&config.level),
     }
     .map_err(|e| format!("log.level: {e}"))?;
+    // Colours only for a person at a terminal; a file or a log shipper gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match config.format {
         LogFormat::Text => builder.try_init(),

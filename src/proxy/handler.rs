@@ -56,13 +56,14 @@ pub async fn handle(gw: Arc<Gateway>, request: Request<Incoming>) -> Response<Bo
         method = %method,
         path = %path,
         status = response.status().as_u16(),
-        cache = ex.cache.as_str(),
-        route = ex.route,
+        cache = %ex.cache.as_str(),
+        route = %ex.route,
         upstream_status = ex.upstream_status.map(|s| s.as_u16()),
         upstream_ms = ex.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
         coalesced = ex.coalesced,
-        error = ex.error,
+        error = ex.error.map(tracing::field::display),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
     );
     response
 }
