@@ -53,6 +53,11 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The admin listener (metrics, health, purge).
+    pub admin: AdminConfig,
+    /// Who may call; empty means the gateway is open.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ClientConfig>,
 }
 
 /// `[server]`
@@ -67,6 +72,26 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after a shutdown signal.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long to keep serving (with `/readyz` failing) before closing
+    /// the listener, so load balancers stop sending traffic first.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
+    /// Most connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// A client must send its request head within this; slow-header clients are cut.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers).
+    #[serde(with = "size")]
+    pub max_header_bytes: u64,
+    /// Largest request body forwarded (uploads); over it, 413 before any upstream call.
+    #[serde(with = "size")]
+    pub max_body: u64,
+    /// TLS termination; absent means plain HTTP (and h2c).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -75,7 +100,121 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: "http://127.0.0.1:8080".to_string(),
             shutdown_timeout: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(5),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            max_body: 100 * 1024 * 1024,
+            tls: None,
         }
+    }
+}
+
+/// `[server.tls]`: certificate and key, PEM, re-read on reload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// `[admin]`: a separate listener for operators, never the public port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where `/metrics`, `/healthz`, `/readyz` and the purge routes listen; unset turns
+    /// the admin listener off.
+    pub listen: Option<SocketAddr>,
+    /// Environment variable holding the bearer token that purging requires; while it is
+    /// unset, purging is refused.
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            token_env: "EXAGATE_ADMIN_TOKEN".to_string(),
+        }
+    }
+}
+
+/// One `[[clients]]` entry: an app allowed to call the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Shown in logs and metrics.
+    pub name: String,
+    /// SHA-256 of its token, hex (`exagate hash-token` prints it); the token itself is
+    /// never in the file.
+    pub token_sha256: String,
+    /// The bases it may use; absent means any base.
+    pub bases: Option<Vec<uuid::Uuid>>,
+    /// Whether it may call without a base (the workspace scope). Absent: allowed when
+    /// `bases` is absent too, refused when `bases` restricts it.
+    pub workspace: Option<bool>,
+    /// Its own share of the upstream quota.
+    pub rate_limit: Option<Rate>,
+}
+
+/// A rate such as `"5000/h"`, `"10/s"`, `"600/m"`, `"100/d"`, or `"50/30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests allowed...
+    pub count: u32,
+    /// ...per this period.
+    pub per: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let bad = || format!("`{text}` is not a rate; write e.g. \"5000/h\", \"10/s\", \"50/30s\"");
+        let (count, per) = text.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match per.trim() {
+            "s" => Duration::from_secs(1),
+            "m" | "min" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            other => humantime::parse_duration(other).map_err(|_| bad())?,
+        };
+        if count == 0 || per.is_zero() {
+            return Err(format!(
+                "`{text}`: the count and the period must be above zero"
+            ));
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per = match self.per.as_secs() {
+            1 if self.per.subsec_nanos() == 0 => "s".to_string(),
+            60 if self.per.subsec_nanos() == 0 => "m".to_string(),
+            3600 if self.per.subsec_nanos() == 0 => "h".to_string(),
+            86_400 if self.per.subsec_nanos() == 0 => "d".to_string(),
+            _ => format_duration(self.per),
+        };
+        write!(f, "{}/{per}", self.count)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -105,6 +244,17 @@ pub struct UpstreamConfig {
     /// Largest upstream body the gateway buffers (jobs, chunks); larger answers are a 502.
     #[serde(with = "size")]
     pub max_body: u64,
+    /// Token bucket in front of every upstream call (the account's quota); unset is no
+    /// limit.
+    pub rate_limit: Option<Rate>,
+    /// Bucket size: how many calls may go at once after a quiet spell. Default: a tenth of
+    /// the rate's count (at least 1).
+    pub rate_limit_burst: Option<u32>,
+    /// Longest the gateway stops calling the upstream after a 429.
+    #[serde(with = "duration")]
+    pub max_cooldown: Duration,
+    /// Most upstream calls in flight; bounds the memory fetches hold.
+    pub max_concurrent: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -118,6 +268,10 @@ impl Default for UpstreamConfig {
             timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(50),
             max_body: 64 * 1024 * 1024,
+            rate_limit: None,
+            rate_limit_burst: None,
+            max_cooldown: Duration::from_secs(60),
+            max_concurrent: 64,
         }
     }
 }
@@ -204,6 +358,23 @@ struct RawConfig {
     cache: CacheConfig,
     #[serde(default)]
     log: LogConfig,
+    #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default)]
+    clients: Vec<ClientConfig>,
+}
+
+impl From<RawConfig> for Config {
+    fn from(raw: RawConfig) -> Config {
+        Config {
+            server: raw.server,
+            upstream: raw.upstream,
+            cache: raw.cache,
+            log: raw.log,
+            admin: raw.admin,
+            clients: raw.clients,
+        }
+    }
 }
 
 impl Config {
@@ -228,25 +399,14 @@ impl Config {
             path: None,
             message: e.to_string(),
         })?;
-        let config = Config {
-            server: raw.server,
-            upstream: raw.upstream,
-            cache: raw.cache,
-            log: raw.log,
-        };
+        let config = Config::from(raw);
         config.validate()?;
         Ok(config)
     }
 
     /// The defaults, as if from an empty file.
     pub fn defaults() -> Config {
-        let raw = RawConfig::default();
-        Config {
-            server: raw.server,
-            upstream: raw.upstream,
-            cache: raw.cache,
-            log: raw.log,
-        }
+        Config::from(RawConfig::default())
     }
 
     /// Checks the relations a type cannot express. Public so code that builds a config
@@ -293,6 +453,78 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
+        }
+        let s = &self.server;
+        let positive = [
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+            ("server.shutdown_timeout", s.shutdown_timeout),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be greater than 0"));
+        }
+        if s.max_header_bytes < 1024 {
+            return Err(invalid("server.max_header_bytes", "must be at least 1KiB"));
+        }
+        if self.upstream.max_concurrent == 0 {
+            return Err(invalid("upstream.max_concurrent", "must be greater than 0"));
+        }
+        if self.upstream.rate_limit_burst == Some(0) {
+            return Err(invalid(
+                "upstream.rate_limit_burst",
+                "must be greater than 0",
+            ));
+        }
+        if self.upstream.rate_limit_burst.is_some() && self.upstream.rate_limit.is_none() {
+            return Err(invalid(
+                "upstream.rate_limit_burst",
+                "set without upstream.rate_limit",
+            ));
+        }
+        if let Some(admin) = self.admin.listen {
+            if admin == s.listen && admin.port() != 0 {
+                return Err(invalid(
+                    "admin.listen",
+                    "must differ from server.listen: the admin routes are never on the public port",
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for client in &self.clients {
+            if client.name.trim().is_empty() {
+                return Err(invalid("clients.name", "must not be empty"));
+            }
+            if !names.insert(client.name.as_str()) {
+                return Err(invalid(
+                    "clients.name",
+                    format!("`{}` appears twice", client.name),
+                ));
+            }
+            let hash = &client.token_sha256;
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "clients.token_sha256",
+                    format!(
+                        "client `{}`: must be 64 hex digits (exagate hash-token prints it)",
+                        client.name
+                    ),
+                ));
+            }
+            if !hashes.insert(hash.to_ascii_lowercase()) {
+                return Err(invalid(
+                    "clients.token_sha256",
+                    format!(
+                        "client `{}` shares its token with another client",
+                        client.name
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -20,13 +20,17 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 
 /// Forwards a request as it is (with the key) and streams the answer back.
-pub async fn forward(
+pub async fn forward<B>(
     gw: &Arc<Gateway>,
-    request: Request<Incoming>,
+    request: Request<B>,
     route: &Route,
     base: Option<Uuid>,
     ex: &mut Exchange,
-) -> Response<Body> {
+) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::error::BoxError>,
+{
     ex.cache = XCache::Bypass;
     if let Route::JobAction(job) = route {
         // The action changes the job (a reprocess revives a failed one): drop what we
