@@ -21,6 +21,9 @@ pub enum ErrorSource {
     Upstream,
     /// A bug or resource problem here: 500.
     Internal,
+    /// The gateway's own protections (quota, cooldown, concurrency): 429 or 503, always
+    /// with a time to come back.
+    Guard,
 }
 
 /// What went wrong; each kind has one status and one code.
@@ -38,6 +41,16 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// A request body over the configured limit.
     PayloadTooLarge,
+    /// No client token, or an unknown one (when clients are configured).
+    Unauthorized,
+    /// The client may not use this base (or the workspace).
+    Forbidden,
+    /// The gateway's token bucket for the account's quota is empty.
+    QuotaExhausted,
+    /// The upstream said 429 and the shared cooldown is running.
+    UpstreamRateLimited,
+    /// Every upstream slot stayed busy past the request's deadline.
+    UpstreamBusy,
     /// No connection to the upstream, or it broke before an answer.
     UpstreamUnreachable,
     /// The upstream answered something unusable (bad JSON, wrong job, cut-off body).
@@ -60,6 +73,11 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::QuotaExhausted => "quota_exhausted",
+            ErrorKind::UpstreamRateLimited => "upstream_rate_limited",
+            ErrorKind::UpstreamBusy => "upstream_busy",
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::UpstreamInvalid => "upstream_invalid_response",
             ErrorKind::UpstreamTooLarge => "upstream_body_too_large",
@@ -76,7 +94,12 @@ impl ErrorKind {
             | ErrorKind::BadRequest
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
-            | ErrorKind::PayloadTooLarge => ErrorSource::Client,
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden => ErrorSource::Client,
+            ErrorKind::QuotaExhausted
+            | ErrorKind::UpstreamRateLimited
+            | ErrorKind::UpstreamBusy => ErrorSource::Guard,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamInvalid
             | ErrorKind::UpstreamTooLarge
@@ -94,6 +117,12 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::QuotaExhausted | ErrorKind::UpstreamRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamInvalid
             | ErrorKind::UpstreamTooLarge => StatusCode::BAD_GATEWAY,
@@ -115,6 +144,8 @@ pub struct GatewayError {
     pub message: Cow<'static, str>,
     /// For 405: the methods the route takes, sent as `Allow`.
     pub allow: Option<&'static str>,
+    /// For 429/503: whole seconds until a retry can succeed, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl GatewayError {
@@ -124,7 +155,14 @@ impl GatewayError {
             kind,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
+    }
+
+    /// The same error with a `Retry-After`.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// A 405 naming the methods the route does take.
@@ -133,6 +171,7 @@ impl GatewayError {
             kind: ErrorKind::MethodNotAllowed,
             message: Cow::Owned(format!("this route takes {allow}")),
             allow: Some(allow),
+            retry_after: None,
         }
     }
 
@@ -157,6 +196,9 @@ impl GatewayError {
         headers.insert("x-cache", HeaderValue::from_static(cache));
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -186,6 +228,11 @@ mod tests {
             ErrorKind::NotFound,
             ErrorKind::MethodNotAllowed,
             ErrorKind::PayloadTooLarge,
+            ErrorKind::Unauthorized,
+            ErrorKind::Forbidden,
+            ErrorKind::QuotaExhausted,
+            ErrorKind::UpstreamRateLimited,
+            ErrorKind::UpstreamBusy,
             ErrorKind::UpstreamUnreachable,
             ErrorKind::UpstreamInvalid,
             ErrorKind::UpstreamTooLarge,
@@ -198,6 +245,7 @@ mod tests {
                 ErrorSource::Client => assert!((400..500).contains(&status), "{kind:?}"),
                 ErrorSource::Upstream => assert!(status == 502 || status == 504, "{kind:?}"),
                 ErrorSource::Internal => assert_eq!(status, 500),
+                ErrorSource::Guard => assert!(status == 429 || status == 503, "{kind:?}"),
             }
         }
     }

@@ -8,17 +8,20 @@
 //! [`start`] runs a whole gateway in-process on a listener you bind, which is how the
 //! tests and the demo use it; the binary (`src/main.rs`) only parses arguments.
 
+pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod guard;
 pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod sim;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,13 +73,21 @@ pub fn start(
     let addr = listener.local_addr()?;
     let gateway = Gateway::new(config, key)?;
     let (stop, stopped) = oneshot::channel::<()>();
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(tls::TlsTerminator::new)
+        .transpose()?
+        .map(Arc::new);
     let task = tokio::spawn(server::serve(
         Arc::clone(&gateway),
         listener,
+        tls,
+        server::ServerLimits::from_config(&config.server),
         async move {
             let _ = stopped.await;
         },
-        config.server.shutdown_timeout,
     ));
     Ok(RunningGateway {
         addr,
@@ -102,6 +113,20 @@ pub async fn run(
         public_url = %config.server.public_url,
         "exagate serving"
     );
-    server::serve(gateway, listener, shutdown, config.server.shutdown_timeout).await;
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(tls::TlsTerminator::new)
+        .transpose()?
+        .map(Arc::new);
+    server::serve(
+        gateway,
+        listener,
+        tls,
+        server::ServerLimits::from_config(&config.server),
+        shutdown,
+    )
+    .await;
     Ok(())
 }

@@ -1,68 +1,293 @@
-//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, graceful shutdown.
+//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, optional TLS,
+//! connection limits, and graceful shutdown.
+//!
+//! Each connection task watches three things: its own completion, the shutdown signal,
+//! and its idle timer. On either signal it asks hyper for a graceful shutdown (finish
+//! the request in flight, then close; GOAWAY on h2), so neither draining nor idling ever
+//! cuts a response short. The connection semaphore doubles as the count of open
+//! connections, which is how shutdown knows when they are all done.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 
+use crate::config::ServerConfig;
 use crate::gateway::Gateway;
 use crate::proxy::handler;
+use crate::tls::TlsTerminator;
+
+/// Connection-level settings, fixed for the listener's life.
+#[derive(Clone)]
+pub struct ServerLimits {
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Time to send a request head.
+    pub header_read_timeout: Duration,
+    /// No bytes either way for this long closes a connection.
+    pub idle_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerLimits {
+    /// The limits from `[server]`.
+    pub fn from_config(config: &ServerConfig) -> ServerLimits {
+        ServerLimits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            max_header_bytes: usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX),
+            shutdown_timeout: config.shutdown_timeout,
+        }
+    }
+}
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting and
-/// gives in-flight requests up to `grace` to finish.
+/// gives in-flight requests up to `limits.shutdown_timeout` to finish.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    tls: Option<Arc<TlsTerminator>>,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
 ) {
-    // `auto` reads the connection preface, so h2c with prior knowledge and HTTP/1.1
-    // share the port with no configuration.
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper needs a timer for its header-read timeout to apply at all.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's floor is 8 KiB; the head must fit in this buffer.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of
-                        // spinning, the way mini-redis does.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let gateway = Arc::clone(&gateway);
-                let service = service_fn(move |request| {
-                    let gateway = Arc::clone(&gateway);
-                    async move { Ok::<_, Infallible>(handler::handle(gateway, request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
+        // A slot first: at the limit, new connections wait in the kernel's queue.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
             () = &mut shutdown => break,
-        }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of
+                    // spinning, the way mini-redis does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = Arc::clone(&gateway);
+        let builder = Arc::clone(&builder);
+        let tls = tls.clone();
+        let stop = stop_rx.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let activity = Arc::new(Activity::new());
+            match tls {
+                None => {
+                    let io = Watched::new(stream, Arc::clone(&activity));
+                    run_connection(&builder, io, gateway, activity, stop, &limits).await;
+                }
+                Some(tls) => {
+                    let handshake = tls.accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let io = Watched::new(stream, Arc::clone(&activity));
+                            run_connection(&builder, io, gateway, activity, stop, &limits).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
     }
     drop(listener);
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    let _ = stop_tx.send(true);
+    tracing::info!("no longer accepting; finishing in-flight requests");
+    // Every connection holds a slot: when all are back, every connection has closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_timeout, slots.acquire_many(all))
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?grace, "in-flight requests outlived the grace period");
+        tracing::warn!(
+            grace = ?limits.shutdown_timeout,
+            "in-flight requests outlived server.shutdown_timeout"
+        );
+    }
+}
+
+/// Serves one connection until it ends, shutting it down gracefully on the stop signal
+/// or when idle.
+async fn run_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    gateway: Arc<Gateway>,
+    activity: Arc<Activity>,
+    mut stop: watch::Receiver<bool>,
+    limits: &ServerLimits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let gateway = Arc::clone(&gateway);
+        async move { Ok::<_, Infallible>(handler::handle(gateway, request).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = *stop.borrow();
+    if closing {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        let idle_check = tokio::time::sleep(activity.until_idle(limits.idle_timeout));
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = stop.changed(), if !closing => {
+                if changed.is_err() || *stop.borrow() {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            () = idle_check, if !closing => {
+                if activity.idle_for() >= limits.idle_timeout {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// When bytes last moved on a connection.
+struct Activity {
+    /// The clock's zero.
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last read or write.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    fn until_idle(&self, timeout: Duration) -> Duration {
+        timeout
+            .saturating_sub(self.idle_for())
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// An IO that records when bytes move, for the idle timeout.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    fn new(inner: T, activity: Arc<Activity>) -> Watched<T> {
+        Watched { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

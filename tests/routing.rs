@@ -13,14 +13,36 @@ async fn invalid_job_ids_get_400_and_cost_nothing() {
         "/v2/extract/123e4567-e89b-02d3-a456-426614174000",
         "/v2/extract/123e4567e89b12d3a456426614174000",
         "/v2/extract/123e4567-e89b-12d3-a456-42661417400z/chunks",
-        "/v2/extract/%2e%2e",
-        "/v2/extract/..%2fusers",
     ] {
         let reply = h.get(bad).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(reply.error_code(), "invalid_job_id", "{bad}");
         assert!(reply.json()["error"]["message"].is_string());
         assert_eq!(reply.cache(), "bypass");
+    }
+    assert_eq!(h.sim.calls(), 0);
+}
+
+#[tokio::test]
+async fn suspicious_paths_get_400_and_cost_nothing() {
+    let h = Harness::new().await;
+    let id = h.sim.add_completed(None);
+    let long = format!("/v2/extract?cursor={}", "a".repeat(3000));
+    for bad in [
+        "/v2/extract/%2e%2e",
+        "/v2/extract/..%2fusers",
+        "/v2/extract/%2E%2E/%2E%2E/v2/users",
+        "/v2//extract",
+        &format!("/v2/extract//{id}"),
+        &format!("/v2/extract/{id}/./chunks"),
+        &format!("/v2/extract/{id}/../../users"),
+        "/v2/extract/%00",
+        "/v2/extract%2fupload",
+        &long,
+    ] {
+        let reply = h.get(bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.error_code(), "bad_request", "{bad}");
     }
     assert_eq!(h.sim.calls(), 0);
 }

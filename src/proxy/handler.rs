@@ -8,6 +8,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::route::{self, Route};
 use super::{lookup, passthrough};
+use crate::auth::Client;
 use crate::body::Body;
 use crate::cache::answer::XCache;
 use crate::cache::JobKey;
@@ -29,6 +30,8 @@ pub struct Exchange {
     pub coalesced: bool,
     /// The gateway's error code, when it answered with one.
     pub error: Option<&'static str>,
+    /// The calling client, when clients are configured.
+    pub client: Option<Arc<Client>>,
 }
 
 impl Default for Exchange {
@@ -40,6 +43,7 @@ impl Default for Exchange {
             upstream_time: None,
             coalesced: false,
             error: None,
+            client: None,
         }
     }
 }
@@ -61,6 +65,7 @@ where
     // The path only, never the query or headers: nothing here can carry a secret.
     tracing::info!(
         target: "exagate::access",
+        client = ex.client.as_ref().map(|c| tracing::field::display(&c.name)),
         method = %method,
         path = %path,
         status = response.status().as_u16(),
@@ -85,6 +90,9 @@ where
         ex.error = Some(e.kind.code());
         e.to_response(XCache::Bypass.as_str())
     };
+    if let Err(e) = route::check_target(request.uri()) {
+        return refuse(e, ex);
+    }
     let route = match route::route(request.method(), request.uri().path()) {
         Ok(route) => route,
         Err(e) => return refuse(e, ex),
@@ -94,6 +102,21 @@ where
         Ok(base) => base,
         Err(e) => return refuse(e, ex),
     };
+    // Who is calling, and may they use this scope: decided before the cache is consulted,
+    // so a hit is no way around a restriction.
+    let live = gw.live();
+    match live.clients.identify(request.headers()) {
+        Ok(Some(client)) => {
+            let allowed = client.may_use(base);
+            ex.client = Some(client);
+            if let Err(e) = allowed {
+                return refuse(e, ex);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => return refuse(e, ex),
+    }
+    drop(live);
     let head = request.method() == Method::HEAD;
     match route {
         Route::Job(job) => lookup::job(gw, JobKey { base, job }, head, ex).await,

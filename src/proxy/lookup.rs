@@ -5,7 +5,7 @@
 //! stays true, stores it, and publishes it to every waiter.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode};
 use time::OffsetDateTime;
@@ -18,7 +18,7 @@ use crate::body::Body;
 use crate::cache::answer::XCache;
 use crate::cache::{Answer, CacheKey, Decision, JobKey, JobState, Join, NoCacheReason};
 use crate::error::{ErrorKind, GatewayError};
-use crate::gateway::{FetchResult, Gateway};
+use crate::gateway::{FetchResult, Gateway, Live};
 
 /// `GET`/`HEAD /v2/extract/{id}`.
 pub async fn job(gw: &Arc<Gateway>, key: JobKey, head: bool, ex: &mut Exchange) -> Response<Body> {
@@ -65,6 +65,14 @@ async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> Fe
             waiter
         }
         Join::Leader(leader) => {
+            // This request is the one that needs the upstream: it spends its client's
+            // share. (Followers cost the upstream nothing and spend nothing.)
+            if let Some(client) = &ex.client {
+                if let Err(e) = client.check_quota() {
+                    leader.complete(Err(e.clone()));
+                    return Err(e);
+                }
+            }
             let waiter = leader.waiter();
             let gw = Arc::clone(gw);
             // Its own task: the requester hanging up must not cancel the fetch that
@@ -76,7 +84,11 @@ async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> Fe
             waiter
         }
     };
-    match tokio::time::timeout(gw.upstream_timeout, waiter.wait()).await {
+    // The fetch ends by its own deadline (`upstream.timeout`, slot wait included) and
+    // reports how; the small margin only lets that report, rather than this fallback,
+    // reach the waiter.
+    let patience = gw.live().config.upstream.timeout + Duration::from_millis(100);
+    match tokio::time::timeout(patience, waiter.wait()).await {
         Ok(Some(result)) => result,
         Ok(None) => Err(GatewayError::new(
             ErrorKind::Internal,
@@ -93,9 +105,10 @@ fn timeout() -> GatewayError {
     )
 }
 
-/// One upstream fetch under the deadline, then the storing decision.
+/// One upstream fetch (bounded by `upstream.timeout` inside the client), then the
+/// storing decision.
 async fn fetch(gw: &Gateway, key: &CacheKey) -> FetchResult {
-    let work = async {
+    {
         // A flight that finished between our cache miss and our joining has already
         // stored its answer: use it rather than spend another upstream call.
         if let Some(answer) = gw.cache.get(key).await {
@@ -107,27 +120,24 @@ async fn fetch(gw: &Gateway, key: &CacheKey) -> FetchResult {
             CacheKey::Chunks(k, q) if q.is_empty() => format!("/v2/extract/{}/chunks", k.job),
             CacheKey::Chunks(k, q) => format!("/v2/extract/{}/chunks?{q}", k.job),
         };
-        let fetched = gw.upstream.get_buffered(&path, job.base).await?;
+        let live = gw.live();
+        let fetched = live.upstream.get_buffered(&path, job.base).await?;
         let answer = match key {
-            CacheKey::Job(k) => job_answer(gw, k.job, fetched)?,
+            CacheKey::Job(k) => job_answer(&live, k.job, fetched)?,
             CacheKey::Chunks(k, _) => chunks_answer(gw, k, fetched).await?,
         };
         let answer = Arc::new(answer);
         gw.cache.insert(key.clone(), Arc::clone(&answer)).await;
         Ok(answer)
-    };
-    match tokio::time::timeout(gw.upstream_timeout, work).await {
-        Ok(result) => result,
-        Err(_) => Err(timeout()),
     }
 }
 
 /// Builds the answer for a job lookup: a 200 is validated and rewritten, a 404 kept
 /// briefly, anything else passed on unstored.
-fn job_answer(gw: &Gateway, asked: Uuid, fetched: Fetched) -> Result<Answer, GatewayError> {
+fn job_answer(live: &Live, asked: Uuid, fetched: Fetched) -> Result<Answer, GatewayError> {
     let (body, state, decision) = match fetched.status {
         StatusCode::OK => {
-            let (body, facts) = gw.rewriter.rewrite_job(&fetched.body).map_err(|e| {
+            let (body, facts) = live.rewriter.rewrite_job(&fetched.body).map_err(|e| {
                 tracing::warn!(job = %asked, error = %e, "upstream sent an unusable job");
                 GatewayError::new(
                     ErrorKind::UpstreamInvalid,
@@ -147,11 +157,11 @@ fn job_answer(gw: &Gateway, asked: Uuid, fetched: Fetched) -> Result<Answer, Gat
                 ));
             }
             let decision =
-                gw.policy
+                live.policy
                     .for_job(facts.state, facts.created_at, OffsetDateTime::now_utc());
             (Some(body), Some(facts.state), decision)
         }
-        StatusCode::NOT_FOUND => (None, None, gw.policy.for_not_found()),
+        StatusCode::NOT_FOUND => (None, None, live.policy.for_not_found()),
         _ => (None, None, Decision::Skip(NoCacheReason::Status)),
     };
     let expires_at = expiry(fetched.status, decision);

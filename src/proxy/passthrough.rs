@@ -17,7 +17,7 @@ use super::route::{Route, BASE_HEADER};
 use crate::body::Body;
 use crate::cache::answer::XCache;
 use crate::error::{ErrorKind, GatewayError};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Live};
 
 /// Forwards a request as it is (with the key) and streams the answer back.
 pub async fn forward<B>(
@@ -32,6 +32,20 @@ where
     B::Error: Into<crate::error::BoxError>,
 {
     ex.cache = XCache::Bypass;
+    let live = gw.live();
+    let max_body = live.config.server.max_body;
+    let refused = |e: GatewayError, ex: &mut Exchange| {
+        ex.error = Some(e.kind.code());
+        e.to_response(XCache::Bypass.as_str())
+    };
+    if let Err(e) = check_declared_length(request.headers(), max_body) {
+        return refused(e, ex);
+    }
+    if let Some(client) = &ex.client {
+        if let Err(e) = client.check_quota() {
+            return refused(e, ex);
+        }
+    }
     if let Route::JobAction(job) = route {
         // The action changes the job (a reprocess revives a failed one): drop what we
         // hold before, and again after, so a fetch that raced the action cannot leave
@@ -47,7 +61,9 @@ where
     }
     let relays_body = !matches!(parts.method, Method::GET | Method::HEAD);
     let body = if relays_body {
-        Body::stream(body)
+        // A body without a declared length is cut off at the limit too.
+        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+        Body::stream(Limited::new(body, limit))
     } else {
         Body::Empty
     };
@@ -56,7 +72,7 @@ where
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
     let started = Instant::now();
-    let result = gw
+    let result = live
         .upstream
         .send(parts.method.clone(), path_and_query, out_headers, body)
         .await;
@@ -66,17 +82,14 @@ where
     }
     let response = match result {
         Ok(response) => response,
-        Err(e) => {
-            ex.error = Some(e.kind.code());
-            return e.to_response(XCache::Bypass.as_str());
-        }
+        Err(e) => return refused(e, ex),
     };
     ex.upstream_status = Some(response.status());
     let rewrite = matches!(route, Route::Collection)
         && response.status().is_success()
         && is_json(response.headers());
     if rewrite {
-        return rewrite_collection(gw, &parts.method, response, ex).await;
+        return rewrite_collection(&live, &parts.method, response, ex).await;
     }
     let (parts, body) = response.into_parts();
     let mut response = Response::new(Body::stream(body));
@@ -99,13 +112,13 @@ fn is_json(headers: &http::HeaderMap) -> bool {
 /// app that follows them from there also comes back through the gateway. These bodies
 /// are small JSON, read whole within `upstream.max_body`.
 async fn rewrite_collection(
-    gw: &Gateway,
+    live: &Live,
     method: &Method,
     response: Response<Incoming>,
     ex: &mut Exchange,
 ) -> Response<Body> {
     let (parts, body) = response.into_parts();
-    let limit = usize::try_from(gw.upstream.max_body()).unwrap_or(usize::MAX);
+    let limit = usize::try_from(live.upstream.max_body()).unwrap_or(usize::MAX);
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
@@ -118,9 +131,9 @@ async fn rewrite_collection(
         }
     };
     let rewritten = if method == Method::POST {
-        gw.rewriter.rewrite_job(&bytes).map(|(b, _)| b)
+        live.rewriter.rewrite_job(&bytes).map(|(b, _)| b)
     } else {
-        gw.rewriter.rewrite_list(&bytes)
+        live.rewriter.rewrite_list(&bytes)
     };
     // A body we cannot read as JSON is passed on untouched: the app gets what the
     // upstream said, which is all a pass-through route promises.
@@ -134,4 +147,19 @@ async fn rewrite_collection(
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
     response
+}
+
+/// `413` for a declared request body over `server.max_body`, before any upstream call.
+fn check_declared_length(headers: &http::HeaderMap, limit: u64) -> Result<(), GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            "the request body is larger than server.max_body",
+        )),
+        _ => Ok(()),
+    }
 }

@@ -46,6 +46,42 @@ impl Route {
     }
 }
 
+/// Longest request target (path and query) the gateway accepts.
+pub const MAX_TARGET: usize = 2048;
+
+/// Refuses request targets no Extract API route needs and that only serve to confuse a
+/// path-based rule somewhere: over-long, `//`, dot segments (plain or percent-encoded),
+/// encoded slashes and backslashes, encoded or raw control characters.
+pub fn check_target(uri: &http::Uri) -> Result<(), GatewayError> {
+    let bad = |why: &'static str| GatewayError::new(ErrorKind::BadRequest, why);
+    let path = uri.path();
+    let query = uri.query().unwrap_or("");
+    if path.len() + query.len() > MAX_TARGET {
+        return Err(bad("the request target is too long"));
+    }
+    if path.contains("//") {
+        return Err(bad("the path has an empty segment (//)"));
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(bad("the path has a dot segment"));
+    }
+    let controls = |text: &str| text.bytes().any(|b| b < 0x20 || b == 0x7f);
+    if controls(path) || controls(query) || path.contains('\\') {
+        return Err(bad(
+            "the request target holds control characters or a backslash",
+        ));
+    }
+    let lower = path.to_ascii_lowercase();
+    for encoded in ["%2e", "%2f", "%5c", "%00", "%0", "%1", "%7f"] {
+        if lower.contains(encoded) {
+            return Err(bad(
+                "the path holds an encoded dot, slash, backslash or control character",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Methods of the read routes.
 const GET_HEAD: &str = "GET, HEAD";
 
@@ -226,6 +262,34 @@ mod tests {
         assert_eq!(err.allow, Some("GET, HEAD"));
         let err = route(&Method::DELETE, "/v2/extract").expect_err("delete");
         assert_eq!(err.allow, Some("GET, POST"));
+    }
+
+    #[test]
+    fn suspicious_targets_are_refused() {
+        for target in [
+            "/v2//extract",
+            "/v2/extract/../users",
+            "/v2/./extract",
+            "/v2/extract/%2e%2e/users",
+            "/v2/extract/%2E%2E",
+            "/v2/extract%2fupload",
+            "/v2/extract/%00",
+            "/v2/extract/a%0ab",
+        ] {
+            let uri: http::Uri = target.parse().expect("uri");
+            assert_eq!(
+                check_target(&uri).expect_err(target).kind,
+                ErrorKind::BadRequest
+            );
+        }
+        let long: http::Uri = format!("/v2/extract?{}", "a".repeat(MAX_TARGET))
+            .parse()
+            .expect("uri");
+        assert!(check_target(&long).is_err());
+        let fine: http::Uri = "/v2/extract/upload?filename=a%20b.pdf"
+            .parse()
+            .expect("uri");
+        assert!(check_target(&fine).is_ok());
     }
 
     #[test]

@@ -20,6 +20,8 @@ use uuid::Uuid;
 use crate::body::Body;
 use crate::config::{http_origin, Origin, UpstreamConfig};
 use crate::error::{BoxError, ErrorKind, GatewayError};
+use crate::guard::cooldown::parse_retry_after;
+use crate::guard::{Slot, UpstreamGuard};
 use crate::secret::ApiKey;
 
 /// The header carrying the key upstream.
@@ -50,12 +52,18 @@ pub struct UpstreamClient {
     timeout: Duration,
     /// Largest body read into memory.
     max_body: u64,
+    /// Quota, 429 cooldown and concurrency slots; shared across reloads.
+    guard: Arc<UpstreamGuard>,
 }
 
 impl UpstreamClient {
     /// Builds the client: TLS roots (the public ones plus `ca_file`), connect timeout,
     /// pool idle timeout (with the timer hyper-util needs for it to apply at all).
-    pub fn new(config: &UpstreamConfig, key: ApiKey) -> Result<UpstreamClient, BoxError> {
+    pub fn new(
+        config: &UpstreamConfig,
+        key: ApiKey,
+        guard: Arc<UpstreamGuard>,
+    ) -> Result<UpstreamClient, BoxError> {
         let origin = http_origin(&config.url)?;
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -105,6 +113,7 @@ impl UpstreamClient {
             key,
             timeout: config.timeout,
             max_body: config.max_body,
+            guard,
         })
     }
 
@@ -129,33 +138,83 @@ impl UpstreamClient {
         &self,
         method: Method,
         path_and_query: &str,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Body,
     ) -> Result<Response<Incoming>, GatewayError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let (response, _slot) = self
+            .send_holding(method, path_and_query, headers, body, deadline)
+            .await?;
+        Ok(response)
+    }
+
+    /// [`send`](Self::send), also returning the concurrency slot so a caller that reads
+    /// the body whole keeps the slot until it has.
+    async fn send_holding(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Body,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Response<Incoming>, Slot), GatewayError> {
+        self.guard.check_quota()?;
+        let slot = self
+            .guard
+            .slot(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await?;
         headers.insert(API_KEY, self.key.header_value().clone());
-        let mut request = Request::new(body);
-        *request.method_mut() = method;
-        *request.uri_mut() = self.uri(path_and_query)?;
-        *request.headers_mut() = headers;
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(connect_error(&e)),
-            Err(_) => Err(GatewayError::new(
-                ErrorKind::UpstreamTimeout,
-                "the upstream did not answer in time",
-            )),
+        let uri = self.uri(path_and_query)?;
+        // A GET or HEAD whose connection failed before any byte of an answer came back
+        // (a pooled connection the far end had just closed) is sent once more; anything
+        // else is never retried: a POST has no idempotency key.
+        let idempotent = method == Method::GET || method == Method::HEAD;
+        let retry = idempotent.then(|| (method.clone(), uri.clone(), headers.clone()));
+        let attempt = async {
+            let first = self.client.request(build(method, uri, headers, body)).await;
+            match (first, retry) {
+                (Err(e), Some((method, uri, headers))) if !e.is_connect() => {
+                    tracing::debug!(error = %error_chain(&e), "retrying an idempotent request once");
+                    self.client
+                        .request(build(method, uri, headers, Body::Empty))
+                        .await
+                }
+                (result, _) => result,
+            }
+        };
+        let response = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(connect_error(&e)),
+            Err(_) => {
+                return Err(GatewayError::new(
+                    ErrorKind::UpstreamTimeout,
+                    "the upstream did not answer in time",
+                ))
+            }
+        };
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = parse_retry_after(response.headers().get(header::RETRY_AFTER));
+            tracing::warn!(
+                ?retry_after,
+                "upstream answered 429: pausing upstream calls"
+            );
+            self.guard.cooldown.on_too_many(retry_after);
+        } else {
+            self.guard.cooldown.on_success();
         }
+        Ok((response, slot))
     }
 
     /// GETs a JSON resource and reads it whole (bounded by `upstream.max_body`), asking for
-    /// an uncompressed body so it can be parsed and rewritten. The caller applies the
-    /// overall deadline.
+    /// an uncompressed body so it can be parsed and rewritten. `upstream.timeout` covers
+    /// the wait for a slot, the answer and its body.
     pub async fn get_buffered(
         &self,
         path_and_query: &str,
         base: Option<Uuid>,
     ) -> Result<Fetched, GatewayError> {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut headers = HeaderMap::with_capacity(4);
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(
@@ -167,8 +226,8 @@ impl UpstreamClient {
                 .map_err(|_| GatewayError::new(ErrorKind::Internal, "base id header"))?;
             headers.insert(super::route::BASE_HEADER, value);
         }
-        let response = self
-            .send(Method::GET, path_and_query, headers, Body::Empty)
+        let (response, _slot) = self
+            .send_holding(Method::GET, path_and_query, headers, Body::Empty, deadline)
             .await?;
         let (parts, body) = response.into_parts();
         let declared = parts
@@ -180,9 +239,15 @@ impl UpstreamClient {
             return Err(too_large());
         }
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
-        let body = Limited::new(body, limit)
-            .collect()
+        let collected = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
             .await
+            .map_err(|_| {
+                GatewayError::new(
+                    ErrorKind::UpstreamTimeout,
+                    "the upstream body did not arrive in time",
+                )
+            })?;
+        let body = collected
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
                     too_large()
@@ -202,6 +267,14 @@ impl UpstreamClient {
             elapsed: started.elapsed(),
         })
     }
+}
+
+fn build(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Request<Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
 }
 
 fn too_large() -> GatewayError {

@@ -69,6 +69,9 @@ pub fn test_config() -> Config {
     config.upstream.timeout = Duration::from_secs(2);
     config.upstream.connect_timeout = Duration::from_millis(500);
     config.server.shutdown_timeout = Duration::from_secs(5);
+    config.server.drain_delay = Duration::ZERO;
+    // Tests bind their own admin listener when they need one.
+    config.admin.listen = None;
     config
 }
 
