@@ -417,10 +417,10 @@ impl Jobs {
             .jobs
             .iter()
             .filter(|(_, j)| j.scope == scope)
-            .filter(|(_, j)| j.raw.as_ref().map_or(true, |r| r.is_json))
-            .filter(|(_, j)| kind.map_or(true, |k| j.kind == k))
+            .filter(|(_, j)| j.raw.as_ref().is_none_or(|r| r.is_json))
+            .filter(|(_, j)| kind.is_none_or(|k| j.kind == k))
             .filter(|(_, j)| {
-                state.map_or(true, |s| {
+                state.is_none_or(|s| {
                     j.state.current(&self.schedule, now).as_deref() == Some(s)
                 })
             })
