@@ -107,6 +107,12 @@ pub async fn run(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let gateway = Gateway::new(config, key)?;
+    if config.clients.is_empty() && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "no [[clients]] configured: anyone who can reach this address can spend the team's quota"
+        );
+    }
     tracing::info!(
         listen = %config.server.listen,
         upstream = %config.upstream.url,

@@ -38,6 +38,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Read a client token on stdin, print its SHA-256 for `[[clients]] token_sha256`.
+    HashToken,
     /// Run only the simulated Extract API (for load tests with external tools).
     #[command(hide = true)]
     Sim {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(&cli.config).await,
             Command::Check => check(&cli.config),
+            Command::HashToken => hash_token(),
             Command::Demo { listen } => exagate::demo::run(listen, shutdown_signal()).await,
             Command::Sim {
                 listen,
@@ -108,6 +111,18 @@ fn check(path: &std::path::Path) -> Result<(), exagate::BoxError> {
     }
     println!();
     print!("{config}");
+    Ok(())
+}
+
+fn hash_token() -> Result<(), exagate::BoxError> {
+    let mut token = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
+    // `echo TOKEN |` adds a newline that is not part of the token.
+    let token = token.trim_end_matches(['\r', '\n']);
+    if token.is_empty() {
+        return Err("no token on stdin (try: printf %s \"$TOKEN\" | exagate hash-token)".into());
+    }
+    println!("{}", exagate::auth::hash_token(token));
     Ok(())
 }
 

@@ -131,3 +131,64 @@ async fn upstream_down_serves_cached_jobs_and_502s_the_rest_quickly() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_get_is_retried_once_when_the_connection_breaks_before_an_answer() {
+    let h = Harness::new().await;
+    let id = h.sim.add_completed(None);
+    h.sim.set_fault_for(Fault::Reset, 1);
+    let reply = h.get(&job_path(id)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(h.sim.calls(), 2, "one failed attempt, one retry");
+}
+
+#[tokio::test]
+async fn a_post_is_never_retried() {
+    let h = Harness::new().await;
+    h.sim.set_fault_for(Fault::Reset, 1);
+    let reply = h
+        .send(
+            http::Method::POST,
+            "/v2/extract",
+            &[("content-type", "application/json")],
+            Bytes::from(r#"{"url":"https://example.com/a.pdf"}"#),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.error_code(), "upstream_unreachable");
+    assert_eq!(h.sim.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_body_over_upstream_max_body_is_502_and_not_stored() {
+    let h = Harness::with(|c| c.upstream.max_body = 4096).await;
+    h.sim.set_padding(16 * 1024);
+    let id = h.sim.add_completed(None);
+    for _ in 0..2 {
+        let reply = h.get(&job_path(id)).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(reply.error_code(), "upstream_body_too_large");
+    }
+    assert_eq!(h.sim.calls(), 2);
+}
+
+#[tokio::test]
+async fn the_gateway_recovers_by_itself_when_the_upstream_comes_back() {
+    let h = Harness::new().await;
+    let addr = h.sim.addr();
+    h.sim.shutdown().await;
+    let down = h.get(&job_path(uuid::Uuid::new_v4())).await;
+    assert_eq!(down.status, StatusCode::BAD_GATEWAY);
+    // The same upstream address comes back.
+    let sim = exagate::sim::Simulator::start(exagate::sim::SimOptions {
+        api_key: KEY.to_string(),
+        addr,
+        ..Default::default()
+    })
+    .await
+    .expect("restart on the same port");
+    let id = sim.add_completed(None);
+    let up = h.get(&job_path(id)).await;
+    assert_eq!(up.status, StatusCode::OK);
+    assert_eq!(up.cache(), "miss");
+}

@@ -159,10 +159,10 @@ impl UpstreamClient {
         deadline: tokio::time::Instant,
     ) -> Result<(Response<Incoming>, Slot), GatewayError> {
         self.guard.check_quota()?;
-        let slot = self
-            .guard
-            .slot(deadline.saturating_duration_since(tokio::time::Instant::now()))
-            .await?;
+        // At most half the deadline goes to waiting for a slot: a call that got its slot
+        // with no time left would only turn a clear 503 into a pointless 504.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let slot = self.guard.slot(left / 2).await?;
         headers.insert(API_KEY, self.key.header_value().clone());
         let uri = self.uri(path_and_query)?;
         // A GET or HEAD whose connection failed before any byte of an answer came back
@@ -287,6 +287,17 @@ fn too_large() -> GatewayError {
 /// Maps a client error. The message is generic: the client needs to know the upstream
 /// failed, not our network details; the detail goes to the log.
 fn connect_error(e: &hyper_util::client::legacy::Error) -> GatewayError {
+    // The client's own upload outgrew `server.max_body` while streaming: its fault.
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return GatewayError::new(
+                ErrorKind::PayloadTooLarge,
+                "the request body is larger than server.max_body",
+            );
+        }
+        source = s.source();
+    }
     tracing::warn!(error = %error_chain(e), "upstream request failed");
     if e.is_connect() {
         GatewayError::new(

@@ -420,9 +420,7 @@ impl Jobs {
             .filter(|(_, j)| j.raw.as_ref().is_none_or(|r| r.is_json))
             .filter(|(_, j)| kind.is_none_or(|k| j.kind == k))
             .filter(|(_, j)| {
-                state.is_none_or(|s| {
-                    j.state.current(&self.schedule, now).as_deref() == Some(s)
-                })
+                state.is_none_or(|s| j.state.current(&self.schedule, now).as_deref() == Some(s))
             })
             .collect();
         found.sort_by_key(|(_, j)| std::cmp::Reverse((j.created_at, j.seq)));

@@ -132,6 +132,11 @@ impl Harness {
         self.send(Method::GET, path, &[], Bytes::new()).await
     }
 
+    /// GET a gateway path (owned, for many concurrent requests).
+    pub async fn get_owned(&self, path: String) -> Reply {
+        self.get(&path).await
+    }
+
     /// GET a gateway path in a base.
     pub async fn get_in(&self, base: uuid::Uuid, path: &str) -> Reply {
         let base = base.to_string();

@@ -1,0 +1,149 @@
+//! What a misbehaving client runs into: body and header limits, slow headers, idle
+//! connections, the connection cap.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{job_path, Harness};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads what the server sends until it closes (or `limit` passes).
+async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn a_declared_body_over_max_body_is_413_before_any_upstream_call() {
+    let h = Harness::with(|c| c.server.max_body = 1024).await;
+    let reply = h
+        .send(
+            Method::POST,
+            "/v2/extract",
+            &[("content-type", "application/json")],
+            Bytes::from(vec![b' '; 4096]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.error_code(), "payload_too_large");
+    assert_eq!(h.sim.calls(), 0);
+    // Within the limit it goes through.
+    let ok = h
+        .send(
+            Method::POST,
+            "/v2/extract",
+            &[("content-type", "application/json")],
+            Bytes::from(r#"{"url":"https://example.com/a.pdf"}"#),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_max_body_never_reaches_the_upstream_whole() {
+    let h = Harness::with(|c| c.server.max_body = 1024).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    let chunk = "x".repeat(4000);
+    let request = format!(
+        "POST /v2/extract HTTP/1.1\r\nhost: gw\r\ncontent-type: multipart/form-data; boundary=b\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let (answer, _) = read_until_close(&mut stream, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    for seen in h.sim.requests() {
+        assert!(
+            seen.body_len <= 1024,
+            "the upstream got {} bytes",
+            seen.body_len
+        );
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut() {
+    let h = Harness::with(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /v2/extract HTTP/1.1\r\nhost: gw\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let (_, closed) = read_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "the connection was not closed");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(h.sim.calls(), 0);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let h = Harness::with(|c| c.server.idle_timeout = Duration::from_millis(300)).await;
+    let id = h.sim.add_completed(None);
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    let request = format!("GET {} HTTP/1.1\r\nhost: gw\r\n\r\n", job_path(id));
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let (answer, closed) = read_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "the idle connection was kept open");
+}
+
+#[tokio::test]
+async fn an_oversized_head_is_refused() {
+    let h = Harness::with(|c| c.server.max_header_bytes = 8 * 1024).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    let request = format!(
+        "GET /v2/extract HTTP/1.1\r\nhost: gw\r\nx-junk: {}\r\n\r\n",
+        "j".repeat(64 * 1024)
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let (answer, closed) = read_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert_eq!(h.sim.calls(), 0);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_slot() {
+    let h = Harness::with(|c| {
+        c.server.max_connections = 1;
+        c.server.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let id = h.sim.add_completed(None);
+    // The first connection holds the only slot (idle, until its idle timeout).
+    let mut first = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    first
+        .write_all(format!("GET {} HTTP/1.1\r\nhost: gw\r\n\r\n", job_path(id)).as_bytes())
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = first.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The second is accepted by the kernel but not served until the first is gone.
+    let started = Instant::now();
+    let second = h.get(&job_path(id)).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "served at once despite max_connections = 1"
+    );
+}

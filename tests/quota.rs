@@ -1,0 +1,156 @@
+//! The quota guard: the token bucket, the shared cooldown after an upstream 429, and the
+//! cap on upstream calls in flight. Refusals cost no upstream call; hits keep flowing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{job_path, Harness};
+use exagate::config::Rate;
+use exagate::sim::Fault;
+use futures_util::future::join_all;
+use http::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bucket_bounds_upstream_calls_and_hits_keep_flowing() {
+    let h = Harness::with(|c| {
+        c.upstream.rate_limit = Some(Rate {
+            count: 10,
+            per: Duration::from_secs(3600),
+        });
+    })
+    .await;
+    // Burst defaults to a tenth of the count: 1 call, then one every 6 minutes.
+    let warm = h.sim.add_completed(None);
+    assert_eq!(h.get(&job_path(warm)).await.status, StatusCode::OK);
+
+    let ids = h.sim.seed_completed(None, 1000);
+    let replies = join_all(ids.iter().map(|id| h.get_owned(job_path(*id)))).await;
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(
+        refused.len(),
+        1000,
+        "the bucket was spent by the first call"
+    );
+    for reply in &refused {
+        assert_eq!(reply.error_code(), "quota_exhausted");
+        let secs: u64 = reply.headers["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("whole seconds");
+        // The next token is 6 minutes away (less the time the test has run).
+        assert!((300..=360).contains(&secs), "retry-after {secs}");
+    }
+    // Exactly the bucket's worth reached the upstream.
+    assert_eq!(h.sim.calls(), 1);
+    // A cached job is still served.
+    let hit = h.get(&job_path(warm)).await;
+    assert_eq!(hit.status, StatusCode::OK);
+    assert_eq!(hit.cache(), "hit");
+}
+
+#[tokio::test]
+async fn an_upstream_429_closes_the_gate_for_its_retry_after() {
+    let h = Harness::new().await;
+    let cached = h.sim.add_completed(None);
+    assert_eq!(h.get(&job_path(cached)).await.status, StatusCode::OK);
+    let other = h.sim.add_completed(None);
+    h.sim.set_fault_for(
+        Fault::TooManyRequests {
+            retry_after: Some(2),
+        },
+        1,
+    );
+    let first = h.get(&job_path(other)).await;
+    assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
+    let closed_at = Instant::now();
+    assert_eq!(h.sim.calls(), 2);
+
+    // While the gate is closed: misses are refused at once, hits are served.
+    let mut refused = 0;
+    while closed_at.elapsed() < Duration::from_millis(1700) {
+        let miss = h.get(&job_path(h.sim.add_completed(None))).await;
+        assert_eq!(miss.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(miss.error_code(), "upstream_rate_limited");
+        assert!(miss.headers.contains_key("retry-after"));
+        refused += 1;
+        let hit = h.get(&job_path(cached)).await;
+        assert_eq!(hit.status, StatusCode::OK);
+        assert_eq!(hit.cache(), "hit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused >= 5);
+    assert_eq!(
+        h.sim.calls(),
+        2,
+        "no upstream call while the gate was closed"
+    );
+
+    // After the 2 s, calls go through again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = h.get(&job_path(other)).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(h.sim.calls(), 3);
+}
+
+#[tokio::test]
+async fn without_retry_after_the_backoff_starts_at_one_second() {
+    let h = Harness::new().await;
+    h.sim
+        .set_fault_for(Fault::TooManyRequests { retry_after: None }, 1);
+    let id = h.sim.add_completed(None);
+    assert_eq!(
+        h.get(&job_path(id)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let refused = h.get(&job_path(id)).await;
+    assert_eq!(refused.error_code(), "upstream_rate_limited");
+    assert_eq!(refused.headers["retry-after"], "1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(h.get(&job_path(id)).await.status, StatusCode::OK);
+    assert_eq!(h.sim.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_is_capped_by_max_cooldown() {
+    let h = Harness::with(|c| c.upstream.max_cooldown = Duration::from_secs(1)).await;
+    h.sim.set_fault_for(
+        Fault::TooManyRequests {
+            retry_after: Some(3600),
+        },
+        1,
+    );
+    let id = h.sim.add_completed(None);
+    assert_eq!(
+        h.get(&job_path(id)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(h.get(&job_path(id)).await.headers["retry-after"], "1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(h.get(&job_path(id)).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_max_concurrent_wait_then_get_503() {
+    let h = Harness::with(|c| {
+        c.upstream.max_concurrent = 2;
+        c.upstream.timeout = Duration::from_millis(600);
+    })
+    .await;
+    h.sim.set_fault(Fault::Silent);
+    let ids = h.sim.seed_completed(None, 6);
+    let replies = join_all(ids.iter().map(|id| h.get_owned(job_path(*id)))).await;
+    let codes: Vec<String> = replies.iter().map(|r| r.error_code()).collect();
+    let timeouts = codes.iter().filter(|c| *c == "upstream_timeout").count();
+    let busy = codes.iter().filter(|c| *c == "upstream_busy").count();
+    assert_eq!(timeouts, 2, "{codes:?}");
+    assert_eq!(busy, 4, "{codes:?}");
+    for reply in replies.iter().filter(|r| r.error_code() == "upstream_busy") {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(h.sim.calls(), 2, "only two calls were ever in flight");
+}
