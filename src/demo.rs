@@ -39,7 +39,15 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:8081)"))?;
-    let gateway = crate::start(&config, key, listener)?;
+    config.admin.listen = None;
+    let gateway = crate::start(crate::Launch {
+        config,
+        config_path: None,
+        watch_every: None,
+        key,
+        public: listener,
+        admin: None,
+    })?;
 
     let gw = gateway.url();
     let text = format!(

@@ -17,6 +17,7 @@ use crate::cache::{Answer, CacheKey, CachePolicy, CacheStore, Flights};
 use crate::config::Config;
 use crate::error::{BoxError, GatewayError};
 use crate::guard::UpstreamGuard;
+use crate::metrics::Metrics;
 use crate::proxy::rewrite::LinkRewriter;
 use crate::proxy::upstream::UpstreamClient;
 use crate::secret::ApiKey;
@@ -36,6 +37,8 @@ pub struct Live {
     pub rewriter: LinkRewriter,
     /// Who may call.
     pub clients: Clients,
+    /// SHA-256 of the purge token from `admin.token_env`; `None` turns purging off.
+    pub admin_token: Option<[u8; 32]>,
 }
 
 /// Everything a request needs, behind one `Arc`.
@@ -50,15 +53,19 @@ pub struct Gateway {
     live: ArcSwap<Live>,
     /// False once draining starts: `/readyz` fails so load balancers stop sending.
     ready: AtomicBool,
+    /// Counters, histograms and gauges for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Gateway {
     /// Builds the state from a validated config and the loaded key.
     pub fn new(config: &Config, key: ApiKey) -> Result<Arc<Gateway>, BoxError> {
         let guard = Arc::new(UpstreamGuard::new(&config.upstream));
-        let live = Live::build(config.clone(), key, &guard, None)?;
+        let metrics = Arc::new(Metrics::new());
+        let live = Live::build(config.clone(), key, &guard, &metrics, None)?;
         Ok(Arc::new(Gateway {
-            cache: CacheStore::new(config.cache.max_size),
+            cache: CacheStore::new(config.cache.max_size, Arc::clone(&metrics)),
+            metrics,
             flights: Flights::new(),
             guard,
             live: ArcSwap::from_pointee(live),
@@ -75,7 +82,7 @@ impl Gateway {
     /// take effect after a restart.
     pub fn reload(&self, config: Config, key: ApiKey) -> Result<Vec<String>, BoxError> {
         let old = self.live();
-        let live = Live::build(config, key, &self.guard, Some(&old.clients))?;
+        let live = Live::build(config, key, &self.guard, &self.metrics, Some(&old.clients))?;
         let warnings = restart_only_changes(&old.config, &live.config);
         self.guard.reconfigure(&live.config.upstream);
         self.live.store(Arc::new(live));
@@ -91,6 +98,28 @@ impl Gateway {
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::SeqCst);
     }
+
+    /// Brings the scrape-time gauges up to date and encodes every metric.
+    pub async fn render_metrics(&self) -> String {
+        self.cache.run_pending_tasks().await;
+        let m = &self.metrics;
+        m.cache_entries
+            .set(i64::try_from(self.cache.entry_count()).unwrap_or(i64::MAX));
+        m.cache_bytes
+            .set(i64::try_from(self.cache.weighted_size()).unwrap_or(i64::MAX));
+        m.quota_tokens
+            .set(self.guard.bucket.available().unwrap_or(-1.0));
+        m.cooldown_seconds.set(
+            self.guard
+                .cooldown
+                .closed_for()
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        m.upstream_in_flight
+            .set(i64::try_from(self.guard.in_flight()).unwrap_or(i64::MAX));
+        m.ready.set(i64::from(self.is_ready()));
+        m.encode()
+    }
 }
 
 impl Live {
@@ -98,13 +127,23 @@ impl Live {
         config: Config,
         key: ApiKey,
         guard: &Arc<UpstreamGuard>,
+        metrics: &Arc<Metrics>,
         previous_clients: Option<&Clients>,
     ) -> Result<Live, BoxError> {
         Ok(Live {
-            upstream: UpstreamClient::new(&config.upstream, key, Arc::clone(guard))?,
+            upstream: UpstreamClient::new(
+                &config.upstream,
+                key,
+                Arc::clone(guard),
+                Arc::clone(metrics),
+            )?,
             policy: CachePolicy::new(&config.cache),
             rewriter: LinkRewriter::new(&config.server.public_url),
             clients: Clients::new(&config.clients, previous_clients),
+            admin_token: std::env::var(&config.admin.token_env)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| crate::auth::sha256(t.trim().as_bytes())),
             config: Arc::new(config),
         })
     }

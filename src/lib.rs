@@ -5,9 +5,11 @@
 //! true, folds concurrent misses into one upstream call, and rewrites job links so that
 //! following them comes back through it.
 //!
-//! [`start`] runs a whole gateway in-process on a listener you bind, which is how the
-//! tests and the demo use it; the binary (`src/main.rs`) only parses arguments.
+//! [`start`] runs a whole gateway in-process on listeners you bind, which is how the tests
+//! and the demo use it; the binary (`src/main.rs`) only parses arguments and maps OS
+//! signals onto [`RunningGateway`].
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cache;
@@ -16,6 +18,8 @@ pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod guard;
+pub mod lifecycle;
+pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod server;
@@ -23,28 +27,49 @@ pub mod sim;
 pub mod telemetry;
 pub mod tls;
 
-use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use config::Config;
 pub use error::BoxError;
 pub use gateway::Gateway;
+use lifecycle::Signal;
 pub use secret::ApiKey;
+
+/// What [`start`] needs.
+pub struct Launch {
+    /// The validated config.
+    pub config: Config,
+    /// The file it came from, for reloads; `None` for a config built in memory.
+    pub config_path: Option<PathBuf>,
+    /// Poll the config file (and the key and certificate files) for changes this often;
+    /// `None` reloads only on request (SIGHUP).
+    pub watch_every: Option<Duration>,
+    /// The loaded key.
+    pub key: ApiKey,
+    /// The public listener, bound by the caller (so tests can use port 0).
+    pub public: TcpListener,
+    /// The admin listener, if any.
+    pub admin: Option<TcpListener>,
+}
 
 /// A gateway serving in the background.
 pub struct RunningGateway {
-    /// The address it accepts on.
+    /// The public address.
     pub addr: SocketAddr,
-    /// Its shared state (cache, upstream client), for inspection.
+    /// The admin address, when the admin listener is on.
+    pub admin_addr: Option<SocketAddr>,
+    /// Its shared state (cache, metrics), for inspection.
     pub gateway: Arc<Gateway>,
-    /// Fires the shutdown.
-    stop: Option<oneshot::Sender<()>>,
-    /// The serving task.
+    /// Where reload and shutdown requests go.
+    signals: mpsc::UnboundedSender<Signal>,
+    /// The supervisor task.
     task: JoinHandle<()>,
 }
 
@@ -54,25 +79,52 @@ impl RunningGateway {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish (within the configured grace), and
-    /// waits until it has.
+    /// `http://ADMIN_ADDR`, when the admin listener is on.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr.map(|a| format!("http://{a}"))
+    }
+
+    /// Re-reads the config file, as SIGHUP does. `Ok` holds warnings for settings that
+    /// need a restart; `Err` says why the new config was refused (the old one stays).
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.signals
+            .send(Signal::Reload(Some(tx)))
+            .map_err(|_| "the gateway has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the gateway has stopped".to_string())?
+    }
+
+    /// Starts the drain without waiting for it (as SIGTERM does).
+    pub fn begin_shutdown(&self) {
+        let _ = self.signals.send(Signal::Shutdown);
+    }
+
+    /// Drains (see [`lifecycle`]) and waits until everything has stopped.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.begin_shutdown();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the gateway has stopped (after a shutdown request).
+    pub async fn stopped(mut self) {
         let _ = (&mut self.task).await;
     }
 }
 
-/// Starts a gateway on an already bound listener.
-pub fn start(
-    config: &Config,
-    key: ApiKey,
-    listener: TcpListener,
-) -> Result<RunningGateway, BoxError> {
-    let addr = listener.local_addr()?;
-    let gateway = Gateway::new(config, key)?;
-    let (stop, stopped) = oneshot::channel::<()>();
+/// Starts a gateway on already bound listeners.
+pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
+    let Launch {
+        config,
+        config_path,
+        watch_every,
+        key,
+        public,
+        admin,
+    } = launch;
+    let addr = public.local_addr()?;
+    let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+    let gateway = Gateway::new(&config, key)?;
     let tls = config
         .server
         .tls
@@ -80,59 +132,121 @@ pub fn start(
         .map(tls::TlsTerminator::new)
         .transpose()?
         .map(Arc::new);
-    let task = tokio::spawn(server::serve(
-        Arc::clone(&gateway),
-        listener,
-        tls,
-        server::ServerLimits::from_config(&config.server),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Ok(RunningGateway {
-        addr,
-        gateway,
-        stop: Some(stop),
-        task,
-    })
-}
-
-/// Binds `server.listen` and serves until `shutdown` resolves.
-pub async fn run(
-    config: &Config,
-    key: ApiKey,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), BoxError> {
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let gateway = Gateway::new(config, key)?;
     if config.clients.is_empty() && !config.server.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %config.server.listen,
             "no [[clients]] configured: anyone who can reach this address can spend the team's quota"
         );
     }
+    let limits = server::ServerLimits::from_config(&config.server);
+    let (signals, mut incoming) = mpsc::unbounded_channel();
+
+    let (public_stop, public_stopped) = oneshot::channel::<()>();
+    let public_task = tokio::spawn(server::serve(
+        Arc::clone(&gateway),
+        public,
+        tls.clone(),
+        limits.clone(),
+        async move {
+            let _ = public_stopped.await;
+        },
+    ));
+    let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+    let admin_task = admin.map(|listener| {
+        let admin = Arc::new(admin::Admin {
+            gateway: Arc::clone(&gateway),
+        });
+        tokio::spawn(server::serve(admin, listener, None, limits, async move {
+            let _ = admin_stopped.await;
+        }))
+    });
+    let watcher = match (&config_path, watch_every) {
+        (Some(path), Some(every)) => Some(tokio::spawn(lifecycle::watch_files(
+            path.clone(),
+            Arc::clone(&gateway),
+            signals.clone(),
+            every,
+        ))),
+        _ => None,
+    };
+
+    let supervised = Arc::clone(&gateway);
+    let task = tokio::spawn(async move {
+        let gateway = supervised;
+        while let Some(signal) = incoming.recv().await {
+            match signal {
+                Signal::Reload(reply) => {
+                    let result = match &config_path {
+                        Some(path) => lifecycle::reload(&gateway, tls.as_deref(), path),
+                        None => Err("no config file to reload from".to_string()),
+                    };
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                Signal::Shutdown => break,
+            }
+        }
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        // Drain: unready at once, keep serving while load balancers notice.
+        gateway.set_draining();
+        let live = gateway.live();
+        let delay = live.config.server.drain_delay;
+        drop(live);
+        tracing::info!(?delay, "draining: /readyz fails, still serving");
+        tokio::time::sleep(delay).await;
+        let _ = public_stop.send(());
+        let _ = public_task.await;
+        let _ = admin_stop.send(());
+        if let Some(admin_task) = admin_task {
+            let _ = admin_task.await;
+        }
+        tracing::info!("stopped");
+    });
+    Ok(RunningGateway {
+        addr,
+        admin_addr,
+        gateway,
+        signals,
+        task,
+    })
+}
+
+/// Binds the configured listeners and starts serving.
+pub async fn bind_and_start(
+    config: Config,
+    config_path: Option<PathBuf>,
+    key: ApiKey,
+) -> Result<RunningGateway, BoxError> {
+    let public = TcpListener::bind(config.server.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {} (server.listen): {e}",
+            config.server.listen
+        )
+    })?;
+    let admin = match config.admin.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?,
+        ),
+        None => None,
+    };
     tracing::info!(
         listen = %config.server.listen,
+        admin = ?config.admin.listen,
         upstream = %config.upstream.url,
         public_url = %config.server.public_url,
         "exagate serving"
     );
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(tls::TlsTerminator::new)
-        .transpose()?
-        .map(Arc::new);
-    server::serve(
-        gateway,
-        listener,
-        tls,
-        server::ServerLimits::from_config(&config.server),
-        shutdown,
-    )
-    .await;
-    Ok(())
+    start(Launch {
+        config,
+        watch_every: config_path.as_ref().map(|_| Duration::from_secs(2)),
+        config_path,
+        key,
+        public,
+        admin,
+    })
 }

@@ -38,6 +38,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Exit 0 when the admin listener answers `/healthz` (for container health checks;
+    /// needs no key).
+    Healthcheck,
     /// Read a client token on stdin, print its SHA-256 for `[[clients]] token_sha256`.
     HashToken,
     /// Run only the simulated Extract API (for load tests with external tools).
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             Command::Run => run(&cli.config).await,
             Command::Check => check(&cli.config),
             Command::HashToken => hash_token(),
+            Command::Healthcheck => healthcheck(&cli.config).await,
             Command::Demo { listen } => exagate::demo::run(listen, shutdown_signal()).await,
             Command::Sim {
                 listen,
@@ -98,7 +102,55 @@ async fn run(path: &std::path::Path) -> Result<(), exagate::BoxError> {
     exagate::telemetry::init(&config.log)?;
     let key = ApiKey::load(&config.upstream)?;
     tracing::info!(key_source = %key.source(), "API key loaded");
-    exagate::run(&config, key, shutdown_signal()).await
+    let running = exagate::bind_and_start(config, Some(path.to_path_buf()), key).await?;
+    // SIGHUP reloads; SIGTERM/SIGINT drain and stop.
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged by the reload itself.
+                    let _ = running.reload().await;
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received: draining");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn healthcheck(path: &std::path::Path) -> Result<(), exagate::BoxError> {
+    let config = Config::load(path)?;
+    let mut addr = config
+        .admin
+        .listen
+        .ok_or("admin.listen is not set: there is no /healthz to check")?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{addr}/healthz").parse()?;
+    let response = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri))
+        .await
+        .map_err(|_| "no answer from /healthz within 3s")??;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("/healthz answered {}", response.status()).into())
+    }
 }
 
 fn check(path: &std::path::Path) -> Result<(), exagate::BoxError> {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::gateway::Gateway;
 use crate::proxy::handler;
@@ -56,10 +59,29 @@ impl ServerLimits {
     }
 }
 
+/// What answers requests on a listener: the gateway's handler, or the admin routes.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request; never fails (every error is an answer).
+    fn call(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static;
+}
+
+/// The public listener's handler.
+impl Handler for Gateway {
+    fn call(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+        handler::handle(self, request)
+    }
+}
+
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting and
 /// gives in-flight requests up to `limits.shutdown_timeout` to finish.
-pub async fn serve(
-    gateway: Arc<Gateway>,
+pub async fn serve<H: Handler>(
+    handler: Arc<H>,
     listener: TcpListener,
     tls: Option<Arc<TlsTerminator>>,
     limits: ServerLimits,
@@ -104,7 +126,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
+        let handler = Arc::clone(&handler);
         let builder = Arc::clone(&builder);
         let tls = tls.clone();
         let stop = stop_rx.clone();
@@ -115,14 +137,14 @@ pub async fn serve(
             match tls {
                 None => {
                     let io = Watched::new(stream, Arc::clone(&activity));
-                    run_connection(&builder, io, gateway, activity, stop, &limits).await;
+                    run_connection(&builder, io, handler, activity, stop, &limits).await;
                 }
                 Some(tls) => {
                     let handshake = tls.accept(stream);
                     match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                         Ok(Ok(stream)) => {
                             let io = Watched::new(stream, Arc::clone(&activity));
-                            run_connection(&builder, io, gateway, activity, stop, &limits).await;
+                            run_connection(&builder, io, handler, activity, stop, &limits).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -149,10 +171,10 @@ pub async fn serve(
 
 /// Serves one connection until it ends, shutting it down gracefully on the stop signal
 /// or when idle.
-async fn run_connection<I>(
+async fn run_connection<I, H: Handler>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
-    gateway: Arc<Gateway>,
+    handler: Arc<H>,
     activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
     limits: &ServerLimits,
@@ -160,8 +182,8 @@ async fn run_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| {
-        let gateway = Arc::clone(&gateway);
-        async move { Ok::<_, Infallible>(handler::handle(gateway, request).await) }
+        let response = Arc::clone(&handler).call(request);
+        async move { Ok::<_, Infallible>(response.await) }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);

@@ -143,11 +143,13 @@ async fn the_key_never_appears_in_logs_at_trace_level() {
     let key_file = dir.join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
     let port = free_port();
+    let admin_port = free_port();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
              [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\ntimeout = \"1s\"\n\
              [log]\nlevel = \"trace\"\nformat = \"json\"\n",
             sim.url(),

@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::Expiry;
 use uuid::Uuid;
 
 use super::answer::Answer;
 use super::key::CacheKey;
+use crate::metrics::{CauseLabels, Metrics};
 
 /// Expiry read from the entry itself: the policy already decided when it stops being true.
 struct AnswerExpiry;
@@ -50,10 +52,22 @@ pub struct CacheStore {
 
 impl CacheStore {
     /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`]).
-    pub fn new(max_bytes: u64) -> CacheStore {
+    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> CacheStore {
         let cache = Cache::builder()
             .name("exagate")
             .max_capacity(max_bytes)
+            .eviction_listener(move |_key, _value, cause| {
+                let cause = match cause {
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Size => "size",
+                    RemovalCause::Explicit => "explicit",
+                    RemovalCause::Replaced => "replaced",
+                };
+                metrics
+                    .evictions
+                    .get_or_create(&CauseLabels { cause })
+                    .inc();
+            })
             .weigher(|key: &CacheKey, value: &Arc<Answer>| value.weight(key))
             .expire_after(AnswerExpiry)
             .support_invalidation_closures()
@@ -81,6 +95,16 @@ impl CacheStore {
         if let Err(e) = self
             .cache
             .invalidate_entries_if(move |key, _| key.job().job == job)
+        {
+            tracing::warn!(error = %e, "could not schedule cache invalidation");
+        }
+    }
+
+    /// Drops one job and its chunk windows in one scope (an operator's purge).
+    pub fn invalidate_scoped(&self, job: super::JobKey) {
+        if let Err(e) = self
+            .cache
+            .invalidate_entries_if(move |key, _| *key.job() == job)
         {
             tracing::warn!(error = %e, "could not schedule cache invalidation");
         }

@@ -14,6 +14,7 @@ use crate::cache::answer::XCache;
 use crate::cache::JobKey;
 use crate::error::BoxError;
 use crate::gateway::Gateway;
+use crate::metrics::{CauseLabels, RequestLabels};
 
 /// What happened to one request, filled in along its way, for the access log.
 #[derive(Debug)]
@@ -62,6 +63,7 @@ where
     let path = request.uri().path().to_owned();
     let mut ex = Exchange::default();
     let response = dispatch(&gw, request, &mut ex).await;
+    record_metrics(&gw, &ex, response.status());
     // The path only, never the query or headers: nothing here can carry a secret.
     tracing::info!(
         target: "exagate::access",
@@ -79,6 +81,24 @@ where
         "request"
     );
     response
+}
+
+fn record_metrics(gw: &Gateway, ex: &Exchange, status: StatusCode) {
+    let m = &gw.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: ex.route,
+            status: status.as_u16(),
+            cache: ex.cache.as_str(),
+            client: ex
+                .client
+                .as_ref()
+                .map_or_else(String::new, |c| c.name.to_string()),
+        })
+        .inc();
+    if let Some(code @ ("quota_exhausted" | "upstream_rate_limited" | "upstream_busy")) = ex.error {
+        m.refusals.get_or_create(&CauseLabels { cause: code }).inc();
+    }
 }
 
 async fn dispatch<B>(gw: &Arc<Gateway>, request: Request<B>, ex: &mut Exchange) -> Response<Body>

@@ -62,6 +62,7 @@ async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> Fe
     let waiter = match gw.flights.join(&key) {
         Join::Follower(waiter) => {
             ex.coalesced = true;
+            gw.metrics.coalesced.inc();
             waiter
         }
         Join::Leader(leader) => {
@@ -121,7 +122,11 @@ async fn fetch(gw: &Gateway, key: &CacheKey) -> FetchResult {
             CacheKey::Chunks(k, q) => format!("/v2/extract/{}/chunks?{q}", k.job),
         };
         let live = gw.live();
-        let fetched = live.upstream.get_buffered(&path, job.base).await?;
+        let route = match key {
+            CacheKey::Job(_) => "job",
+            CacheKey::Chunks(..) => "chunks",
+        };
+        let fetched = live.upstream.get_buffered(route, &path, job.base).await?;
         let answer = match key {
             CacheKey::Job(k) => job_answer(&live, k.job, fetched)?,
             CacheKey::Chunks(k, _) => chunks_answer(gw, k, fetched).await?,

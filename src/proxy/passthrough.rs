@@ -74,7 +74,13 @@ where
     let started = Instant::now();
     let result = live
         .upstream
-        .send(parts.method.clone(), path_and_query, out_headers, body)
+        .send(
+            route.name(),
+            parts.method.clone(),
+            path_and_query,
+            out_headers,
+            body,
+        )
         .await;
     ex.upstream_time = Some(started.elapsed());
     if let Route::JobAction(job) = route {

@@ -22,6 +22,7 @@ use crate::config::{http_origin, Origin, UpstreamConfig};
 use crate::error::{BoxError, ErrorKind, GatewayError};
 use crate::guard::cooldown::parse_retry_after;
 use crate::guard::{Slot, UpstreamGuard};
+use crate::metrics::Metrics;
 use crate::secret::ApiKey;
 
 /// The header carrying the key upstream.
@@ -54,6 +55,8 @@ pub struct UpstreamClient {
     max_body: u64,
     /// Quota, 429 cooldown and concurrency slots; shared across reloads.
     guard: Arc<UpstreamGuard>,
+    /// Where upstream calls are counted and timed.
+    metrics: Arc<Metrics>,
 }
 
 impl UpstreamClient {
@@ -63,6 +66,7 @@ impl UpstreamClient {
         config: &UpstreamConfig,
         key: ApiKey,
         guard: Arc<UpstreamGuard>,
+        metrics: Arc<Metrics>,
     ) -> Result<UpstreamClient, BoxError> {
         let origin = http_origin(&config.url)?;
         let mut roots = rustls::RootCertStore {
@@ -114,6 +118,7 @@ impl UpstreamClient {
             timeout: config.timeout,
             max_body: config.max_body,
             guard,
+            metrics,
         })
     }
 
@@ -136,6 +141,7 @@ impl UpstreamClient {
     /// response head. The body is left to stream.
     pub async fn send(
         &self,
+        route: &'static str,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
@@ -143,7 +149,7 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, GatewayError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let (response, _slot) = self
-            .send_holding(method, path_and_query, headers, body, deadline)
+            .send_holding(route, method, path_and_query, headers, body, deadline)
             .await?;
         Ok(response)
     }
@@ -152,6 +158,7 @@ impl UpstreamClient {
     /// the body whole keeps the slot until it has.
     async fn send_holding(
         &self,
+        route: &'static str,
         method: Method,
         path_and_query: &str,
         mut headers: HeaderMap,
@@ -182,14 +189,25 @@ impl UpstreamClient {
                 (result, _) => result,
             }
         };
-        let response = match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => return Err(connect_error(&e)),
+        let started = Instant::now();
+        let outcome = tokio::time::timeout_at(deadline, attempt).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let response = match outcome {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16().to_string();
+                self.metrics.upstream_call(route, status, elapsed);
+                response
+            }
+            Ok(Err(e)) => {
+                self.metrics.upstream_call(route, "error".into(), elapsed);
+                return Err(connect_error(&e));
+            }
             Err(_) => {
+                self.metrics.upstream_call(route, "timeout".into(), elapsed);
                 return Err(GatewayError::new(
                     ErrorKind::UpstreamTimeout,
                     "the upstream did not answer in time",
-                ))
+                ));
             }
         };
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -210,6 +228,7 @@ impl UpstreamClient {
     /// the wait for a slot, the answer and its body.
     pub async fn get_buffered(
         &self,
+        route: &'static str,
         path_and_query: &str,
         base: Option<Uuid>,
     ) -> Result<Fetched, GatewayError> {
@@ -227,7 +246,14 @@ impl UpstreamClient {
             headers.insert(super::route::BASE_HEADER, value);
         }
         let (response, _slot) = self
-            .send_holding(Method::GET, path_and_query, headers, Body::Empty, deadline)
+            .send_holding(
+                route,
+                Method::GET,
+                path_and_query,
+                headers,
+                Body::Empty,
+                deadline,
+            )
             .await?;
         let (parts, body) = response.into_parts();
         let declared = parts

@@ -99,7 +99,19 @@ pub async fn start_gateway(sim: &Simulator, mut config: Config) -> RunningGatewa
     config.upstream.url = sim.url();
     config.validate().expect("valid test config");
     let key = ApiKey::from_secret(KEY, KeySource::Env("TEST".into())).expect("key");
-    exagate::start(&config, key, listener).expect("gateway starts")
+    let admin = match config.admin.listen {
+        Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")),
+        None => None,
+    };
+    exagate::start(exagate::Launch {
+        config,
+        config_path: None,
+        watch_every: None,
+        key,
+        public: listener,
+        admin,
+    })
+    .expect("gateway starts")
 }
 
 impl Harness {

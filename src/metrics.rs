@@ -1,0 +1,200 @@
+//! Prometheus metrics, served on the admin listener.
+//!
+//! Label values are bounded sets (route names, status codes, cache outcomes, configured
+//! client names), never ids or paths, so the series count cannot grow with traffic. The
+//! key never appears: nothing that holds it is ever a label.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of `exagate_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name (`job`, `chunks`, ...; `none` when unrouted).
+    pub route: &'static str,
+    /// Response status.
+    pub status: u16,
+    /// `hit`, `miss` or `bypass`.
+    pub cache: &'static str,
+    /// The configured client's name; empty when the gateway is open.
+    pub client: String,
+}
+
+/// Labels of `exagate_upstream_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Route name.
+    pub route: &'static str,
+    /// Upstream status, or `error`/`timeout` when there was none.
+    pub status: String,
+}
+
+/// Labels with a single `cause`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// Why.
+    pub cause: &'static str,
+}
+
+/// Labels with a single `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Every metric the gateway keeps.
+pub struct Metrics {
+    /// The registry the admin listener encodes.
+    registry: Registry,
+    /// Requests answered, by route, status, cache outcome and client.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Upstream calls, by route and status.
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    /// Upstream call latency (to the response head for streamed routes, to the last
+    /// byte for cached ones).
+    pub upstream_duration: Histogram,
+    /// Requests answered by another request's upstream call.
+    pub coalesced: Counter,
+    /// Cache entries removed, by cause (`expired`, `size`, `explicit`, `replaced`).
+    pub evictions: Family<CauseLabels, Counter>,
+    /// Requests refused by the gateway's own protections, by code.
+    pub refusals: Family<CauseLabels, Counter>,
+    /// Config reloads, by result.
+    pub reloads: Family<ResultLabels, Counter>,
+    /// Cache entries (set at scrape time).
+    pub cache_entries: Gauge,
+    /// Cache weight in bytes (set at scrape time).
+    pub cache_bytes: Gauge,
+    /// Tokens left in the quota bucket; -1 when no limit (set at scrape time).
+    pub quota_tokens: Gauge<f64, AtomicU64>,
+    /// Seconds until the 429 cooldown reopens; 0 when open (set at scrape time).
+    pub cooldown_seconds: Gauge<f64, AtomicU64>,
+    /// Upstream calls in flight (set at scrape time).
+    pub upstream_in_flight: Gauge,
+    /// 1 while ready to take traffic, 0 while draining (set at scrape time).
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("exagate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered", requests.clone());
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Calls made to the upstream",
+            upstream_requests.clone(),
+        );
+        // 1 ms .. ~33 s.
+        let upstream_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "upstream_duration_seconds",
+            "Upstream call latency",
+            upstream_duration.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced_requests",
+            "Requests answered by another request's upstream call",
+            coalesced.clone(),
+        );
+        let evictions = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "cache_evictions",
+            "Cache entries removed",
+            evictions.clone(),
+        );
+        let refusals = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "guard_refusals",
+            "Requests refused by the quota guard, the 429 cooldown or the concurrency cap",
+            refusals.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("config_reloads", "Configuration reloads", reloads.clone());
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Entries in the cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Weight of the cache in bytes",
+            cache_bytes.clone(),
+        );
+        let quota_tokens = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "quota_tokens",
+            "Tokens left in the upstream quota bucket (-1: no limit)",
+            quota_tokens.clone(),
+        );
+        let cooldown_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "upstream_cooldown_seconds",
+            "Seconds until upstream calls resume after a 429 (0: open)",
+            cooldown_seconds.clone(),
+        );
+        let upstream_in_flight = Gauge::default();
+        registry.register(
+            "upstream_in_flight",
+            "Upstream calls in flight",
+            upstream_in_flight.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when taking traffic, 0 when draining",
+            ready.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_requests,
+            upstream_duration,
+            coalesced,
+            evictions,
+            refusals,
+            reloads,
+            cache_entries,
+            cache_bytes,
+            quota_tokens,
+            cooldown_seconds,
+            upstream_in_flight,
+            ready,
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Counts one upstream call.
+    pub fn upstream_call(&self, route: &'static str, status: String, seconds: f64) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels { route, status })
+            .inc();
+        self.upstream_duration.observe(seconds);
+    }
+}
