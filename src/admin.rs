@@ -3,7 +3,6 @@
 //! It listens on its own address (`admin.listen`), never the public port, so exposing
 //! the gateway to apps never exposes these routes.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,11 +26,8 @@ pub struct Admin {
 }
 
 impl Handler for Admin {
-    fn call(
-        self: Arc<Self>,
-        request: Request<Incoming>,
-    ) -> impl Future<Output = Response<Body>> + Send + 'static {
-        async move { self.answer(request).await }
+    async fn call(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        self.answer(request).await
     }
 }
 
