@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 
+use super::access_log::{self, AccessRecord};
 use super::route::{self, Route};
 use super::{lookup, passthrough};
 use crate::auth::Client;
@@ -64,23 +65,15 @@ where
     let mut ex = Exchange::default();
     let response = dispatch(&gw, request, &mut ex).await;
     record_metrics(&gw, &ex, response.status());
-    // The path only, never the query or headers: nothing here can carry a secret.
-    tracing::info!(
-        target: "exagate::access",
-        client = ex.client.as_ref().map(|c| tracing::field::display(&c.name)),
-        method = %method,
-        path = %path,
-        status = response.status().as_u16(),
-        cache = %ex.cache.as_str(),
-        route = %ex.route,
-        upstream_status = ex.upstream_status.map(|s| s.as_u16()),
-        upstream_ms = ex.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
-        coalesced = ex.coalesced,
-        error = ex.error.map(tracing::field::display),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    response
+    let (parts, body) = response.into_parts();
+    let record = AccessRecord {
+        started,
+        method,
+        path,
+        status: parts.status.as_u16(),
+        exchange: ex,
+    };
+    Response::from_parts(parts, access_log::log_when_done(body, record))
 }
 
 fn record_metrics(gw: &Gateway, ex: &Exchange, status: StatusCode) {

@@ -3,6 +3,7 @@
 //! chunk reads), `passthrough` (everything streamed), `upstream` (the pooled client and
 //! key injection), `rewrite` (links in job bodies), `headers` (what crosses the proxy).
 
+pub mod access_log;
 pub mod handler;
 pub mod headers;
 pub mod lookup;

@@ -180,6 +180,47 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// GET an admin path (the admin listener must be on).
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let url = format!(
+            "{}{path}",
+            self.gateway.admin_url().expect("admin listener on")
+        );
+        send(&self.client, Method::GET, &url, &[], Bytes::new()).await
+    }
+
+    /// Any request to the admin listener.
+    pub async fn admin_send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let url = format!(
+            "{}{path}",
+            self.gateway.admin_url().expect("admin listener on")
+        );
+        send(&self.client, method, &url, headers, Bytes::new()).await
+    }
+
+    /// The value of one metric series from `/metrics`, e.g.
+    /// `exagate_requests_total{route="job",status="200",cache="hit",client=""}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.admin_get("/metrics").await.body.to_vec()).expect("utf8");
+        metric_value(&text, series)
+    }
+}
+
+/// Finds `series` in a Prometheus text exposition; 0 when absent (a counter not yet
+/// touched).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .unwrap_or(0.0)
+}
+
 /// A plain HTTP/1.1 client.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
