@@ -166,6 +166,7 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
             Arc::clone(&gateway),
             signals.clone(),
             every,
+            lifecycle::stamps(path, &gateway),
         ))),
         _ => None,
     };

@@ -84,40 +84,47 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
+/// The current stamps of the watched files.
+pub fn stamps(config_path: &Path, gateway: &Gateway) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    watched_files(config_path, gateway)
+        .into_iter()
+        .map(|p| {
+            let s = stamp(&p);
+            (p, s)
+        })
+        .collect()
+}
+
 /// Polls the config (and the files it names) and asks for a reload when one changes.
 /// Polling rather than inotify: it sees through the symlink swaps of mounted ConfigMaps
-/// and works the same on every filesystem.
+/// and works the same on every filesystem. `known` is taken by the caller at startup,
+/// so a change made right after startup is not mistaken for the original.
 pub async fn watch_files(
     config_path: PathBuf,
     gateway: Arc<Gateway>,
     signals: mpsc::UnboundedSender<Signal>,
     every: Duration,
+    mut known: Vec<(PathBuf, Option<(SystemTime, u64)>)>,
 ) {
-    let mut known: Vec<(PathBuf, Option<(SystemTime, u64)>)> =
-        watched_files(&config_path, &gateway)
-            .into_iter()
-            .map(|p| {
-                let s = stamp(&p);
-                (p, s)
-            })
-            .collect();
     loop {
         tokio::time::sleep(every).await;
         let changed = known.iter().any(|(p, s)| stamp(p) != *s);
         if changed {
+            // Stamp before reloading: a write during the reload is seen next round.
+            known = stamps(&config_path, &gateway);
             tracing::info!("a watched file changed; reloading");
             let (tx, rx) = oneshot::channel();
             if signals.send(Signal::Reload(Some(tx))).is_err() {
                 return;
             }
             let _ = rx.await;
-            known = watched_files(&config_path, &gateway)
-                .into_iter()
-                .map(|p| {
-                    let s = stamp(&p);
-                    (p, s)
-                })
-                .collect();
+            // The reload may have named other files (a new key file).
+            let named = stamps(&config_path, &gateway);
+            for (path, stamp) in named {
+                if !known.iter().any(|(p, _)| *p == path) {
+                    known.push((path, stamp));
+                }
+            }
         }
     }
 }
