@@ -34,7 +34,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
     config.upstream.url = sim.url();
     config.validate()?;
     // A second `init` (tests calling `run` twice) is harmless; keep the first subscriber.
-    let _ = crate::telemetry::init(&config.log);
+    let _log = crate::telemetry::init(&config.log);
     let key = ApiKey::from_secret(DEMO_KEY, KeySource::Env("(demo)".to_string()))?;
     let listener = TcpListener::bind(listen)
         .await

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
 
 async fn run(path: &std::path::Path) -> Result<(), exagate::BoxError> {
     let config = Config::load(path)?;
-    exagate::telemetry::init(&config.log)?;
+    let _log = exagate::telemetry::init(&config.log)?;
     let key = ApiKey::load(&config.upstream)?;
     tracing::info!(key_source = %key.source(), "API key loaded");
     let running = exagate::bind_and_start(config, Some(path.to_path_buf()), key).await?;

@@ -39,8 +39,9 @@ impl XCache {
     }
 }
 
-/// Fixed cost charged per entry on top of its bytes: the `Answer` struct, its `Arc`, the
-/// header map's table and moka's own bookkeeping (measured roughly; see the README).
+/// Fixed cost charged per entry on top of its bytes: the `Answer` struct and its `Arc`,
+/// the key, and moka's own bookkeeping (hash-table slot, deque nodes, expiry timer);
+/// measured with the load harness's memory scenario (see the README).
 pub const ENTRY_OVERHEAD: usize = 384;
 
 /// One upstream answer, shared by every request it serves.
@@ -48,8 +49,15 @@ pub const ENTRY_OVERHEAD: usize = 384;
 pub struct Answer {
     /// The upstream's status, unchanged.
     pub status: StatusCode,
-    /// End-to-end headers to send; `content-length` is derived from `body`.
+    /// `Content-Type`, kept apart so a stored answer needs no header map of its own.
+    pub content_type: Option<HeaderValue>,
+    /// Other end-to-end headers: empty for stored answers (see [`headers`]), everything
+    /// for answers only shared among waiters (a 429 keeps its `Retry-After`).
+    ///
+    /// [`headers`]: crate::proxy::headers::buffered_response
     pub headers: HeaderMap,
+    /// `Content-Length`, rendered once.
+    pub content_length: HeaderValue,
     /// The body, rewritten where it is a job.
     pub body: Bytes,
     /// The job's state when this is a 200 job answer (chunks use it to know they may be
@@ -64,6 +72,47 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Assembles an answer. A stored one (`expires_at` set) is detached from the buffers
+    /// hyper read it into: a 2 KB body or header value sliced out of a connection's
+    /// read buffer would otherwise keep that whole buffer alive for as long as the entry
+    /// lives.
+    pub fn new(
+        status: StatusCode,
+        upstream_headers: &HeaderMap,
+        body: Bytes,
+        job_state: Option<JobState>,
+        expires_at: Option<Instant>,
+        upstream_time: Duration,
+    ) -> Answer {
+        let stored = expires_at.is_some();
+        let mut headers = crate::proxy::headers::buffered_response(upstream_headers, stored);
+        let content_type = headers.remove(header::CONTENT_TYPE).map(|v| {
+            if !stored {
+                v
+            } else if v == "application/json" {
+                HeaderValue::from_static("application/json")
+            } else {
+                HeaderValue::from_bytes(v.as_bytes()).unwrap_or(v)
+            }
+        });
+        let body = if stored {
+            Bytes::copy_from_slice(&body)
+        } else {
+            body
+        };
+        Answer {
+            status,
+            content_type,
+            headers,
+            content_length: HeaderValue::from(body.len()),
+            body,
+            job_state,
+            fetched_at: Instant::now(),
+            expires_at,
+            upstream_time,
+        }
+    }
+
     /// What this entry costs the cache, in bytes: body, headers, key and a fixed overhead.
     pub fn weight(&self, key: &CacheKey) -> u32 {
         let headers: usize = self
@@ -71,7 +120,8 @@ impl Answer {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 32)
             .sum();
-        let total = self.body.len() + headers + key.heap_bytes() + ENTRY_OVERHEAD;
+        let content_type = self.content_type.as_ref().map_or(0, HeaderValue::len);
+        let total = self.body.len() + headers + content_type + key.heap_bytes() + ENTRY_OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
@@ -85,15 +135,37 @@ impl Answer {
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.clone_from(&self.headers);
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-        headers.insert("x-cache", cache.header());
+        if self.headers.is_empty() {
+            headers.reserve(4);
+        } else {
+            headers.clone_from(&self.headers);
+        }
+        if let Some(content_type) = &self.content_type {
+            headers.insert(header::CONTENT_TYPE, content_type.clone());
+        }
+        headers.insert(header::CONTENT_LENGTH, self.content_length.clone());
+        headers.insert(X_CACHE, cache.header());
         if cache == XCache::Hit {
-            headers.insert(
-                header::AGE,
-                HeaderValue::from(self.fetched_at.elapsed().as_secs()),
-            );
+            headers.insert(header::AGE, age(self.fetched_at.elapsed().as_secs()));
         }
         response
+    }
+}
+
+/// The `x-cache` header name.
+const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+
+/// `Age` values: the first minute without an allocation per hit (most hits of hot jobs
+/// are young); older ones are rendered.
+fn age(secs: u64) -> HeaderValue {
+    const SMALL: [&str; 60] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59",
+    ];
+    match usize::try_from(secs).ok().and_then(|i| SMALL.get(i)) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(secs),
     }
 }

@@ -60,11 +60,15 @@ where
     B::Error: Into<BoxError>,
 {
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // With the access log off (log.level above info), skip even copying the path.
+    let logging = tracing::enabled!(target: "exagate::access", tracing::Level::INFO);
+    let head = logging.then(|| (request.method().clone(), request.uri().path().to_owned()));
     let mut ex = Exchange::default();
     let response = dispatch(&gw, request, &mut ex).await;
     record_metrics(&gw, &ex, response.status());
+    let Some((method, path)) = head else {
+        return response;
+    };
     let (parts, body) = response.into_parts();
     let record = AccessRecord {
         started,

@@ -12,7 +12,6 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::handler::Exchange;
-use super::headers;
 use super::upstream::Fetched;
 use crate::body::Body;
 use crate::cache::answer::XCache;
@@ -225,13 +224,12 @@ fn answer(
     job_state: Option<JobState>,
     expires_at: Option<Instant>,
 ) -> Answer {
-    Answer {
-        status: fetched.status,
-        headers: headers::buffered_response(&fetched.headers, expires_at.is_some()),
-        body: body.unwrap_or(fetched.body),
+    Answer::new(
+        fetched.status,
+        &fetched.headers,
+        body.unwrap_or(fetched.body),
         job_state,
-        fetched_at: Instant::now(),
         expires_at,
-        upstream_time: fetched.elapsed,
-    }
+        fetched.elapsed,
+    )
 }
