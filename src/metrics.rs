@@ -23,7 +23,21 @@ pub struct RequestLabels {
     /// `hit`, `miss` or `bypass`.
     pub cache: &'static str,
     /// The configured client's name; empty when the gateway is open.
-    pub client: String,
+    pub client: ClientLabel,
+}
+
+/// A client's name as a label value, sharing the name's allocation (no copy per request).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Default)]
+pub struct ClientLabel(pub Option<std::sync::Arc<str>>);
+
+impl prometheus_client::encoding::EncodeLabelValue for ClientLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.0.as_deref().unwrap_or(""))
+    }
 }
 
 /// Labels of `exagate_upstream_requests_total`.

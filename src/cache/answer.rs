@@ -51,13 +51,12 @@ pub struct Answer {
     pub status: StatusCode,
     /// `Content-Type`, kept apart so a stored answer needs no header map of its own.
     pub content_type: Option<HeaderValue>,
-    /// Other end-to-end headers: empty for stored answers (see [`headers`]), everything
-    /// for answers only shared among waiters (a 429 keeps its `Retry-After`).
+    /// Other end-to-end headers: none for stored answers (see [`headers`]), everything
+    /// for answers only shared among waiters (a 429 keeps its `Retry-After`). Boxed so a
+    /// stored entry pays one pointer, not a whole map, for headers it does not have.
     ///
     /// [`headers`]: crate::proxy::headers::buffered_response
-    pub headers: HeaderMap,
-    /// `Content-Length`, rendered once.
-    pub content_length: HeaderValue,
+    pub headers: Option<Box<HeaderMap>>,
     /// The body, rewritten where it is a job.
     pub body: Bytes,
     /// The job's state when this is a 200 job answer (chunks use it to know they may be
@@ -103,8 +102,7 @@ impl Answer {
         Answer {
             status,
             content_type,
-            headers,
-            content_length: HeaderValue::from(body.len()),
+            headers: (!headers.is_empty()).then(|| Box::new(headers)),
             body,
             job_state,
             fetched_at: Instant::now(),
@@ -115,11 +113,11 @@ impl Answer {
 
     /// What this entry costs the cache, in bytes: body, headers, key and a fixed overhead.
     pub fn weight(&self, key: &CacheKey) -> u32 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
+        let headers: usize = self.headers.as_deref().map_or(0, |h| {
+            h.iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 32)
+                .sum()
+        });
         let content_type = self.content_type.as_ref().map_or(0, HeaderValue::len);
         let total = self.body.len() + headers + content_type + key.heap_bytes() + ENTRY_OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
@@ -135,15 +133,18 @@ impl Answer {
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        if self.headers.is_empty() {
-            headers.reserve(4);
-        } else {
-            headers.clone_from(&self.headers);
+        match &self.headers {
+            Some(extra) => headers.clone_from(extra),
+            None => headers.reserve(4),
         }
         if let Some(content_type) = &self.content_type {
             headers.insert(header::CONTENT_TYPE, content_type.clone());
         }
-        headers.insert(header::CONTENT_LENGTH, self.content_length.clone());
+        // A full body's length is written by hyper itself; a HEAD answer states the
+        // length the GET would have.
+        if head {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        }
         headers.insert(X_CACHE, cache.header());
         if cache == XCache::Hit {
             headers.insert(header::AGE, age(self.fetched_at.elapsed().as_secs()));

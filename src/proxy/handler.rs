@@ -15,7 +15,7 @@ use crate::cache::answer::XCache;
 use crate::cache::JobKey;
 use crate::error::BoxError;
 use crate::gateway::Gateway;
-use crate::metrics::{CauseLabels, RequestLabels};
+use crate::metrics::{CauseLabels, ClientLabel, RequestLabels};
 
 /// What happened to one request, filled in along its way, for the access log.
 #[derive(Debug)]
@@ -87,10 +87,7 @@ fn record_metrics(gw: &Gateway, ex: &Exchange, status: StatusCode) {
             route: ex.route,
             status: status.as_u16(),
             cache: ex.cache.as_str(),
-            client: ex
-                .client
-                .as_ref()
-                .map_or_else(String::new, |c| c.name.to_string()),
+            client: ClientLabel(ex.client.as_ref().map(|c| Arc::clone(&c.name))),
         })
         .inc();
     if let Some(code @ ("quota_exhausted" | "upstream_rate_limited" | "upstream_busy")) = ex.error {

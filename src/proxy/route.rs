@@ -71,9 +71,20 @@ pub fn check_target(uri: &http::Uri) -> Result<(), GatewayError> {
             "the request target holds control characters or a backslash",
         ));
     }
-    let lower = path.to_ascii_lowercase();
-    for encoded in ["%2e", "%2f", "%5c", "%00", "%0", "%1", "%7f"] {
-        if lower.contains(encoded) {
+    // Percent-escapes of `.`, `/`, `\` and control characters; scanned in place (no
+    // lower-cased copy: this runs on every request, hits included).
+    let bytes = path.as_bytes();
+    for (i, _) in path.match_indices('%') {
+        let hi = bytes.get(i + 1).map(u8::to_ascii_lowercase);
+        let lo = bytes.get(i + 2).map(u8::to_ascii_lowercase);
+        let suspicious = matches!(
+            (hi, lo),
+            (Some(b'0' | b'1'), _)
+                | (Some(b'2'), Some(b'e' | b'f'))
+                | (Some(b'5'), Some(b'c'))
+                | (Some(b'7'), Some(b'f'))
+        );
+        if suspicious {
             return Err(bad(
                 "the path holds an encoded dot, slash, backslash or control character",
             ));
