@@ -347,7 +347,9 @@ http {{
         keepalive 64;
     }}
     server {{
-        listen {addr};
+        # One listening socket per worker: without it one worker can end up with most
+        # of the benchmark's connections and nginx runs on one core.
+        listen {addr} reuseport;
         location /v2/extract/ {{
             proxy_pass http://exabase;
             proxy_http_version 1.1;
@@ -524,4 +526,20 @@ pub fn raise_nofile() {
             }
         }
     }
+}
+
+/// Jiffies spent by all CPUs since boot: (stolen by the hypervisor, total), from the
+/// first line of /proc/stat. Two readings give the share of a run that the machine lost
+/// to its neighbours.
+pub fn cpu_steal() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    // already counted in user.
+    let total: u64 = fields.iter().take(8).sum();
+    Some((*fields.get(7)?, total))
 }

@@ -104,11 +104,16 @@ pub struct Curve {
 pub fn chart(file: &Path, curves: &[Curve], subtitle: &str) -> Result<(), BoxError> {
     let root = SVGBackend::new(file, (900, 820)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (title, body) = root.split_vertically(50);
+    let (title, body) = root.split_vertically(60);
     title.draw(&Text::new(
-        format!("exagate hit path vs bare hyper vs nginx proxy_cache ({subtitle})"),
-        (20, 15),
+        "exagate hits vs a bare hyper server vs nginx proxy_cache",
+        (20, 10),
         ("sans-serif", 18).into_font(),
+    ))?;
+    title.draw(&Text::new(
+        subtitle.to_string(),
+        (20, 36),
+        ("sans-serif", 12).into_font(),
     ))?;
     let (top, bottom) = body.split_vertically(385);
     let max_conns = curves
@@ -151,6 +156,14 @@ pub fn chart(file: &Path, curves: &[Curve], subtitle: &str) -> Result<(), BoxErr
             .configure_mesh()
             .x_desc("connections")
             .y_desc(unit)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| {
+                if max_y < 20.0 {
+                    format!("{v:.1}")
+                } else {
+                    format!("{v:.0}")
+                }
+            })
             .draw()?;
         for (curve, colour) in curves.iter().zip(colours.iter()) {
             let points: Vec<(f64, f64)> = curve
