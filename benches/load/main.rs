@@ -381,6 +381,20 @@ fn run(options: &Options) -> Result<(), BoxError> {
     };
     println!("exagate load harness, {mode} mode");
     println!("machine: {machine}");
+    // A busy machine skews every figure; say so up front rather than after minutes.
+    if let Some((all0, mine0)) = procs::cpu_seconds() {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some((all1, mine1)) = procs::cpu_seconds() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let busy = ((all1 - all0) - (mine1 - mine0)) / cores;
+            if busy > 0.1 {
+                println!(
+                    "warning: other processes are using {:.0}% of the CPU; figures will be skewed",
+                    busy * 100.0
+                );
+            }
+        }
+    }
     let bin = procs::exagate_bin();
     if !bin.exists() {
         return Err(format!("{} does not exist (cargo bench builds it)", bin.display()).into());
@@ -389,7 +403,11 @@ fn run(options: &Options) -> Result<(), BoxError> {
     fs::create_dir_all(&dir)?;
     println!("work dir: {}", dir.display());
     let steal_before = procs::cpu_steal();
+    let cpu_before = procs::cpu_seconds();
     let result = measure(options, &plan, &tools, &dir);
+    let others = cpu_before
+        .zip(procs::cpu_seconds())
+        .map(|((all0, mine0), (all1, mine1))| ((all1 - all0) - (mine1 - mine0)).max(0.0));
     let steal = steal_before
         .zip(procs::cpu_steal())
         .map(|((s0, t0), (s1, t1))| (s1 - s0) as f64 / (t1 - t0).max(1) as f64);
@@ -411,6 +429,20 @@ fn run(options: &Options) -> Result<(), BoxError> {
     let rows = rows(&plan, &results);
     let mut notes = tools.notes.clone();
     notes.extend(run_notes(&plan, &results.phases));
+    if let Some(others) = others {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let share = others / (started.elapsed().as_secs_f64() * cores);
+        notes.push(format!(
+            "CPU taken by other processes on the machine during the run: {others:.1} core-s \
+             ({:.1}% of its capacity){}",
+            share * 100.0,
+            if share > 0.05 {
+                " — something else was busy (a build?): rerun on a quiet machine"
+            } else {
+                ""
+            }
+        ));
+    }
     if let Some(steal) = steal {
         notes.push(format!(
             "CPU time stolen by the hypervisor during the run: {:.1}%",

@@ -543,3 +543,34 @@ pub fn cpu_steal() -> Option<(u64, u64)> {
     let total: u64 = fields.iter().take(8).sum();
     Some((*fields.get(7)?, total))
 }
+
+/// CPU seconds: (spent by everyone in user and system mode, spent by this process and
+/// its reaped descendants). Two readings tell how much CPU other work on the machine
+/// took during a run: on a 2-core machine a concurrent build skews every figure.
+pub fn cpu_seconds() -> Option<(f64, f64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // user + nice + system: irq and softirq time is not charged to any process.
+    let everyone = (fields.first()? + fields.get(1)? + fields.get(2)?) as f64 / hz;
+    let mut mine = 0.0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage with a valid pointer to a zeroed local struct.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            if libc::getrusage(who, &mut usage) != 0 {
+                return None;
+            }
+            usage
+        };
+        for t in [usage.ru_utime, usage.ru_stime] {
+            mine += t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        }
+    }
+    Some((everyone, mine))
+}
