@@ -5,8 +5,8 @@
 //! - `hit/*`: a cache hit end to end through `proxy::handler::handle`, the body collected,
 //!   with no tracing subscriber (the access-log line is then nearly free) and with a text
 //!   subscriber writing to a sink (the cost of formatting that line);
-//! - `rewrite_job/*`: link rewriting of a ~2 KB and a ~2 MB job, the work a miss does once
-//!   before storing.
+//! - `rewrite_job/*`: link rewriting of a 2 KB and a 2 MB job as the simulator serves them
+//!   (padded to the byte), the work a miss does once before storing.
 //!
 //! Run with `cargo bench --bench hot_path`. For the load comparison against a bare hyper
 //! server and nginx, see `benches/load.rs`.
@@ -23,26 +23,24 @@ use exagate::sim::{SimOptions, Simulator};
 use exagate::{Config, Gateway};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
-use serde_json::Value;
 
 /// The key the simulator accepts and the gateway injects.
 const KEY: &str = "bench-key";
 
-/// A job body shaped like the simulator's, minified, its caption padded so the whole
-/// body is about `size` bytes. Its links point at an upstream origin, so rewriting them
-/// has real work to do.
-fn job_body(size: usize) -> Bytes {
-    let sample = include_str!("../tests/data/job-completed.json");
-    let mut job: Value = serde_json::from_str(sample).expect("tests/data/job-completed.json");
-    let plain = serde_json::to_vec(&job).expect("serialise").len();
-    let filler: String = "lorem ipsum dolor sit amet "
-        .chars()
-        .cycle()
-        .take(size.saturating_sub(plain))
-        .collect();
-    let caption = &mut job["extraction"]["common"]["caption"];
-    *caption = Value::String(format!("{}{filler}", caption.as_str().unwrap_or("")));
-    Bytes::from(serde_json::to_vec(&job).expect("serialise"))
+/// A completed job body exactly as the simulator serves it, padded to `size` bytes, read
+/// through the gateway's own upstream client (so untouched: its links still point at the
+/// simulator, and rewriting them has real work to do).
+async fn sim_job_body(size: usize) -> Bytes {
+    let (sim, gw) = sim_and_gateway(size).await;
+    let job = sim.add_completed(None);
+    let fetched = gw
+        .upstream
+        .get_buffered(&format!("/v2/extract/{job}"), None)
+        .await
+        .expect("the simulator answers");
+    assert_eq!(fetched.status, 200, "fetching the job body");
+    sim.shutdown().await;
+    fetched.body
 }
 
 fn route_and_key(c: &mut Criterion) {
@@ -70,9 +68,8 @@ fn route_and_key(c: &mut Criterion) {
     group.finish();
 }
 
-/// A simulator with one padded completed job and a gateway in front of it, the job
-/// already fetched once so every benched request is a hit.
-async fn warm_gateway(padding: usize) -> (Simulator, Arc<Gateway>, String) {
+/// A simulator padding its jobs to `padding` bytes, and a gateway in front of it.
+async fn sim_and_gateway(padding: usize) -> (Simulator, Arc<Gateway>) {
     let sim = Simulator::start(SimOptions {
         api_key: KEY.to_string(),
         ..SimOptions::default()
@@ -80,13 +77,20 @@ async fn warm_gateway(padding: usize) -> (Simulator, Arc<Gateway>, String) {
     .await
     .expect("simulator");
     sim.set_padding(padding);
-    let job = sim.add_completed(None);
     let mut config = Config::defaults();
     config.upstream.url = sim.url();
     config.admin.listen = None;
     config.validate().expect("valid config");
     let key = ApiKey::from_secret(KEY, KeySource::Env("(bench)".to_string())).expect("key");
     let gw = Gateway::new(&config, key).expect("gateway");
+    (sim, gw)
+}
+
+/// A simulator with one padded completed job and a gateway in front of it, the job
+/// already fetched once so every benched request is a hit.
+async fn warm_gateway(padding: usize) -> (Simulator, Arc<Gateway>, String) {
+    let (sim, gw) = sim_and_gateway(padding).await;
+    let job = sim.add_completed(None);
     let path = format!("/v2/extract/{job}");
     let first = exagate::proxy::handler::handle(gw.clone(), get(&path)).await;
     assert_eq!(first.status(), 200, "warming the job");
@@ -143,10 +147,15 @@ fn hit(c: &mut Criterion) {
 }
 
 fn rewrite_job(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let rewriter = LinkRewriter::new("http://127.0.0.1:8080");
     let mut group = c.benchmark_group("rewrite_job");
     for (name, size) in [("2KB", 2 * 1024), ("2MB", 2 * 1024 * 1024)] {
-        let body = job_body(size);
+        let body = rt.block_on(sim_job_body(size));
+        assert_eq!(body.len(), size, "the simulator pads to the byte");
         let (out, facts) = rewriter.rewrite_job(&body).expect("a job");
         assert!(facts.id.is_some(), "the sample has an id");
         assert_ne!(out, body, "the sample's links are rewritten");
