@@ -668,7 +668,7 @@ fn hit_throughput(
                 t.p99_us,
                 t.errors
             );
-            if best[i].map_or(true, |b| t.rps > b.rps) {
+            if best[i].is_none_or(|b| t.rps > b.rps) {
                 best[i] = Some(t);
             }
         }
@@ -758,7 +758,7 @@ fn hit_latency(
                 l.p99_us,
                 l.errors
             );
-            if latency[i].map_or(true, |best| l.p99_us < best.p99_us) {
+            if latency[i].is_none_or(|best| l.p99_us < best.p99_us) {
                 latency[i] = Some(l);
             }
         }
@@ -1053,7 +1053,7 @@ fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
         }
         let vs_bare = t[0].zip(t[1]).map(|(a, b)| a / b);
         let vs_nginx = t[0].zip(t[2]).map(|(a, b)| a / b);
-        let ok = vs_bare.is_some_and(|r| r >= 0.9) && vs_nginx.map_or(true, |r| r >= 1.3);
+        let ok = vs_bare.is_some_and(|r| r >= 0.9) && vs_nginx.is_none_or(|r| r >= 1.3);
         rows.push(Row {
             scenario: format!(
                 "hit throughput, {} ({} jobs, {CONNS} conns)",
