@@ -59,14 +59,19 @@ where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    let started = Instant::now();
-    // With the access log off (log.level above info), skip even copying the path.
+    // With the access log off (log.level above info), skip even the clock and the path copy.
     let logging = tracing::enabled!(target: "exagate::access", tracing::Level::INFO);
-    let head = logging.then(|| (request.method().clone(), request.uri().path().to_owned()));
+    let head = logging.then(|| {
+        (
+            Instant::now(),
+            request.method().clone(),
+            request.uri().path().to_owned(),
+        )
+    });
     let mut ex = Exchange::default();
     let response = dispatch(&gw, request, &mut ex).await;
     record_metrics(&gw, &ex, response.status());
-    let Some((method, path)) = head else {
+    let Some((started, method, path)) = head else {
         return response;
     };
     let (parts, body) = response.into_parts();
