@@ -45,7 +45,7 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
         Ok(answer) => {
             ex.upstream_status = Some(answer.status);
             if !ex.coalesced {
-                ex.upstream_time = Some(answer.upstream_time);
+                ex.upstream_time = Some(Duration::from_micros(u64::from(answer.upstream_micros)));
             }
             answer.respond(head, XCache::Miss)
         }
