@@ -73,9 +73,16 @@ impl Gateway {
         }))
     }
 
-    /// The current config-derived state.
+    /// The current config-derived state, to keep (across awaits, to a request's end).
     pub fn live(&self) -> Arc<Live> {
         self.live.load_full()
+    }
+
+    /// A short look at the current config-derived state. Unlike [`live`](Self::live) it
+    /// touches no shared reference count (arc-swap's debt slots), which matters on the
+    /// hit path where every request takes one look; do not hold it across an await.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
     }
 
     /// Applies a new, validated config and key. Returns warnings for settings that only

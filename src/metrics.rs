@@ -94,6 +94,9 @@ pub struct Metrics {
     pub upstream_in_flight: Gauge,
     /// 1 while ready to take traffic, 0 while draining (set at scrape time).
     pub ready: Gauge,
+    /// The hottest series, `requests{route="job",status="200",cache="hit",client=""}`,
+    /// held directly so an open gateway's hits skip the family's lock and label hashing.
+    open_job_hits: Counter,
 }
 
 impl Default for Metrics {
@@ -177,7 +180,16 @@ impl Metrics {
             "1 when taking traffic, 0 when draining",
             ready.clone(),
         );
+        let open_job_hits = requests
+            .get_or_create(&RequestLabels {
+                route: "job",
+                status: 200,
+                cache: "hit",
+                client: ClientLabel(None),
+            })
+            .clone();
         Metrics {
+            open_job_hits,
             registry,
             requests,
             upstream_requests,
@@ -202,6 +214,19 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, labels: RequestLabels) {
+        let hot = labels.client.0.is_none()
+            && labels.status == 200
+            && labels.cache == "hit"
+            && labels.route == "job";
+        if hot {
+            self.open_job_hits.inc();
+        } else {
+            self.requests.get_or_create(&labels).inc();
+        }
     }
 
     /// Counts one upstream call.

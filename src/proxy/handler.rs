@@ -87,14 +87,12 @@ where
 
 fn record_metrics(gw: &Gateway, ex: &Exchange, status: StatusCode) {
     let m = &gw.metrics;
-    m.requests
-        .get_or_create(&RequestLabels {
-            route: ex.route,
-            status: status.as_u16(),
-            cache: ex.cache.as_str(),
-            client: ClientLabel(ex.client.as_ref().map(|c| Arc::clone(&c.name))),
-        })
-        .inc();
+    m.request(RequestLabels {
+        route: ex.route,
+        status: status.as_u16(),
+        cache: ex.cache.as_str(),
+        client: ClientLabel(ex.client.as_ref().map(|c| Arc::clone(&c.name))),
+    });
     if let Some(code @ ("quota_exhausted" | "upstream_rate_limited" | "upstream_busy")) = ex.error {
         m.refusals.get_or_create(&CauseLabels { cause: code }).inc();
     }
@@ -123,7 +121,7 @@ where
     };
     // Who is calling, and may they use this scope: decided before the cache is consulted,
     // so a hit is no way around a restriction.
-    let live = gw.live();
+    let live = gw.peek();
     match live.clients.identify(request.headers()) {
         Ok(Some(client)) => {
             let allowed = client.may_use(base);
