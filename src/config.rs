@@ -618,6 +618,52 @@ pub fn describe(config: &Config) -> Vec<String> {
     } else {
         lines.push(format!("404s are kept {}", d(c.not_found_ttl)));
     }
+    let u = &config.upstream;
+    lines.push(match u.rate_limit {
+        Some(rate) => format!(
+            "upstream calls are limited to {rate} (bursts of {}); beyond it, 429 quota_exhausted",
+            u.rate_limit_burst.unwrap_or((rate.count / 10).max(1))
+        ),
+        None => {
+            "upstream calls are not rate-limited (set upstream.rate_limit to your plan's quota)"
+                .into()
+        }
+    });
+    lines.push(format!(
+        "at most {} upstream calls in flight; after an upstream 429, calls pause for its Retry-After (at most {})",
+        u.max_concurrent,
+        d(u.max_cooldown)
+    ));
+    lines.push(if config.clients.is_empty() {
+        if config.server.listen.ip().is_loopback() {
+            "open: no [[clients]], anyone on this machine may call".into()
+        } else {
+            "OPEN: no [[clients]], anyone who reaches the port may spend the team's quota".into()
+        }
+    } else {
+        let names: Vec<&str> = config.clients.iter().map(|c| c.name.as_str()).collect();
+        format!(
+            "{} client(s) may call, each with its token: {}",
+            names.len(),
+            names.join(", ")
+        )
+    });
+    lines.push(match &config.server.tls {
+        Some(tls) => format!("serves HTTPS with {}", tls.cert_file.display()),
+        None => "serves plain HTTP (no [server.tls])".into(),
+    });
+    lines.push(match config.admin.listen {
+        Some(addr) => format!(
+            "admin routes (/metrics, /healthz, /readyz, purge) on {addr}; purging needs ${}",
+            config.admin.token_env
+        ),
+        None => "no admin listener".into(),
+    });
+    lines.push(format!(
+        "on SIGTERM: unready at once, serving {} more, then {} for in-flight requests",
+        d(config.server.drain_delay),
+        d(config.server.shutdown_timeout)
+    ));
     lines
 }
 

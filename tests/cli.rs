@@ -31,7 +31,11 @@ fn free_port() -> u16 {
 fn check_prints_the_effective_config_without_the_key() {
     let dir = tempdir();
     let path = dir.join("config.toml");
-    std::fs::write(&path, "[cache]\nmax_size = \"1GiB\"\n").expect("write");
+    std::fs::write(
+        &path,
+        "[cache]\nmax_size = \"1GiB\"\n[upstream]\nrate_limit = \"10/h\"\n",
+    )
+    .expect("write");
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)
@@ -53,6 +57,11 @@ fn check_prints_the_effective_config_without_the_key() {
         stdout.contains("completed jobs are kept up to 24h after creation"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("upstream calls are limited to 10/h (bursts of 1)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rate_limit = \"10/h\""), "{stdout}");
     assert!(!stdout.contains(KEY));
 }
 
