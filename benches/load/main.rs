@@ -15,6 +15,7 @@
 //! - `--only hits,miss,memory,coalescing`: a subset (results go to `partial.md`);
 //! - `--latency-load F`: the open-loop rate as a share of the lower measured throughput
 //!   of the gateway and the bare server (default 0.25);
+//! - `--without wrk,nginx`: act as if a tool were missing (exercises the fallbacks);
 //! - `--keep`: keep the temporary directory with the generated configs and logs.
 //!
 //! `cargo bench` builds the `exagate` binary in the same (release-based) profile before
@@ -78,6 +79,8 @@ struct Options {
     only: Vec<Scenario>,
     /// See [`DEFAULT_LATENCY_LOAD`].
     latency_load: f64,
+    /// Tools to act as if missing (`wrk`, `nginx`), to exercise the fallbacks.
+    without: Vec<&'static str>,
 }
 
 /// Scenario groups that `--only` can pick.
@@ -196,6 +199,7 @@ fn main() -> ExitCode {
         keep: false,
         only: Vec::new(),
         latency_load: DEFAULT_LATENCY_LOAD,
+        without: Vec::new(),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -209,6 +213,18 @@ fn main() -> ExitCode {
                             eprintln!(
                                 "load: --only takes hits,miss,memory,coalescing, not {name:?}"
                             );
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+            }
+            "--without" => {
+                for name in args.next().map(String::as_str).unwrap_or("").split(',') {
+                    match name {
+                        "wrk" => options.without.push("wrk"),
+                        "nginx" => options.without.push("nginx"),
+                        _ => {
+                            eprintln!("load: --without takes wrk,nginx, not {name:?}");
                             return ExitCode::FAILURE;
                         }
                     }
@@ -230,7 +246,7 @@ fn main() -> ExitCode {
             "-h" | "--help" => {
                 println!(
                     "cargo bench --bench load [-- [--quick] [--install|--no-install] \
-                     [--only hits,miss,memory,coalescing] [--latency-load 0.25] [--keep]]"
+                     [--only hits,miss,memory,coalescing] [--latency-load 0.25] [--without wrk,nginx] [--keep]]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -288,18 +304,20 @@ fn tools(options: &Options) -> Tools {
             notes.push(format!("could not install {}: {e}", missing.join(", ")));
         }
     }
-    let wrk = procs::which("wrk").is_some();
-    let nginx = procs::nginx_bin().is_some();
+    let wrk = procs::which("wrk").is_some() && !options.without.contains(&"wrk");
+    let nginx = procs::nginx_bin().is_some() && !options.without.contains(&"nginx");
     if !wrk {
         notes.push(
-            "wrk is not installed: throughput measured with the harness's own closed-loop client \
-             (same connections and duration; run with --install for wrk)"
+            "wrk is not installed (or left out): throughput measured with the harness's own \
+             closed-loop client (same connections and duration; run with --install for wrk)"
                 .to_string(),
         );
     }
     if !nginx {
-        notes
-            .push("nginx is not installed: its column is skipped (run with --install)".to_string());
+        notes.push(
+            "nginx is not installed (or left out): its column is skipped (run with --install)"
+                .to_string(),
+        );
     }
     Tools { wrk, nginx, notes }
 }
@@ -1116,7 +1134,7 @@ fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
         }
         rows.push(Row {
             scenario: format!(
-                "hit p99, closed loop (wrk at full load, {CONNS} conns), {}",
+                "hit p99, closed loop at full load ({CONNS} conns), {}",
                 phase.logging.label()
             ),
             exagate: micros(l[0]),
@@ -1305,9 +1323,10 @@ fn document(
     } else {
         "wrk not installed (built-in closed-loop client)".to_string()
     };
-    let nginx = procs::nginx_bin().map_or("nginx not installed (skipped)".to_string(), |p| {
-        procs::version_of(&p, "-v")
-    });
+    let nginx = match procs::nginx_bin() {
+        Some(p) if tools.nginx => procs::version_of(&p, "-v"),
+        _ => "nginx not installed or left out (skipped)".to_string(),
+    };
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
@@ -1347,7 +1366,8 @@ fn document(
     out.push_str(&format!(
         "\nHow each figure is measured:\n\n\
          - **throughput**: wrk, 2 threads, a Lua script cycling through the job paths \
-         (each thread from its own offset); every server warm (the gateway and nginx \
+         (each thread from its own offset; without wrk, the harness's own closed-loop \
+         client on one thread, which then is the bottleneck); every server warm (the gateway and nginx \
          checked to answer each job as a hit with its links rewritten). \"log on\": the \
          gateway at `info` with stderr to a file, nginx `access_log` to a file, the bare \
          server one tracing line per request to a file; \"log off\": the gateway at \
