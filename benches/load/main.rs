@@ -350,8 +350,8 @@ struct Miss {
     gateway_added: f64,
     nginx_added: Option<f64>,
     jobs: usize,
-    /// From the gateway's access log (log on only): median `upstream_ms` and
-    /// `duration_ms` of these misses, in µs; what the gateway itself measured.
+    /// From the gateway's access log (log on only): median `upstream_us` and
+    /// `duration_us` of these misses; what the gateway itself measured.
     logged: Option<(f64, f64)>,
 }
 
@@ -946,7 +946,7 @@ async fn miss_overhead(
     Ok(miss)
 }
 
-/// Medians of `upstream_ms` and `duration_ms` (as µs) over the access-log lines of the
+/// Medians of `upstream_us` and `duration_us` over the access-log lines of the
 /// misses for `paths`.
 fn logged_miss_times(log: &Path, paths: &[String]) -> Option<(f64, f64)> {
     let text = fs::read_to_string(log).ok()?;
@@ -966,9 +966,9 @@ fn logged_miss_times(log: &Path, paths: &[String]) -> Option<(f64, f64)> {
         if !ours {
             continue;
         }
-        if let (Some(u), Some(d)) = (field(line, "upstream_ms="), field(line, "duration_ms=")) {
-            upstream.push((u * 1000.0) as u32);
-            duration.push((d * 1000.0) as u32);
+        if let (Some(u), Some(d)) = (field(line, "upstream_us="), field(line, "duration_us=")) {
+            upstream.push(u as u32);
+            duration.push(d as u32);
         }
     }
     if upstream.is_empty() {

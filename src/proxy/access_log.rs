@@ -1,7 +1,7 @@
 //! The access log: one structured line per request, written when the response is done.
 //!
 //! For answers already in memory that is at once; for streamed ones (downloads,
-//! pass-through) the line waits for the last byte, so `bytes` and `duration_ms` are the
+//! pass-through) the line waits for the last byte, so `bytes` and `duration_us` are the
 //! real ones and a client that hangs up mid-download shows as `complete=false`. The
 //! line holds the path (never the query), the client's configured name (never its
 //! token), and nothing else a secret could hide in.
@@ -45,12 +45,14 @@ impl AccessRecord {
             cache = %ex.cache.as_str(),
             route = %ex.route,
             upstream_status = ex.upstream_status.map(|s| s.as_u16()),
-            upstream_ms = ex.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+            // Whole microseconds: integers format several times faster than floats,
+            // and this runs once per request.
+            upstream_us = ex.upstream_time.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
             coalesced = ex.coalesced,
             error = ex.error.map(tracing::field::display),
             bytes,
             complete,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "request"
         );
     }
