@@ -46,8 +46,10 @@ fn remaining(value: &Answer, at: Instant) -> Duration {
 /// The gateway's answer cache.
 #[derive(Clone)]
 pub struct CacheStore {
-    /// Answers by key; moka evicts by weight (bytes) and expires per entry.
-    cache: Cache<CacheKey, Arc<Answer>>,
+    /// Answers by key; moka evicts by weight (bytes) and expires per entry. Hashed with
+    /// foldhash rather than SipHash: keys are ids the gateway has already validated, the
+    /// table is keyed per process, and every hit pays for the hash.
+    cache: Cache<CacheKey, Arc<Answer>, foldhash::fast::RandomState>,
 }
 
 impl CacheStore {
@@ -71,7 +73,7 @@ impl CacheStore {
             .weigher(|key: &CacheKey, value: &Arc<Answer>| value.weight(key))
             .expire_after(AnswerExpiry)
             .support_invalidation_closures()
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         CacheStore { cache }
     }
 

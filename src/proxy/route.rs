@@ -148,39 +148,44 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
 /// `^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`,
 /// case-insensitively. The parsed `Uuid` prints lower-case, which is what goes upstream.
 pub fn parse_job_id(text: &str) -> Result<Uuid, GatewayError> {
-    let bytes = text.as_bytes();
-    let valid = bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, &b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            14 => (b'1'..=b'8').contains(&b),
-            19 => matches!(b.to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b'),
-            _ => b.is_ascii_hexdigit(),
-        });
-    if !valid {
-        return Err(GatewayError::new(
+    let invalid = || {
+        GatewayError::new(
             ErrorKind::InvalidJobId,
             "the job id must be a UUID like 123e4567-e89b-12d3-a456-426614174000",
-        ));
+        )
+    };
+    let bytes = text.as_bytes();
+    if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
+        return Err(invalid());
     }
-    // Already validated: decode the 32 hex digits straight into the 16 bytes.
+    // Version 1-8, variant 8/9/a/b, as the documented pattern says.
+    if !(b'1'..=b'8').contains(&bytes[14])
+        || !matches!(bytes[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b')
+    {
+        return Err(invalid());
+    }
+    // Validate and decode the 32 hex digits in one pass (this runs on every request).
     let mut out = [0u8; 16];
-    let mut digits = bytes.iter().filter(|&&b| b != b'-').map(|&b| hex_value(b));
-    for byte in &mut out {
-        let hi = digits.next().unwrap_or(0);
-        let lo = digits.next().unwrap_or(0);
-        *byte = (hi << 4) | lo;
+    let mut digit = 0;
+    for &b in bytes {
+        if b == b'-' {
+            continue;
+        }
+        let value = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return Err(invalid()),
+        };
+        out[digit / 2] |= value << (4 * (1 - digit % 2));
+        digit += 1;
+    }
+    // Four hyphens at fixed places and 36 bytes leave exactly 32 digits, unless a hyphen
+    // also stands where a digit should.
+    if digit != 32 {
+        return Err(invalid());
     }
     Ok(Uuid::from_bytes(out))
-}
-
-/// The value of one hex digit (already known to be one).
-fn hex_value(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        b'A'..=b'F' => b - b'A' + 10,
-        _ => 0,
-    }
 }
 
 /// Reads `X-Exabase-Base-Id`: absent is the workspace scope; present must be one UUID.
