@@ -5,27 +5,13 @@ mod common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, send, start_sim, KEY};
+use common::{client, free_port, send, start_sim, tempdir, wait_listening, KEY};
 use exagate::sim::Fault;
 use http::{Method, StatusCode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_exagate");
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("exagate-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 #[test]
 fn check_prints_the_effective_config_without_the_key() {
@@ -176,19 +162,7 @@ async fn the_key_never_appears_in_logs_at_trace_level() {
         .expect("spawn exagate");
     let base = format!("http://127.0.0.1:{port}");
     let c = client();
-    // Wait until it listens.
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "exagate did not start listening");
+    wait_listening(port).await;
 
     let id = sim.add_completed(None);
     let job = format!("{base}/v2/extract/{id}");

@@ -10,17 +10,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, job_path, send, start_sim, KEY};
+use common::{client, free_port, job_path, send, start_sim, tempdir, wait_listening, KEY};
 use exagate::secret::ApiKey;
 use exagate::sim::{Fault, SimOptions, Simulator};
 use exagate::{Config, Launch, RunningGateway};
 use http::{Method, StatusCode};
 use tokio::net::TcpListener;
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("exagate-reload-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    dir
+/// What every reload test starts from: a simulator, a fresh directory with a key file,
+/// and where the config goes.
+struct Files {
+    sim: Simulator,
+    dir: PathBuf,
+    key_file: PathBuf,
+    config: PathBuf,
+    port: u16,
+}
+
+async fn files(key: &str) -> Files {
+    let dir = tempdir();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, key).expect("key");
+    Files {
+        sim: start_sim(false).await,
+        config: dir.join("config.toml"),
+        dir,
+        key_file,
+        port: free_port(),
+    }
 }
 
 /// A config file for a gateway in front of `sim`, the key read from `key_file`.
@@ -55,21 +72,15 @@ async fn start_from(path: &Path, watch: Option<Duration>) -> RunningGateway {
     .expect("start")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 #[tokio::test]
 async fn a_changed_ttl_applies_after_reload() {
-    let sim = start_sim(false).await;
-    let dir = tempdir();
-    let key_file = dir.join("key");
-    std::fs::write(&key_file, KEY).expect("key");
-    let config = dir.join("config.toml");
-    let port = free_port();
+    let Files {
+        sim,
+        dir: _,
+        key_file,
+        config,
+        port,
+    } = files(KEY).await;
     write_config(
         &config,
         &sim,
@@ -107,12 +118,13 @@ async fn a_changed_ttl_applies_after_reload() {
 
 #[tokio::test]
 async fn a_bad_file_is_refused_and_the_old_config_keeps_serving() {
-    let sim = start_sim(false).await;
-    let dir = tempdir();
-    let key_file = dir.join("key");
-    std::fs::write(&key_file, KEY).expect("key");
-    let config = dir.join("config.toml");
-    let port = free_port();
+    let Files {
+        sim,
+        dir,
+        key_file,
+        config,
+        port,
+    } = files(KEY).await;
     write_config(&config, &sim, port, &key_file, "");
     let gw = start_from(&config, None).await;
     for bad in [
@@ -147,12 +159,13 @@ async fn a_bad_file_is_refused_and_the_old_config_keeps_serving() {
 
 #[tokio::test]
 async fn settings_that_need_a_restart_are_named() {
-    let sim = start_sim(false).await;
-    let dir = tempdir();
-    let key_file = dir.join("key");
-    std::fs::write(&key_file, KEY).expect("key");
-    let config = dir.join("config.toml");
-    let port = free_port();
+    let Files {
+        sim,
+        dir: _,
+        key_file,
+        config,
+        port,
+    } = files(KEY).await;
     write_config(&config, &sim, port, &key_file, "");
     let gw = start_from(&config, None).await;
     write_config(
@@ -242,12 +255,13 @@ async fn a_rotated_key_takes_effect_with_every_request_in_flight_answered() {
 
 #[tokio::test]
 async fn a_changed_file_is_picked_up_without_a_signal() {
-    let sim = start_sim(false).await;
-    let dir = tempdir();
-    let key_file = dir.join("key");
-    std::fs::write(&key_file, KEY).expect("key");
-    let config = dir.join("config.toml");
-    let port = free_port();
+    let Files {
+        sim,
+        dir: _,
+        key_file,
+        config,
+        port,
+    } = files(KEY).await;
     write_config(
         &config,
         &sim,
@@ -277,12 +291,13 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_binary_and_sigterm_drains_it() {
-    let sim = start_sim(false).await;
-    let dir = tempdir();
-    let key_file = dir.join("key");
-    std::fs::write(&key_file, "exa-wrong-key").expect("key");
-    let config = dir.join("config.toml");
-    let port = free_port();
+    let Files {
+        sim,
+        key_file,
+        config,
+        port,
+        ..
+    } = files("exa-wrong-key").await;
     write_config(
         &config,
         &sim,
@@ -297,18 +312,7 @@ async fn sighup_reloads_the_binary_and_sigterm_drains_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "exagate did not start");
+    wait_listening(port).await;
     let id = sim.add_completed(None);
     let url = format!("http://127.0.0.1:{port}{}", job_path(id));
     let c = client();

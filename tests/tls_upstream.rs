@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{client, job_path, send, start_gateway, start_sim, test_config};
+use common::{client, job_path, send, start_gateway, start_sim, tempdir, test_config};
 use http::{Method, StatusCode};
 
 #[tokio::test]
@@ -39,11 +39,4 @@ async fn an_untrusted_tls_upstream_is_a_502() {
     let reply = send(&client(), Method::GET, &url, &[], Default::default()).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code(), "upstream_unreachable");
-}
-
-/// A fresh directory under the target dir (no extra crate for one temp file).
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("exagate-test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    dir
 }

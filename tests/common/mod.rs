@@ -252,6 +252,35 @@ pub async fn send(
     }
 }
 
+/// A fresh directory under the system's temp dir (no extra crate for a few files).
+pub fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("exagate-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+/// A loopback port free at the time of asking (for configs written before binding).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits (up to 5 s) until something accepts on `port`; panics otherwise.
+pub async fn wait_listening(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after 5 s");
+}
+
 /// The path of a job.
 pub fn job_path(id: uuid::Uuid) -> String {
     format!("/v2/extract/{id}")
