@@ -191,6 +191,17 @@ async fn the_key_never_appears_in_logs_at_trace_level() {
         statuses.push(reply.status);
         bodies.push(reply.body);
     }
+    // A download, whose access line is written after its last byte.
+    let download = send(
+        &c,
+        Method::GET,
+        &format!("{job}/download"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(download.status, StatusCode::OK);
+    assert_eq!(download.body.len(), 3 * 1024 * 1024);
     sim.set_fault(Fault::ServerError);
     let other = sim.add_completed(None);
     let reply = send(
@@ -267,6 +278,19 @@ async fn the_key_never_appears_in_logs_at_trace_level() {
         "no access log: {stderr}"
     );
     assert!(stderr.contains(&id.to_string()));
+    // The download's line counts its bytes and says it was sent whole.
+    let download_line = stderr
+        .lines()
+        .find(|l| l.contains("exagate::access") && l.contains("\"route\":\"download\""))
+        .expect("an access line for the download");
+    assert!(
+        download_line.contains("\"bytes\":3145728"),
+        "{download_line}"
+    );
+    assert!(
+        download_line.contains("\"complete\":true"),
+        "{download_line}"
+    );
     // ...and never the key, whatever the level.
     assert!(!stderr.contains(KEY), "the API key leaked into the logs");
 }

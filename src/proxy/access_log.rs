@@ -125,7 +125,10 @@ impl http_body::Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        // Dropped before the end: the client went away mid-body.
-        self.finish(false);
+        // hyper stops polling once a body of known length has sent its last byte, so
+        // "complete" is whether the body says it has ended, not whether `None` was seen;
+        // otherwise the client went away mid-body.
+        let complete = http_body::Body::is_end_stream(&self.inner);
+        self.finish(complete);
     }
 }
