@@ -241,17 +241,30 @@ format = "text"
     fs::write(&path, config)?;
     // Access lines go to stderr: a file here, as a service manager would do.
     let stderr = dir.join(format!("{name}.log"));
-    let child = Command::new(exagate_bin())
+    let mut command = Command::new(exagate_bin());
+    command
         .arg("--config")
         .arg(&path)
         .env("EXABASE_API_KEY", SIM_KEY)
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    launch(command, "exagate", addr, stderr)
+}
+
+/// Spawns `command` with its stderr to the file `stderr`, and waits until it listens on
+/// `addr`.
+fn launch(
+    mut command: Command,
+    name: &'static str,
+    addr: SocketAddr,
+    stderr: PathBuf,
+) -> Result<Server, BoxError> {
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(&stderr)?)
         .spawn()?;
     let mut proc = Proc {
-        name: "exagate",
+        name,
         child,
         stderr,
     };
@@ -277,18 +290,7 @@ pub fn start_bare(
     if logging == Logging::On {
         command.arg("--log");
     }
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&stderr)?)
-        .spawn()?;
-    let mut proc = Proc {
-        name: "bare server",
-        child,
-        stderr,
-    };
-    proc.wait_listening(addr)?;
-    Ok(Server { proc, addr })
+    launch(command, "bare server", addr, stderr)
 }
 
 /// Starts nginx in the foreground with its own prefix under `dir`: a `proxy_cache` in
