@@ -42,7 +42,8 @@ async fn counters_and_gauges_follow_a_known_sequence() {
     );
     // 20 concurrent cold requests for one job: 1 upstream call, 19 coalesced.
     let b = h.sim.add_completed(None);
-    h.sim.set_fault(Fault::Latency(Duration::from_millis(300)));
+    // Slow enough that all 20 arrive while the one fetch is under way.
+    h.sim.set_fault(Fault::Latency(Duration::from_millis(1000)));
     let path = job_path(b);
     join_all((0..20).map(|_| h.get(&path))).await;
     h.sim.set_fault(Fault::None);
