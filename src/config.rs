@@ -409,6 +409,12 @@ impl Config {
         Config::from(RawConfig::default())
     }
 
+    /// No `[[clients]]` and a listener other machines can reach: anyone who gets to the
+    /// port can spend the team's quota (warned at startup, said by `check`).
+    pub fn open_beyond_loopback(&self) -> bool {
+        self.clients.is_empty() && !self.server.listen.ip().is_loopback()
+    }
+
     /// Checks the relations a type cannot express. Public so code that builds a config
     /// in memory (tests, the demo) gets the same checks as a file.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -634,12 +640,10 @@ pub fn describe(config: &Config) -> Vec<String> {
         u.max_concurrent,
         d(u.max_cooldown)
     ));
-    lines.push(if config.clients.is_empty() {
-        if config.server.listen.ip().is_loopback() {
-            "open: no [[clients]], anyone on this machine may call".into()
-        } else {
-            "OPEN: no [[clients]], anyone who reaches the port may spend the team's quota".into()
-        }
+    lines.push(if config.open_beyond_loopback() {
+        "OPEN: no [[clients]], anyone who reaches the port may spend the team's quota".into()
+    } else if config.clients.is_empty() {
+        "open: no [[clients]], anyone on this machine may call".into()
     } else {
         let names: Vec<&str> = config.clients.iter().map(|c| c.name.as_str()).collect();
         format!(

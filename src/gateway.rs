@@ -6,7 +6,6 @@
 //! lives in [`Live`], behind an `ArcSwap`. A request loads `Live` once and keeps that
 //! snapshot to its end, so a reload never changes the rules under a request in flight.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -177,9 +176,4 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     );
     check("log.format", old.log.format != new.log.format);
     changed
-}
-
-/// Whether an address only this machine can reach.
-pub fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
 }

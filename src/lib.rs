@@ -132,7 +132,7 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
         .map(tls::TlsTerminator::new)
         .transpose()?
         .map(Arc::new);
-    if config.clients.is_empty() && !config.server.listen.ip().is_loopback() {
+    if config.open_beyond_loopback() {
         tracing::warn!(
             listen = %config.server.listen,
             "no [[clients]] configured: anyone who can reach this address can spend the team's quota"

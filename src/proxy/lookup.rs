@@ -87,7 +87,7 @@ async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> Fe
     // The fetch ends by its own deadline (`upstream.timeout`, slot wait included) and
     // reports how; the small margin only lets that report, rather than this fallback,
     // reach the waiter.
-    let patience = gw.live().config.upstream.timeout + Duration::from_millis(100);
+    let patience = gw.peek().config.upstream.timeout + Duration::from_millis(100);
     match tokio::time::timeout(patience, waiter.wait()).await {
         Ok(Some(result)) => result,
         Ok(None) => Err(GatewayError::new(
