@@ -202,42 +202,18 @@ async fn the_key_never_appears_in_logs_at_trace_level() {
     .await;
     assert_eq!(download.status, StatusCode::OK);
     assert_eq!(download.body.len(), 3 * 1024 * 1024);
-    sim.set_fault(Fault::ServerError);
-    let other = sim.add_completed(None);
-    let reply = send(
-        &c,
-        Method::GET,
-        &format!("{base}/v2/extract/{other}"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    statuses.push(reply.status);
-    bodies.push(reply.body);
-    sim.set_fault(Fault::Silent);
-    let third = sim.add_completed(None);
-    let reply = send(
-        &c,
-        Method::GET,
-        &format!("{base}/v2/extract/{third}"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    statuses.push(reply.status);
-    bodies.push(reply.body);
-    sim.set_fault(Fault::None);
-    sim.shutdown().await;
-    let reply = send(
-        &c,
-        Method::GET,
-        &format!("{base}/v2/extract/{third}"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    statuses.push(reply.status);
-    bodies.push(reply.body);
+    // A failing, then a silent, then a stopped upstream: each request for a fresh job.
+    for fault in [Fault::ServerError, Fault::Silent, Fault::None] {
+        if fault == Fault::None {
+            sim.shutdown().await;
+        }
+        sim.set_fault(fault);
+        let id = sim.add_completed(None);
+        let url = format!("{base}/v2/extract/{id}");
+        let reply = send(&c, Method::GET, &url, &[], Bytes::new()).await;
+        statuses.push(reply.status);
+        bodies.push(reply.body);
+    }
 
     assert_eq!(
         statuses,
