@@ -64,7 +64,7 @@ use http::{HeaderMap, HeaderValue};
 
 use client::{Conn, LoadResult, Stop};
 use procs::{Logging, Server};
-use report::{micros, ratio, rps, Curve, Row, Verdict};
+use report::{micros, rps, Curve, Row, Verdict};
 
 pub type BoxError = client::BoxError;
 
@@ -1072,20 +1072,17 @@ fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
         let vs_bare = t[0].zip(t[1]).map(|(a, b)| a / b);
         let vs_nginx = t[0].zip(t[2]).map(|(a, b)| a / b);
         let ok = vs_bare.is_some_and(|r| r >= 0.9) && vs_nginx.is_none_or(|r| r >= 1.3);
-        rows.push(Row {
-            scenario: format!(
+        rows.push(Row::compared(
+            format!(
                 "hit throughput, {} ({} jobs, {CONNS} conns)",
                 phase.logging.label(),
                 plan.hit_jobs
             ),
-            exagate: rps(t[0]),
-            bare: rps(t[1]),
-            nginx: rps(t[2]),
-            vs_bare: ratio(t[0], t[1]),
-            vs_nginx: ratio(t[0], t[2]),
-            target: "≥ 0.9× bare, ≥ 1.3× nginx".to_string(),
-            verdict: Verdict::check(ok),
-        });
+            t,
+            rps,
+            "≥ 0.9× bare, ≥ 1.3× nginx",
+            Verdict::check(ok),
+        ));
     }
     for phase in &ordered {
         let Some(first) = phase.latency[0] else {
@@ -1093,38 +1090,32 @@ fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
         };
         let l = phase.latency.map(|l| l.map(|l| l.p99_us));
         let ok = l[0].zip(l[1]).is_some_and(|(a, b)| a <= 1.2 * b);
-        rows.push(Row {
-            scenario: format!(
+        rows.push(Row::compared(
+            format!(
                 "hit p99, open loop at {:.0} req/s, {}",
                 first.offered,
                 phase.logging.label()
             ),
-            exagate: micros(l[0]),
-            bare: micros(l[1]),
-            nginx: micros(l[2]),
-            vs_bare: ratio(l[0], l[1]),
-            vs_nginx: ratio(l[0], l[2]),
-            target: "≤ 1.2× bare".to_string(),
-            verdict: Verdict::check(ok),
-        });
+            l,
+            micros,
+            "≤ 1.2× bare",
+            Verdict::check(ok),
+        ));
     }
     for phase in &ordered {
         let l = phase.latency.map(|l| l.map(|l| l.p50_us));
         if let Some(first) = phase.latency[0] {
-            rows.push(Row {
-                scenario: format!(
+            rows.push(Row::compared(
+                format!(
                     "hit p50, open loop at {:.0} req/s, {}",
                     first.offered,
                     phase.logging.label()
                 ),
-                exagate: micros(l[0]),
-                bare: micros(l[1]),
-                nginx: micros(l[2]),
-                vs_bare: ratio(l[0], l[1]),
-                vs_nginx: ratio(l[0], l[2]),
-                target: "—".to_string(),
-                verdict: Verdict::Info,
-            });
+                l,
+                micros,
+                "—",
+                Verdict::Info,
+            ));
         }
     }
     for phase in &ordered {
@@ -1132,19 +1123,16 @@ fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
         if l[0].is_none() {
             continue;
         }
-        rows.push(Row {
-            scenario: format!(
+        rows.push(Row::compared(
+            format!(
                 "hit p99, closed loop at full load ({CONNS} conns), {}",
                 phase.logging.label()
             ),
-            exagate: micros(l[0]),
-            bare: micros(l[1]),
-            nginx: micros(l[2]),
-            vs_bare: ratio(l[0], l[1]),
-            vs_nginx: ratio(l[0], l[2]),
-            target: "—".to_string(),
-            verdict: Verdict::Info,
-        });
+            l,
+            micros,
+            "—",
+            Verdict::Info,
+        ));
     }
     for phase in &ordered {
         let Some(m) = phase.miss else { continue };

@@ -46,6 +46,29 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
+impl Row {
+    /// A row comparing one figure across the three servers (exagate, bare, nginx), each
+    /// shown with `show`, with both ratios against exagate's.
+    pub fn compared(
+        scenario: String,
+        values: [Option<f64>; 3],
+        show: fn(Option<f64>) -> String,
+        target: &str,
+        verdict: Verdict,
+    ) -> Row {
+        Row {
+            scenario,
+            exagate: show(values[0]),
+            bare: show(values[1]),
+            nginx: show(values[2]),
+            vs_bare: ratio(values[0], values[1]),
+            vs_nginx: ratio(values[0], values[2]),
+            target: target.to_string(),
+            verdict,
+        }
+    }
+}
+
 /// Renders the table.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
