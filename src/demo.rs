@@ -40,14 +40,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:8081)"))?;
     config.admin.listen = None;
-    let gateway = crate::start(crate::Launch {
-        config,
-        config_path: None,
-        watch_every: None,
-        key,
-        public: listener,
-        admin: None,
-    })?;
+    let gateway = crate::start(crate::Launch::in_memory(config, key, listener))?;
 
     let gw = gateway.url();
     let text = format!(

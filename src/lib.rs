@@ -59,6 +59,21 @@ pub struct Launch {
     pub admin: Option<TcpListener>,
 }
 
+impl Launch {
+    /// A launch for a config built in memory: no file to reload from, no admin listener
+    /// (set `admin` to add one).
+    pub fn in_memory(config: Config, key: ApiKey, public: TcpListener) -> Launch {
+        Launch {
+            config,
+            config_path: None,
+            watch_every: None,
+            key,
+            public,
+            admin: None,
+        }
+    }
+}
+
 /// A gateway serving in the background.
 pub struct RunningGateway {
     /// The public address.

@@ -75,14 +75,7 @@ async fn setup() -> Result<Setup, BoxError> {
     config.validate()?;
     let key = ApiKey::from_secret(crate::procs::SIM_KEY, KeySource::Env("(bench)".into()))?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let gateway = exagate::start(exagate::Launch {
-        config,
-        config_path: None,
-        watch_every: None,
-        key,
-        public: listener,
-        admin: None,
-    })?;
+    let gateway = exagate::start(exagate::Launch::in_memory(config, key, listener))?;
     Ok(Setup { sim, gateway })
 }
 

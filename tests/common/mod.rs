@@ -104,12 +104,8 @@ pub async fn start_gateway(sim: &Simulator, mut config: Config) -> RunningGatewa
         None => None,
     };
     exagate::start(exagate::Launch {
-        config,
-        config_path: None,
-        watch_every: None,
-        key,
-        public: listener,
         admin,
+        ..exagate::Launch::in_memory(config, key, listener)
     })
     .expect("gateway starts")
 }
