@@ -4,7 +4,8 @@
 //! ceiling a Rust proxy on this machine can hope for.
 //!
 //! Run by the harness as `load --serve-bare ADDR BODIES [--log]`; with `--log` it writes
-//! one tracing line per request to stderr, like the gateway's access log.
+//! one tracing line per request to stderr, through the same non-blocking writer as the
+//! gateway's access log.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,6 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tracing_appender::non_blocking::NonBlockingBuilder;
 
 use crate::BoxError;
 
@@ -68,10 +70,20 @@ fn load_bodies(file: &Path) -> Result<HashMap<String, Bytes>, BoxError> {
 /// Serves until killed.
 pub fn serve(addr: SocketAddr, bodies: &Path, log: bool) -> Result<(), BoxError> {
     let bodies = Arc::new(load_bodies(bodies)?);
+    // Logging set up as the gateway's is: lines handed to a writer thread, never lossy.
+    // Besides being the fair comparison, it keeps a failed write (a full disk) from
+    // reaching the request: tracing's synchronous writer reports one with `eprintln!`,
+    // which panics when stderr itself is the full file, and every connection then dies.
+    let mut _log_worker = None;
     if log {
+        let (writer, worker) = NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("bare-log")
+            .finish(std::io::stderr());
+        _log_worker = Some(worker);
         tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_env_filter("info")
             .try_init()
             .map_err(|e| e.to_string())?;

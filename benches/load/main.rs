@@ -419,7 +419,17 @@ fn run(options: &Options) -> Result<(), BoxError> {
     }
     let dir = std::env::temp_dir().join(format!("exagate-load-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
-    println!("work dir: {}", dir.display());
+    // The servers' logs go here: a full disk once made the logging bare server fail
+    // every request (CI), so say how much room there is up front.
+    let free = procs::free_bytes(&dir);
+    println!(
+        "work dir: {} ({} free)",
+        dir.display(),
+        free.map_or_else(|| "unknown".to_string(), procs::format_bytes)
+    );
+    if free.is_some_and(|f| f < 512 * 1024 * 1024) {
+        println!("warning: little free disk; the logging scenarios may fail for want of it");
+    }
     let steal_before = procs::cpu_steal();
     let cpu_before = procs::cpu_seconds();
     let result = measure(options, &plan, &tools, &dir);
@@ -580,6 +590,7 @@ fn phases(
     })?;
 
     let mut phases = Vec::new();
+    let mut bare_bodies = Vec::new();
     for logging in [Logging::Off, Logging::On] {
         let tag = match logging {
             Logging::Off => "off",
@@ -589,10 +600,15 @@ fn phases(
         let gateway =
             procs::start_gateway(dir, &format!("gateway-{tag}"), sim.addr, logging, "1GiB")?;
         let bodies = rt.block_on(warm_gateway(gateway.addr, &hit_paths))?;
+        // The bare server serves the first phase's bodies in both phases (the same bytes
+        // but for the gateway's address in the links).
         if logging == Logging::Off {
             bare::save_bodies(&bodies_file, &bodies)?;
+            bare_bodies = bodies;
         }
         let bare = procs::start_bare(dir, &format!("bare-{tag}"), &bodies_file, logging)?;
+        rt.block_on(check_bare(bare.addr, &bare_bodies))
+            .map_err(|e| format!("{e}\n{}", bare.proc.diagnose()))?;
         let nginx = if tools.nginx {
             let nginx = procs::start_nginx(dir, &format!("nginx-{tag}"), sim.addr, logging)?;
             rt.block_on(warm_nginx(nginx.addr, sim.addr, &hit_paths))?;
@@ -667,7 +683,7 @@ fn hit_throughput(
                 tools,
                 script,
                 paths,
-                server.addr,
+                server,
                 CONNS,
                 Duration::from_secs(1),
             )?;
@@ -677,7 +693,7 @@ fn hit_throughput(
     for round in 0..plan.rounds {
         for (i, server) in servers.iter().enumerate() {
             let Some(server) = server else { continue };
-            let t = throughput(rt, tools, script, paths, server.addr, CONNS, plan.duration)?;
+            let t = throughput(rt, tools, script, paths, server, CONNS, plan.duration)?;
             println!(
                 "throughput {:<10} round {}: {:>8.0} req/s, p99 {:>7.0} µs, {} errors",
                 NAMES[i],
@@ -707,15 +723,7 @@ fn sweep(
     for &conns in &plan.sweep {
         for (i, server) in servers.iter().enumerate() {
             let Some(server) = server else { continue };
-            let t = throughput(
-                rt,
-                tools,
-                script,
-                paths,
-                server.addr,
-                conns,
-                plan.sweep_duration,
-            )?;
+            let t = throughput(rt, tools, script, paths, server, conns, plan.sweep_duration)?;
             println!(
                 "sweep {:<10} {:>3} conns: {:>8.0} req/s, p99 {:>7.0} µs",
                 NAMES[i], conns, t.rps, t.p99_us
@@ -826,6 +834,29 @@ async fn warm_gateway(
     Ok(bodies)
 }
 
+/// Asks the bare server for every job once (which also logs a line for each when its
+/// log is on) and checks it answers the body it was given: a port that accepts
+/// connections is not yet a server that answers.
+async fn check_bare(addr: SocketAddr, bodies: &[(String, Bytes)]) -> Result<(), BoxError> {
+    let mut conn = Conn::open(addr, HeaderMap::new()).await?;
+    for (path, body) in bodies {
+        let reply = conn
+            .get(path)
+            .await
+            .map_err(|e| format!("bare server, {path}: {e}"))?;
+        if reply.status != 200 || reply.body != *body {
+            return Err(format!(
+                "bare server, {path}: status {}, {} body bytes, not the {} it was given",
+                reply.status,
+                reply.body.len(),
+                body.len()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Fetches every path through nginx, then again checking each is a cache HIT with its
 /// links rewritten to nginx's origin.
 async fn warm_nginx(
@@ -867,34 +898,45 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Hit throughput with wrk, or with the harness's closed-loop client without wrk.
+///
+/// A run that completes no request, or whose report cannot be read, fails with what is
+/// known about the server (running or not, its stderr, the free disk): a bare "0
+/// requests" from CI says nothing about why.
 fn throughput(
     rt: &tokio::runtime::Runtime,
     tools: &Tools,
     script: &Path,
     paths: &Arc<Vec<String>>,
-    addr: SocketAddr,
+    server: &Server,
     conns: usize,
     duration: Duration,
 ) -> Result<Throughput, BoxError> {
-    if tools.wrk {
-        let r = wrk::run(script, addr, conns, duration)?;
-        return Ok(Throughput {
+    let measured = if tools.wrk {
+        wrk::run(script, server.addr, conns, duration).map(|r| Throughput {
             rps: r.rps,
             p99_us: r.p99_us,
             errors: r.errors,
-        });
-    }
-    let mut r: LoadResult = rt.block_on(client::closed_loop(
-        addr,
-        Arc::clone(paths),
-        conns,
-        Stop::After(duration),
-    ))?;
-    Ok(Throughput {
-        rps: r.rps(),
-        p99_us: r.quantile_us(0.99),
-        errors: r.errors,
-    })
+        })
+    } else {
+        rt.block_on(client::closed_loop(
+            server.addr,
+            Arc::clone(paths),
+            conns,
+            Stop::After(duration),
+        ))
+        .and_then(|mut r: LoadResult| {
+            if r.rps() > 0.0 {
+                Ok(Throughput {
+                    rps: r.rps(),
+                    p99_us: r.quantile_us(0.99),
+                    errors: r.errors,
+                })
+            } else {
+                Err(format!("no request completed ({} errors)", r.errors).into())
+            }
+        })
+    };
+    measured.map_err(|e| format!("{e}\n{}", server.proc.diagnose()).into())
 }
 
 /// Cold jobs one at a time over keep-alive: each id straight from the simulator, then

@@ -59,19 +59,54 @@ impl Proc {
     /// Fails if it has exited, quoting the end of its stderr.
     pub fn check_alive(&mut self) -> Result<(), BoxError> {
         if let Ok(Some(status)) = self.child.try_wait() {
-            let err = fs::read_to_string(&self.stderr).unwrap_or_default();
-            let tail: String = err
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(format!("{} exited ({status}):\n{tail}", self.name).into());
+            return Err(
+                format!("{} exited ({status}):\n{}", self.name, self.stderr_tail(15)).into(),
+            );
         }
         Ok(())
+    }
+
+    /// The last `lines` lines of its stderr.
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        let err = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let mut tail: Vec<&str> = err.lines().rev().take(lines).collect();
+        tail.reverse();
+        tail.join("\n")
+    }
+
+    /// What is known about it after a failed measurement: running or not, the end of its
+    /// stderr, and the free disk where the logs go (a full disk was once the cause).
+    pub fn diagnose(&self) -> String {
+        // Read from /proc rather than `try_wait`, which needs the child mutably: an exited
+        // child not yet reaped is a zombie (state `Z`).
+        let running = fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|stat| {
+                let state = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .to_string();
+                Some(state != "Z")
+            })
+            .unwrap_or(false);
+        let state = format!(
+            "{} {}; the end of its stderr:\n{}",
+            self.name,
+            if running {
+                "is still running"
+            } else {
+                "has exited"
+            },
+            self.stderr_tail(15)
+        );
+        let disk = self
+            .stderr
+            .parent()
+            .and_then(free_bytes)
+            .map_or_else(|| "unknown".to_string(), format_bytes);
+        format!("{state}\nfree disk in the work dir: {disk}")
     }
 
     /// Waits until `addr` accepts connections (at most 15 s).
@@ -113,6 +148,31 @@ fn status_kib(pid: u32, field: &str) -> Result<u64, BoxError> {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| format!("no {field} in /proc/{pid}/status").into())
+}
+
+/// Free bytes on the file system holding `path` (statvfs), for an unprivileged user.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs with a NUL-terminated path and a pointer to a zeroed local struct.
+    let stat = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c_path.as_ptr(), &mut stat) != 0 {
+            return None;
+        }
+        stat
+    };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// `1.5 GiB`, `300.0 MiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    let mib = bytes as f64 / 1048576.0;
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
 }
 
 /// A port free on 127.0.0.1 right now (bound, then released for the server to take).
