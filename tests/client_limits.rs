@@ -147,3 +147,108 @@ async fn connections_beyond_the_cap_wait_for_a_slot() {
         "served at once despite max_connections = 1"
     );
 }
+
+#[tokio::test]
+async fn a_trickled_head_is_cut_though_bytes_keep_coming() {
+    // Bytes every 50 ms keep the idle timeout from ever firing: only the head timeout
+    // can end this (a slowloris).
+    let h = Harness::with(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    let head = b"GET /v2/extract HTTP/1.1\r\nhost: gw\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = Instant::now();
+    let mut cut_after = None;
+    for byte in head.iter() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut_after = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(n)) => panic!(
+                "answered a head that never finished: {}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => {}
+        }
+    }
+    let cut_after = cut_after.expect("the whole trickled head was taken (about 6 s of it)");
+    assert!(
+        cut_after < Duration::from_secs(4),
+        "cut only after {cut_after:?}"
+    );
+    assert_eq!(h.sim.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_cut_after_the_head_timeout() {
+    let h = Harness::with(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    let (answer, closed) = read_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "a connection that never sent a byte was kept open");
+    assert!(answer.is_empty(), "{answer}");
+}
+
+#[tokio::test]
+async fn a_keep_alive_pause_between_requests_is_ruled_by_the_idle_timeout() {
+    // As nginx separates client_header_timeout from keepalive_timeout: waiting for the
+    // next request on an idle connection is not a slow head.
+    let h = Harness::with(|c| {
+        c.server.header_read_timeout = Duration::from_millis(200);
+        c.server.idle_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let id = h.sim.add_completed(None);
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    let request = format!("GET {} HTTP/1.1\r\nhost: gw\r\n\r\n", job_path(id));
+    for round in 0..2 {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: {answer}"
+        );
+        // Four head timeouts of quiet between the two requests.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_h2_connection_is_not_timed_like_an_h1_head() {
+    let h = Harness::with(|c| {
+        c.server.header_read_timeout = Duration::from_millis(200);
+        c.server.idle_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let id = h.sim.add_completed(None);
+    let stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    for round in 0..2 {
+        let request = http::Request::get(job_path(id))
+            .header("host", "gw")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the connection is gone: {e}"));
+        assert_eq!(response.status(), StatusCode::OK, "round {round}");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    drop(sender);
+    let _ = connection.await;
+}

@@ -49,6 +49,8 @@ impl Route {
 /// Longest request target (path and query) the gateway accepts.
 pub const MAX_TARGET: usize = 2048;
 
+const CONTROLS: &str = "the request target holds control characters or a backslash";
+
 /// Refuses request targets no Extract API route needs and that only serve to confuse a
 /// path-based rule somewhere: over-long, `//`, dot segments (plain or percent-encoded),
 /// encoded slashes and backslashes, encoded or raw control characters.
@@ -59,36 +61,49 @@ pub fn check_target(uri: &http::Uri) -> Result<(), GatewayError> {
     if path.len() + query.len() > MAX_TARGET {
         return Err(bad("the request target is too long"));
     }
-    if path.contains("//") {
-        return Err(bad("the path has an empty segment (//)"));
+    // One pass over the path (this runs on every request, hits included): each byte is
+    // looked at once, and a segment is judged when the `/` that ends it is reached.
+    let bytes = path.as_bytes();
+    let mut segment_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'/' => {
+                let segment = &bytes[segment_start..i];
+                if i > 0 && segment.is_empty() {
+                    return Err(bad("the path has an empty segment (//)"));
+                }
+                if segment == b"." || segment == b".." {
+                    return Err(bad("the path has a dot segment"));
+                }
+                segment_start = i + 1;
+            }
+            b'\\' | 0..=0x1f | 0x7f => return Err(bad(CONTROLS)),
+            b'%' => {
+                // Percent-escapes of `.`, `/`, `\`, and control characters.
+                let hi = bytes.get(i + 1).map(u8::to_ascii_lowercase);
+                let lo = bytes.get(i + 2).map(u8::to_ascii_lowercase);
+                let suspicious = matches!(
+                    (hi, lo),
+                    (Some(b'0' | b'1'), _)
+                        | (Some(b'2'), Some(b'e' | b'f'))
+                        | (Some(b'5'), Some(b'c'))
+                        | (Some(b'7'), Some(b'f'))
+                );
+                if suspicious {
+                    return Err(bad(
+                        "the path holds an encoded dot, slash, backslash or control character",
+                    ));
+                }
+            }
+            _ => {}
+        }
     }
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
+    let last = &bytes[segment_start..];
+    if last == b"." || last == b".." {
         return Err(bad("the path has a dot segment"));
     }
-    let controls = |text: &str| text.bytes().any(|b| b < 0x20 || b == 0x7f);
-    if controls(path) || controls(query) || path.contains('\\') {
-        return Err(bad(
-            "the request target holds control characters or a backslash",
-        ));
-    }
-    // Percent-escapes of `.`, `/`, `\` and control characters; scanned in place (no
-    // lower-cased copy: this runs on every request, hits included).
-    let bytes = path.as_bytes();
-    for (i, _) in path.match_indices('%') {
-        let hi = bytes.get(i + 1).map(u8::to_ascii_lowercase);
-        let lo = bytes.get(i + 2).map(u8::to_ascii_lowercase);
-        let suspicious = matches!(
-            (hi, lo),
-            (Some(b'0' | b'1'), _)
-                | (Some(b'2'), Some(b'e' | b'f'))
-                | (Some(b'5'), Some(b'c'))
-                | (Some(b'7'), Some(b'f'))
-        );
-        if suspicious {
-            return Err(bad(
-                "the path holds an encoded dot, slash, backslash or control character",
-            ));
-        }
+    if query.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(bad(CONTROLS));
     }
     Ok(())
 }
@@ -144,6 +159,26 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
     }
 }
 
+/// Where each of the 16 bytes' pair of hex digits starts in a hyphenated UUID.
+const HEX_PAIRS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+
+/// The value of each ASCII hex digit, either case; `0x80` for every other byte.
+const HEX: [u8; 256] = {
+    let mut table = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
 /// Checks a job id against the documented pattern
 /// `^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`,
 /// case-insensitively. The parsed `Uuid` prints lower-case, which is what goes upstream.
@@ -164,25 +199,17 @@ pub fn parse_job_id(text: &str) -> Result<Uuid, GatewayError> {
     {
         return Err(invalid());
     }
-    // Validate and decode the 32 hex digits in one pass (this runs on every request).
+    // Validate and decode the 32 hex digits in one pass without a branch per digit (this
+    // runs on every request): each pair goes through a table where a non-digit has its
+    // high bit set, and the bits of all of them are or-ed together and checked once.
     let mut out = [0u8; 16];
-    let mut digit = 0;
-    for &b in bytes {
-        if b == b'-' {
-            continue;
-        }
-        let value = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return Err(invalid()),
-        };
-        out[digit / 2] |= value << (4 * (1 - digit % 2));
-        digit += 1;
+    let mut bad = 0u8;
+    for (byte, &at) in out.iter_mut().zip(HEX_PAIRS.iter()) {
+        let (high, low) = (HEX[usize::from(bytes[at])], HEX[usize::from(bytes[at + 1])]);
+        bad |= high | low;
+        *byte = (high << 4) | (low & 0x0f);
     }
-    // Four hyphens at fixed places and 36 bytes leave exactly 32 digits, unless a hyphen
-    // also stands where a digit should.
-    if digit != 32 {
+    if bad & 0x80 != 0 {
         return Err(invalid());
     }
     Ok(Uuid::from_bytes(out))

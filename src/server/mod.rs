@@ -1,17 +1,19 @@
 //! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, optional TLS,
 //! connection limits, and graceful shutdown.
 //!
-//! Each connection task watches three things: its own completion, the shutdown signal,
-//! and its idle timer. On either signal it asks hyper for a graceful shutdown (finish
-//! the request in flight, then close; GOAWAY on h2), so neither draining nor idling ever
-//! cuts a response short. The connection semaphore doubles as the count of open
+//! Timeouts and the shutdown signal reach connections through one [`Supervisor`] per
+//! listener (see `supervise`). On shutdown or idleness a connection is asked for a
+//! graceful shutdown (finish the request in flight, then close; GOAWAY on h2), so
+//! neither draining nor idling ever cuts a response short; a client too slow to send a
+//! request head is cut at once. The connection semaphore doubles as the count of open
 //! connections, which is how shutdown knows when they are all done.
+
+mod supervise;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,13 +25,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::gateway::Gateway;
 use crate::proxy::handler;
 use crate::tls::TlsTerminator;
+
+use supervise::{Conn, Supervisor, Verdict};
 
 /// Connection-level settings, fixed for the listener's life.
 #[derive(Clone)]
@@ -88,20 +92,21 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper needs a timer for its header-read timeout to apply at all.
+    // No timer for HTTP/1: without one hyper arms no header-read timer per request; the
+    // supervisor enforces that timeout instead.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
         // hyper's floor is 8 KiB; the head must fit in this buffer.
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
+        // h2's keep-alive pings need it; h2 has no per-request head timer.
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let supervisor = Supervisor::new(limits.header_read_timeout, limits.idle_timeout);
+    tokio::spawn(Arc::clone(&supervisor).run());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // A slot first: at the limit, new connections wait in the kernel's queue.
@@ -129,22 +134,17 @@ pub async fn serve<H: Handler>(
         let handler = Arc::clone(&handler);
         let builder = Arc::clone(&builder);
         let tls = tls.clone();
-        let stop = stop_rx.clone();
-        let limits = limits.clone();
+        let supervisor = Arc::clone(&supervisor);
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
-            let activity = Arc::new(Activity::new());
             match tls {
-                None => {
-                    let io = Watched::new(stream, Arc::clone(&activity));
-                    run_connection(&builder, io, handler, activity, stop, &limits).await;
-                }
+                None => run_connection(&builder, &supervisor, stream, handler).await,
                 Some(tls) => {
                     let handshake = tls.accept(stream);
-                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                    match tokio::time::timeout(handshake_timeout, handshake).await {
                         Ok(Ok(stream)) => {
-                            let io = Watched::new(stream, Arc::clone(&activity));
-                            run_connection(&builder, io, handler, activity, stop, &limits).await;
+                            run_connection(&builder, &supervisor, stream, handler).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -154,7 +154,7 @@ pub async fn serve<H: Handler>(
         });
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    supervisor.stop();
     tracing::info!("no longer accepting; finishing in-flight requests");
     // Every connection holds a slot: when all are back, every connection has closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
@@ -169,96 +169,61 @@ pub async fn serve<H: Handler>(
     }
 }
 
-/// Serves one connection until it ends, shutting it down gracefully on the stop signal
-/// or when idle.
+/// Serves one connection until it ends, doing what the supervisor decides: a graceful
+/// shutdown when idle or stopping, an immediate close for a too-slow request head.
 async fn run_connection<I, H: Handler>(
     builder: &auto::Builder<TokioExecutor>,
+    supervisor: &Arc<Supervisor>,
     io: I,
     handler: Arc<H>,
-    activity: Arc<Activity>,
-    mut stop: watch::Receiver<bool>,
-    limits: &ServerLimits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let registration = supervisor.register();
+    let conn = Arc::clone(&registration.conn);
     let service = service_fn(move |request| {
+        // Counted from here until the answer is ready, or the request is abandoned.
+        let in_flight = conn.request();
         let response = Arc::clone(&handler).call(request);
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let response = response.await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
+    let io = Watched {
+        inner: io,
+        conn: Arc::clone(&registration.conn),
+    };
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
-    let mut closing = *stop.borrow();
-    if closing {
-        connection.as_mut().graceful_shutdown();
-    }
-    // Idle = no bytes either way between two checks `idle_timeout` apart (so a connection
-    // closes between one and two idle timeouts after its last byte). Counting events
-    // rather than reading the clock keeps every read and write free of a clock call.
-    let mut seen = activity.events();
-    let mut idle_check = std::pin::pin!(tokio::time::sleep(limits.idle_timeout));
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            changed = stop.changed(), if !closing => {
-                if changed.is_err() || *stop.borrow() {
+    let mut finishing = false;
+    let result = std::future::poll_fn(|cx| {
+        match registration.conn.verdict(cx.waker()) {
+            Verdict::Serve => {}
+            Verdict::Finish => {
+                if !finishing {
+                    finishing = true;
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
                 }
             }
-            () = &mut idle_check, if !closing => {
-                let now = activity.events();
-                if now == seen {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                } else {
-                    seen = now;
-                    idle_check
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + limits.idle_timeout);
-                }
+            Verdict::Abort => {
+                tracing::debug!("request head not received within server.header_read_timeout");
+                return Poll::Ready(Ok(()));
             }
         }
+        connection.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
-/// How many times bytes moved on a connection.
-struct Activity {
-    /// Reads and writes that moved at least one byte.
-    events: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            events: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        // Only this connection's task touches it: relaxed is enough.
-        self.events.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn events(&self) -> u64 {
-        self.events.load(Ordering::Relaxed)
-    }
-}
-
-/// An IO that records when bytes move, for the idle timeout.
+/// An IO that tells its connection's counters when bytes move.
 struct Watched<T> {
     inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T> Watched<T> {
-    fn new(inner: T, activity: Arc<Activity>) -> Watched<T> {
-        Watched { inner, activity }
-    }
+    conn: Arc<Conn>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -269,8 +234,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
+        if let Some(read) = buf.filled().get(before..) {
+            self.conn.on_read(read);
         }
         poll
     }
@@ -284,7 +249,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.conn.on_write();
         }
         poll
     }
@@ -296,7 +261,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.conn.on_write();
         }
         poll
     }
