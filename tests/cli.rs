@@ -16,7 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_exagate");
 #[test]
 fn check_prints_the_effective_config_without_the_key() {
     let dir = tempdir();
-    let path = dir.join("config.toml");
+    let path = dir.path().join("config.toml");
     std::fs::write(
         &path,
         "[cache]\nmax_size = \"1GiB\"\n[upstream]\nrate_limit = \"10/h\"\n",
@@ -72,7 +72,7 @@ fn the_repository_config_passes_check() {
 #[test]
 fn a_missing_key_is_a_startup_error_naming_the_variable() {
     let dir = tempdir();
-    let path = dir.join("config.toml");
+    let path = dir.path().join("config.toml");
     std::fs::write(&path, "[upstream]\napi_key_env = \"TEAM_EXA_KEY\"\n").expect("write");
     for sub in ["check", "run"] {
         let out = Command::new(BIN)
@@ -91,7 +91,7 @@ fn a_missing_key_is_a_startup_error_naming_the_variable() {
 #[test]
 fn a_missing_key_file_is_named() {
     let dir = tempdir();
-    let path = dir.join("config.toml");
+    let path = dir.path().join("config.toml");
     std::fs::write(
         &path,
         "[upstream]\napi_key_file = \"/nonexistent/exa-key\"\n",
@@ -116,7 +116,7 @@ fn bad_config_values_are_named() {
         ("[log]\nformat = \"xml\"\n", "format"),
         ("[server]\nlisten = \"nowhere\"\n", "listen"),
     ] {
-        let path = dir.join("bad.toml");
+        let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).expect("write");
         let out = Command::new(BIN)
             .arg("check")
@@ -135,11 +135,11 @@ fn bad_config_values_are_named() {
 async fn the_key_never_appears_in_logs_at_trace_level() {
     let sim = start_sim(false).await;
     let dir = tempdir();
-    let key_file = dir.join("key");
+    let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
     let port = free_port();
     let admin_port = free_port();
-    let config = dir.join("config.toml");
+    let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
         format!(
