@@ -16,7 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_exagate");
 #[test]
 fn check_prints_the_effective_config_without_the_key() {
     let dir = tempdir();
-    let path = dir.join("config.toml");
+    let path = dir.path().join("config.toml");
     std::fs::write(
         &path,
         "[cache]\nmax_size = \"1GiB\"\n[upstream]\nrate_limit = \"10/h\"\n",
@@ -72,7 +72,7 @@ fn the_repository_config_passes_check() {
 #[test]
 fn a_missing_key_is_a_startup_error_naming_the_variable() {
     let dir = tempdir();
-    let path = dir.join("config.toml");
+    let path = dir.path().join("config.toml");
     std::fs::write(&path, "[upstream]\napi_key_env = \"TEAM_EXA_KEY\"\n").expect("write");
     for sub in ["check", "run"] {
         let out = Command::new(BIN)
@@ -91,7 +91,7 @@ fn a_missing_key_is_a_startup_error_naming_the_variable() {
 #[test]
 fn a_missing_key_file_is_named() {
     let dir = tempdir();
-    let path = dir.join("config.toml");
+    let path = dir.path().join("config.toml");
     std::fs::write(
         &path,
         "[upstream]\napi_key_file = \"/nonexistent/exa-key\"\n",
@@ -116,7 +116,7 @@ fn bad_config_values_are_named() {
         ("[log]\nformat = \"xml\"\n", "format"),
         ("[server]\nlisten = \"nowhere\"\n", "listen"),
     ] {
-        let path = dir.join("bad.toml");
+        let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).expect("write");
         let out = Command::new(BIN)
             .arg("check")
@@ -135,11 +135,11 @@ fn bad_config_values_are_named() {
 async fn the_key_never_appears_in_logs_at_trace_level() {
     let sim = start_sim(false).await;
     let dir = tempdir();
-    let key_file = dir.join("key");
+    let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
     let port = free_port();
     let admin_port = free_port();
-    let config = dir.join("config.toml");
+    let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
         format!(
@@ -269,4 +269,96 @@ async fn the_key_never_appears_in_logs_at_trace_level() {
     );
     // ...and never the key, whatever the level.
     assert!(!stderr.contains(KEY), "the API key leaked into the logs");
+}
+
+/// A spawned gateway, killed (and reaped) when dropped, so a failing test leaves no
+/// process behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// A full log disk must not take the gateway down (nginx keeps serving too): every write
+// of its logs fails with ENOSPC, and every request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_serving_when_its_log_device_is_full() {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full")
+    };
+    let sim = start_sim(false).await;
+    let dir = tempdir();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+             [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\ntimeout = \"2s\"\n\
+             [log]\nlevel = \"info\"\n",
+            sim.url(),
+            key_file.display()
+        ),
+    )
+    .expect("write config");
+    // Declared after `dir`, so dropped (killed) before the directory goes.
+    let mut gateway = KillOnDrop(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(full())
+            .stderr(full())
+            .spawn()
+            .expect("spawn exagate"),
+    );
+    // As wait_listening, but naming an early exit (its first log line fails too).
+    for attempt in 0.. {
+        if let Ok(Some(status)) = gateway.0.try_wait() {
+            panic!("the gateway exited at startup: {status}");
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            attempt < 100,
+            "nothing listens on 127.0.0.1:{port} after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let c = client();
+    let id = sim.add_completed(None);
+    let job = format!("http://127.0.0.1:{port}/v2/extract/{id}");
+    for i in 0..40 {
+        let reply = send(&c, Method::GET, &job, &[], Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        assert_eq!(reply.json()["id"], id.to_string(), "request {i}");
+        let expected = if i == 0 { "miss" } else { "hit" };
+        assert_eq!(reply.cache(), expected, "request {i}");
+    }
+    for i in 0..5 {
+        let bad = format!("http://127.0.0.1:{port}/v2/extract/not-a-job-{i}");
+        let reply = send(&c, Method::GET, &bad, &[], Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "bad id {i}");
+        assert_eq!(reply.error_code(), "invalid_job_id", "bad id {i}");
+    }
+    assert_eq!(sim.calls(), 1, "one upstream call, for the miss");
+    assert!(
+        matches!(gateway.0.try_wait(), Ok(None)),
+        "the gateway exited: {:?}",
+        gateway.0.try_wait()
+    );
 }

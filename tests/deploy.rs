@@ -22,6 +22,15 @@ const KEY: &str = "deploy-test-key";
 
 // ---------------------------------------------------------------- files and parsing
 
+/// A fresh directory under the system's temp dir, removed when dropped (pass or fail).
+/// This file does not share `tests/common`; the prefix matches its `tempdir`.
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("exagate-test-")
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
 fn repo(rel: &str) -> PathBuf {
     Path::new(ROOT).join(rel)
 }
@@ -226,9 +235,8 @@ fn check_with_key_file(path: &Path) -> (Effective, Option<String>) {
     let Some(_) = original else {
         return (Effective::check(path), None);
     };
-    let dir = std::env::temp_dir().join(format!("exagate-deploy-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let key_file = dir.join("exabase-api-key");
+    let dir = tempdir();
+    let key_file = dir.path().join("exabase-api-key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
     let upstream = table
         .get_mut("upstream")
@@ -238,11 +246,9 @@ fn check_with_key_file(path: &Path) -> (Effective, Option<String>) {
         "api_key_file".into(),
         toml::Value::String(key_file.display().to_string()),
     );
-    let copy = dir.join("config.toml");
+    let copy = dir.path().join("config.toml");
     std::fs::write(&copy, toml::to_string(&table).expect("toml")).expect("write config");
-    let effective = Effective::check(&copy);
-    let _ = std::fs::remove_dir_all(&dir);
-    (effective, original)
+    (Effective::check(&copy), original)
 }
 
 /// A Kubernetes quantity such as `384Mi`, `1Gi`, `500M`, in bytes.
@@ -345,9 +351,8 @@ fn every_config_under_deploy_passes_check() {
 fn check_refuses_a_broken_deploy_config() {
     // The checks above are only worth something if `check` can say no: the Kubernetes
     // config with an unknown key must fail.
-    let dir = std::env::temp_dir().join(format!("exagate-deploy-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let path = dir.join("config.toml");
+    let dir = tempdir();
+    let path = dir.path().join("config.toml");
     let text =
         read(&repo("deploy/kubernetes/config.toml")).replace("drain_delay =", "drain_delya =");
     std::fs::write(&path, text).expect("write");
@@ -357,7 +362,6 @@ fn check_refuses_a_broken_deploy_config() {
         .env("EXABASE_API_KEY", KEY)
         .output()
         .expect("run");
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success(), "a misspelt key passed check");
 }
 

@@ -18,10 +18,11 @@ use http::{Method, StatusCode};
 use tokio::net::TcpListener;
 
 /// What every reload test starts from: a simulator, a fresh directory with a key file,
-/// and where the config goes.
+/// and where the config goes. Bind `dir` for the whole test (`dir: _dir`, not `dir: _`
+/// or `..`, which drop it at once): dropping it deletes the directory.
 struct Files {
     sim: Simulator,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     key_file: PathBuf,
     config: PathBuf,
     port: u16,
@@ -29,11 +30,11 @@ struct Files {
 
 async fn files(key: &str) -> Files {
     let dir = tempdir();
-    let key_file = dir.join("key");
+    let key_file = dir.path().join("key");
     std::fs::write(&key_file, key).expect("key");
     Files {
         sim: start_sim(false).await,
-        config: dir.join("config.toml"),
+        config: dir.path().join("config.toml"),
         dir,
         key_file,
         port: free_port(),
@@ -76,7 +77,7 @@ async fn start_from(path: &Path, watch: Option<Duration>) -> RunningGateway {
 async fn a_changed_ttl_applies_after_reload() {
     let Files {
         sim,
-        dir: _,
+        dir: _dir,
         key_file,
         config,
         port,
@@ -137,7 +138,7 @@ async fn a_bad_file_is_refused_and_the_old_config_keeps_serving() {
         assert!(!why.is_empty());
     }
     // A missing key file is refused too.
-    write_config(&config, &sim, port, &dir.join("missing-key"), "");
+    write_config(&config, &sim, port, &dir.path().join("missing-key"), "");
     assert!(gw.reload().await.is_err());
     let id = sim.add_completed(None);
     let url = format!("{}{}", gw.url(), job_path(id));
@@ -161,7 +162,7 @@ async fn a_bad_file_is_refused_and_the_old_config_keeps_serving() {
 async fn settings_that_need_a_restart_are_named() {
     let Files {
         sim,
-        dir: _,
+        dir: _dir,
         key_file,
         config,
         port,
@@ -192,9 +193,9 @@ async fn a_rotated_key_takes_effect_with_every_request_in_flight_answered() {
     .await
     .expect("sim");
     let dir = tempdir();
-    let key_file = dir.join("key");
+    let key_file = dir.path().join("key");
     std::fs::write(&key_file, KEY).expect("old key");
-    let config = dir.join("config.toml");
+    let config = dir.path().join("config.toml");
     let port = free_port();
     write_config(
         &config,
@@ -257,7 +258,7 @@ async fn a_rotated_key_takes_effect_with_every_request_in_flight_answered() {
 async fn a_changed_file_is_picked_up_without_a_signal() {
     let Files {
         sim,
-        dir: _,
+        dir: _dir,
         key_file,
         config,
         port,
@@ -296,7 +297,7 @@ async fn sighup_reloads_the_binary_and_sigterm_drains_it() {
         key_file,
         config,
         port,
-        ..
+        dir: _dir,
     } = files("exa-wrong-key").await;
     write_config(
         &config,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{job_path, start_sim, KEY};
+use common::{job_path, start_sim, tempdir, KEY};
 use exagate::secret::ApiKey;
 use exagate::{Config, Launch};
 use http::{Request, StatusCode, Version};
@@ -88,14 +88,13 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_on_h1_and_h2_get_a_cached_job_and_certificates_reload() {
     let sim = start_sim(false).await;
-    let dir = std::env::temp_dir().join(format!("exagate-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let (cert, key, first_pem) = write_cert(&dir, "first");
-    let key_file = dir.join("api-key");
+    let dir = tempdir();
+    let (cert, key, first_pem) = write_cert(dir.path(), "first");
+    let key_file = dir.path().join("api-key");
     std::fs::write(&key_file, KEY).expect("key");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let config_path = dir.join("config.toml");
+    let config_path = dir.path().join("config.toml");
     let write_config = |cert: &Path, key: &Path| {
         std::fs::write(
             &config_path,
@@ -140,7 +139,7 @@ async fn tls_clients_on_h1_and_h2_get_a_cached_job_and_certificates_reload() {
     assert_eq!(sim.calls(), 1);
 
     // A renewed certificate: trusted by a new client only after the reload.
-    let (cert2, key2, second_pem) = write_cert(&dir, "second");
+    let (cert2, key2, second_pem) = write_cert(dir.path(), "second");
     let renewed = tls_client(&second_pem, false);
     assert!(
         get(&renewed, &url).await.is_err(),

@@ -10,7 +10,7 @@ async fn a_tls_upstream_is_reached_with_the_configured_ca() {
     let sim = start_sim(true).await;
     assert!(sim.url().starts_with("https://"));
     let dir = tempdir();
-    let ca = dir.join("ca.pem");
+    let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, sim.ca_pem().expect("tls sim has a cert")).expect("write ca");
     let mut config = test_config();
     config.upstream.ca_file = Some(ca);

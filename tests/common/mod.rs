@@ -248,11 +248,14 @@ pub async fn send(
     }
 }
 
-/// A fresh directory under the system's temp dir (no extra crate for a few files).
-pub fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("exagate-test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    dir
+/// A fresh directory under the system's temp dir, removed with everything in it when the
+/// returned value is dropped (pass or fail: a panic unwinds through the drop). Keep it
+/// bound for as long as anything (a gateway, a child process) uses files in it.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("exagate-test-")
+        .tempdir()
+        .expect("create a temporary directory")
 }
 
 /// A loopback port free at the time of asking (for configs written before binding).
