@@ -78,10 +78,12 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// Most connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// A client must send its request head within this; slow-header clients are cut.
+    /// A client must send its request head within this, from the head's first byte (or
+    /// from connecting); slow-header clients are cut. Waiting between requests on a
+    /// keep-alive connection is ruled by `idle_timeout` instead.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
-    /// An idle keep-alive connection is closed after this.
+    /// A connection with no bytes either way for this long is closed, gracefully.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers).

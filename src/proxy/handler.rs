@@ -145,6 +145,9 @@ where
         | Route::JobAction(_)
         | Route::Collection
         | Route::Upload
-        | Route::Settings => passthrough::forward(gw, request, &route, base, ex).await,
+        // Boxed: its state (an upstream request and response in flight) is the largest
+        // of any route, and inline it would size every request's future, hits included,
+        // which hyper then moves around by value.
+        | Route::Settings => Box::pin(passthrough::forward(gw, request, &route, base, ex)).await,
     }
 }

@@ -41,7 +41,9 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
         return answer.respond(head, XCache::Hit);
     }
     ex.cache = XCache::Miss;
-    match fetch_shared(gw, key, ex).await {
+    // Boxed: a miss waits on the upstream anyway, and its state inline would make every
+    // hit's future as large as a miss's.
+    match Box::pin(fetch_shared(gw, key, ex)).await {
         Ok(answer) => {
             ex.upstream_status = Some(answer.status);
             if !ex.coalesced {
