@@ -7,7 +7,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use common::{client, free_port, send, start_sim, tempdir, wait_listening, KEY};
+use common::{client, free_port, send, start_sim, tempdir, wait_listening, KillOnDrop, KEY};
 use exagate::sim::Fault;
 use http::{Method, StatusCode};
 
@@ -152,14 +152,16 @@ async fn the_key_never_appears_in_logs_at_trace_level() {
         ),
     )
     .expect("write config");
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn exagate");
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn exagate"),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let c = client();
     wait_listening(port).await;
@@ -269,17 +271,6 @@ async fn the_key_never_appears_in_logs_at_trace_level() {
     );
     // ...and never the key, whatever the level.
     assert!(!stderr.contains(KEY), "the API key leaked into the logs");
-}
-
-/// A spawned gateway, killed (and reaped) when dropped, so a failing test leaves no
-/// process behind.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // A full log disk must not take the gateway down (nginx keeps serving too): every write

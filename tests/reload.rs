@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, free_port, job_path, send, start_sim, tempdir, wait_listening, KEY};
+use common::{
+    client, free_port, job_path, send, start_sim, tempdir, wait_listening, KillOnDrop, KEY,
+};
 use exagate::secret::ApiKey;
 use exagate::sim::{Fault, SimOptions, Simulator};
 use exagate::{Config, Launch, RunningGateway};
@@ -306,13 +308,15 @@ async fn sighup_reloads_the_binary_and_sigterm_drains_it() {
         &key_file,
         "[cache]\nnot_found_ttl = \"0s\"\n",
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exagate"))
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_exagate"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
     wait_listening(port).await;
     let id = sim.add_completed(None);
     let url = format!("http://127.0.0.1:{port}{}", job_path(id));
