@@ -96,6 +96,8 @@ async fn a_job_action_drops_the_cached_job() {
         .sim
         .add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
     assert_eq!(h.get(&job_path(id)).await.json()["state"], "failed");
+    // Hit twice: the second is served by the front table, which must be dropped too.
+    assert_eq!(h.get(&job_path(id)).await.cache(), "hit");
     assert_eq!(h.get(&job_path(id)).await.cache(), "hit");
     let reprocess = h
         .send(

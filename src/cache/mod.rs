@@ -1,8 +1,10 @@
 //! The cache: what is stored under which key (`key`), for how long (`policy`), where
-//! (`store`), and how concurrent misses share one upstream call (`flight`).
+//! (`store`, with a small `front` table before it for hot reads), and how concurrent
+//! misses share one upstream call (`flight`).
 
 pub mod answer;
 pub mod flight;
+pub mod front;
 pub mod key;
 pub mod policy;
 pub mod store;

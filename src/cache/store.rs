@@ -9,6 +9,7 @@ use moka::Expiry;
 use uuid::Uuid;
 
 use super::answer::Answer;
+use super::front::{Front, Lookup};
 use super::key::CacheKey;
 use crate::metrics::{CauseLabels, Metrics};
 
@@ -50,15 +51,21 @@ pub struct CacheStore {
     /// foldhash rather than SipHash: keys are ids the gateway has already validated, the
     /// table is keyed per process, and every hit pays for the hash.
     cache: Cache<CacheKey, Arc<Answer>, foldhash::fast::RandomState>,
+    /// Recently read small answers, served without moka's per-read bookkeeping.
+    front: Arc<Front>,
 }
 
 impl CacheStore {
     /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`]).
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> CacheStore {
+        let front = Arc::new(Front::new());
+        let listener_front = Arc::clone(&front);
         let cache = Cache::builder()
             .name("exagate")
             .max_capacity(max_bytes)
-            .eviction_listener(move |_key, _value, cause| {
+            .eviction_listener(move |key: Arc<CacheKey>, value: Arc<Answer>, cause| {
+                // Whatever moka drops, the front table lets go of too.
+                listener_front.removed(&key, &value);
                 let cause = match cause {
                     RemovalCause::Expired => "expired",
                     RemovalCause::Size => "size",
@@ -74,12 +81,29 @@ impl CacheStore {
             .expire_after(AnswerExpiry)
             .support_invalidation_closures()
             .build_with_hasher(foldhash::fast::RandomState::default());
-        CacheStore { cache }
+        CacheStore { cache, front }
     }
 
-    /// The stored answer, if any and still true.
+    /// The stored answer, if any and still true: from the front table when it holds it,
+    /// else from moka (and then offered to the front table).
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<Answer>> {
-        self.cache.get(key).await
+        match self.front.get(key, Instant::now()) {
+            Lookup::Hit { answer, touch } => {
+                if touch {
+                    // Keeps moka's eviction policy aware that this key is hot.
+                    let _ = Box::pin(self.cache.get(key)).await;
+                }
+                Some(answer)
+            }
+            Lookup::Miss { epoch } => {
+                // Boxed, here and above: moka's read future is 700-odd bytes, and inline it
+                // would size every hit's future (which hyper moves by value) for the rare
+                // read that needs it.
+                let answer = Box::pin(self.cache.get(key)).await?;
+                self.front.offer(key, &answer, epoch);
+                Some(answer)
+            }
+        }
     }
 
     /// Stores an answer whose `expires_at` is set; others are ignored.
@@ -100,6 +124,9 @@ impl CacheStore {
         {
             tracing::warn!(error = %e, "could not schedule cache invalidation");
         }
+        // After moka's: a reader between the two cannot refill the front with the old
+        // answer (see `front`).
+        self.front.invalidate();
     }
 
     /// Drops one job and its chunk windows in one scope (an operator's purge).
@@ -110,11 +137,13 @@ impl CacheStore {
         {
             tracing::warn!(error = %e, "could not schedule cache invalidation");
         }
+        self.front.invalidate();
     }
 
     /// Drops everything.
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
+        self.front.invalidate();
     }
 
     /// Number of entries (approximate until pending maintenance runs).
