@@ -13,8 +13,9 @@
 //!   invalidation cannot slip the old answer back in);
 //! - moka's removals (expiry, size, replacement) empty the slot holding that answer, so
 //!   the table does not keep evicted answers alive;
-//! - only small answers go in (`MAX_BODY`), so even the rare answer that outlives its
-//!   moka entry here costs at most `SLOTS * MAX_BODY` in all.
+//! - only small answers go in (`MAX_BODY`), and a slot whose answer moka has dropped is
+//!   taken over by the next offer, so the rare answer that outlives its moka entry here
+//!   (offered in the instant after moka removed it) costs little and not for long.
 //!
 //! A hit here is still reported to moka now and then (`TOUCH_EVERY`), so the hottest
 //! jobs keep their place in moka's frequency sketch and are not the first evicted.
@@ -30,12 +31,13 @@ use arc_swap::ArcSwapOption;
 use super::answer::Answer;
 use super::key::CacheKey;
 
-/// Slots in the table: a power of two. 4096 pointers are 32 KiB.
-const SLOTS: usize = 4096;
+/// Slots in the table: a power of two. 16384 pointers are 128 KiB; a few thousand hot
+/// jobs mostly get a slot of their own.
+const SLOTS: usize = 16384;
 
 /// Largest body kept here: job answers are a few KiB; large chunk windows go to moka
 /// every time.
-pub const MAX_BODY: usize = 16 * 1024;
+pub const MAX_BODY: usize = 8 * 1024;
 
 /// One in this many hits served here (per thread) also reads through moka.
 const TOUCH_EVERY: u32 = 64;
@@ -96,16 +98,36 @@ impl Front {
         Lookup::Miss { epoch }
     }
 
-    /// Keeps an answer moka just returned, if it is small and still of this epoch.
-    pub fn offer(&self, key: &CacheKey, answer: &Arc<Answer>, epoch: u64) {
+    /// Keeps an answer moka just returned, if it is small, still of this epoch, and its
+    /// slot is free.
+    ///
+    /// First come, first kept: a slot holding another key's live answer is not taken
+    /// over, so two hot keys sharing a slot do not evict each other on every read (the
+    /// second is served by moka instead). A slot is free when empty, or holding this
+    /// key, an older epoch, an expired answer, or one moka no longer holds (this table
+    /// has the only reference left).
+    pub fn offer(&self, key: &CacheKey, answer: &Arc<Answer>, epoch: u64, now: Instant) {
         if answer.body.len() > MAX_BODY || self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        self.slot(key).store(Some(Arc::new(Slot {
+        let slot = self.slot(key);
+        let current = slot.load();
+        if let Some(held) = current.as_deref() {
+            let free = held.key == *key
+                || held.epoch != epoch
+                || held.answer.expires_at.is_none_or(|at| now >= at)
+                || Arc::strong_count(&held.answer) == 1;
+            if !free {
+                return;
+            }
+        }
+        let new = Some(Arc::new(Slot {
             key: key.clone(),
             answer: Arc::clone(answer),
             epoch,
-        })));
+        }));
+        // Lost a race with another offer or a removal: leave the slot to the winner.
+        let _ = slot.compare_and_swap(&current, new);
     }
 
     /// Forgets `answer` if its slot holds it (moka removed it).
@@ -196,7 +218,7 @@ mod tests {
         let front = Front::new();
         let k = key();
         let a = answer(100, Duration::from_secs(10));
-        front.offer(&k, &a, epoch(&front, &k));
+        front.offer(&k, &a, epoch(&front, &k), Instant::now());
         let served = hit(&front, &k, Instant::now()).expect("a hit");
         assert!(Arc::ptr_eq(&served, &a));
         assert!(hit(&front, &k, Instant::now() + Duration::from_secs(11)).is_none());
@@ -210,7 +232,12 @@ mod tests {
         let k = key();
         let before = epoch(&front, &k);
         front.invalidate();
-        front.offer(&k, &answer(100, Duration::from_secs(10)), before);
+        front.offer(
+            &k,
+            &answer(100, Duration::from_secs(10)),
+            before,
+            Instant::now(),
+        );
         assert!(hit(&front, &k, Instant::now()).is_none());
     }
 
@@ -218,7 +245,12 @@ mod tests {
     fn an_invalidation_drops_what_was_held() {
         let front = Front::new();
         let k = key();
-        front.offer(&k, &answer(100, Duration::from_secs(10)), epoch(&front, &k));
+        front.offer(
+            &k,
+            &answer(100, Duration::from_secs(10)),
+            epoch(&front, &k),
+            Instant::now(),
+        );
         front.invalidate();
         assert!(hit(&front, &k, Instant::now()).is_none());
     }
@@ -229,12 +261,47 @@ mod tests {
         let k = key();
         let old = answer(100, Duration::from_secs(10));
         let new = answer(100, Duration::from_secs(10));
-        front.offer(&k, &new, epoch(&front, &k));
+        front.offer(&k, &new, epoch(&front, &k), Instant::now());
         // moka reports the replaced answer: the newer one stays.
         front.removed(&k, &old);
         assert!(hit(&front, &k, Instant::now()).is_some());
         front.removed(&k, &new);
         assert!(hit(&front, &k, Instant::now()).is_none());
+    }
+
+    /// Two keys that share a slot of `front`.
+    fn colliding(front: &Front) -> (CacheKey, CacheKey) {
+        let first = key();
+        loop {
+            let other = key();
+            if std::ptr::eq(front.slot(&first), front.slot(&other)) {
+                return (first, other);
+            }
+        }
+    }
+
+    #[test]
+    fn a_live_answer_keeps_its_slot_until_moka_lets_go_of_it() {
+        let front = Front::new();
+        let (a, b) = colliding(&front);
+        let held_by_moka = answer(100, Duration::from_secs(10));
+        front.offer(&a, &held_by_moka, epoch(&front, &a), Instant::now());
+        // b's answer does not push a's out: both would thrash on every read.
+        front.offer(
+            &b,
+            &answer(100, Duration::from_secs(10)),
+            epoch(&front, &b),
+            Instant::now(),
+        );
+        assert!(hit(&front, &a, Instant::now()).is_some());
+        assert!(hit(&front, &b, Instant::now()).is_none());
+        // Once moka has dropped a's answer (this table holds the last reference), the
+        // slot is free for the next offer.
+        drop(held_by_moka);
+        let b_answer = answer(100, Duration::from_secs(10));
+        front.offer(&b, &b_answer, epoch(&front, &b), Instant::now());
+        assert!(hit(&front, &b, Instant::now()).is_some());
+        assert!(hit(&front, &a, Instant::now()).is_none());
     }
 
     #[test]
@@ -245,6 +312,7 @@ mod tests {
             &k,
             &answer(MAX_BODY + 1, Duration::from_secs(10)),
             epoch(&front, &k),
+            Instant::now(),
         );
         assert!(hit(&front, &k, Instant::now()).is_none());
     }

@@ -87,7 +87,8 @@ impl CacheStore {
     /// The stored answer, if any and still true: from the front table when it holds it,
     /// else from moka (and then offered to the front table).
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<Answer>> {
-        match self.front.get(key, Instant::now()) {
+        let now = Instant::now();
+        match self.front.get(key, now) {
             Lookup::Hit { answer, touch } => {
                 if touch {
                     // Keeps moka's eviction policy aware that this key is hot.
@@ -100,7 +101,7 @@ impl CacheStore {
                 // would size every hit's future (which hyper moves by value) for the rare
                 // read that needs it.
                 let answer = Box::pin(self.cache.get(key)).await?;
-                self.front.offer(key, &answer, epoch);
+                self.front.offer(key, &answer, epoch, now);
                 Some(answer)
             }
         }
