@@ -249,7 +249,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.on_write();
+            self.conn.on_write(data.first().copied());
         }
         poll
     }
@@ -261,7 +261,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.on_write();
+            let first = bufs.iter().find_map(|b| b.first().copied());
+            self.conn.on_write(first);
         }
         poll
     }

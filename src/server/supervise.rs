@@ -63,9 +63,15 @@ impl Conn {
         self.reads.store(reads + 1, Ordering::Relaxed);
     }
 
-    /// Counts a write that took bytes.
-    pub fn on_write(&self) {
+    /// Counts a write that took bytes, the first of which is `first`.
+    pub fn on_write(&self, first: Option<u8>) {
         let writes = self.writes.load(Ordering::Relaxed);
+        // An HTTP/1 server's first bytes are a status line, "HTTP/1.1 ..."; an HTTP/2
+        // server's are a SETTINGS frame. This catches an h2 connection whose preface
+        // arrived in pieces too small for `on_read` to recognise.
+        if writes == 0 && first.is_some_and(|b| b != b'H') {
+            self.h2.store(true, Ordering::Relaxed);
+        }
         self.writes.store(writes + 1, Ordering::Relaxed);
         self.reads_at_write
             .store(self.reads.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -300,7 +306,7 @@ mod tests {
         t.conn.on_read(b"GET / HTTP/1.1\r\n");
         assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
         // Answered and the next head begun between two sweeps: never seen idle.
-        t.conn.on_write();
+        t.conn.on_write(Some(b'H'));
         t.conn.on_read(b"GET /next");
         assert_eq!(judge(&mut t, after(t0, 9), HEAD, IDLE), Verdict::Serve);
         assert_eq!(judge(&mut t, after(t0, 18), HEAD, IDLE), Verdict::Serve);
@@ -328,7 +334,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracked(t0);
         t.conn.on_read(b"GET / HTTP/1.1\r\n\r\n");
-        t.conn.on_write();
+        t.conn.on_write(Some(b'H'));
         assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
         assert_eq!(judge(&mut t, after(t0, 60), HEAD, IDLE), Verdict::Serve);
         assert_eq!(judge(&mut t, after(t0, 61), HEAD, IDLE), Verdict::Finish);
@@ -342,6 +348,20 @@ mod tests {
         assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
         assert_eq!(judge(&mut t, after(t0, 30), HEAD, IDLE), Verdict::Serve);
         assert_eq!(judge(&mut t, after(t0, 62), HEAD, IDLE), Verdict::Finish);
+    }
+
+    #[test]
+    fn h2_is_recognised_by_its_first_write_too() {
+        let t0 = Instant::now();
+        let mut t = tracked(t0);
+        // The preface split so that no single read shows it whole.
+        t.conn.on_read(b"PR");
+        t.conn.on_read(b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        // The server's SETTINGS frame: length, then type 4.
+        t.conn.on_write(Some(0));
+        t.conn.on_read(b"\0\0\0\x04\x01\0\0\0\0");
+        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
+        assert_eq!(judge(&mut t, after(t0, 30), HEAD, IDLE), Verdict::Serve);
     }
 
     #[test]
