@@ -1,5 +1,6 @@
 //! The `exagate` command: parse arguments, load the config, start logging, run.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("exagate: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "exagate: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -97,7 +98,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("exagate: {e}");
+            // Not `eprintln!`, which panics (exit 101) when stderr is a full disk or a
+            // closed pipe: the exit status must still say what happened.
+            let _ = writeln!(std::io::stderr(), "exagate: {e}");
             ExitCode::FAILURE
         }
     }
@@ -162,13 +165,21 @@ async fn healthcheck(path: &std::path::Path) -> Result<(), exagate::BoxError> {
 fn check(path: &std::path::Path) -> Result<(), exagate::BoxError> {
     let config = Config::load(path)?;
     let key = ApiKey::load(&config.upstream)?;
-    println!("# {}: valid", path.display());
-    println!("# API key: loaded from {} (value not shown)", key.source());
+    // Written, not `println!`ed: a closed pipe (`exagate check | head`) or a full disk
+    // is an error to report, not a panic.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# {}: valid", path.display())?;
+    writeln!(
+        out,
+        "# API key: loaded from {} (value not shown)",
+        key.source()
+    )?;
     for line in exagate::config::describe(&config) {
-        println!("# {line}");
+        writeln!(out, "# {line}")?;
     }
-    println!();
-    print!("{config}");
+    writeln!(out)?;
+    write!(out, "{config}")?;
+    out.flush()?;
     Ok(())
 }
 
@@ -180,7 +191,7 @@ fn hash_token() -> Result<(), exagate::BoxError> {
     if token.is_empty() {
         return Err("no token on stdin (try: printf %s \"$TOKEN\" | exagate hash-token)".into());
     }
-    println!("{}", exagate::auth::hash_token(token));
+    writeln!(std::io::stdout(), "{}", exagate::auth::hash_token(token))?;
     Ok(())
 }
 

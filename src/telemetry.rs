@@ -5,6 +5,11 @@
 //! load costs throughput and, worse, tail latency. The writer is not lossy: when its
 //! queue is full, requests wait rather than lines being dropped, since an access log
 //! with holes is worse than a slower gateway.
+//!
+//! The writer thread writes through a buffer: under load it finds many lines queued at
+//! once and writes them with one `write(2)` instead of one each (the log thread's system
+//! time was a tenth of the gateway's CPU with the access log on). It flushes whenever
+//! the queue runs empty, so a line never waits for later ones.
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -30,7 +35,10 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let (writer, worker) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("exagate-log")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -285,21 +285,8 @@ async fn keeps_serving_when_its_log_device_is_full() {
     };
     let sim = start_sim(false).await;
     let dir = tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
     let port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
-             [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\ntimeout = \"2s\"\n\
-             [log]\nlevel = \"info\"\n",
-            sim.url(),
-            key_file.display()
-        ),
-    )
-    .expect("write config");
+    let config = info_config(dir.path(), port, &sim.url());
     // Declared after `dir`, so dropped (killed) before the directory goes.
     let mut gateway = KillOnDrop(
         Command::new(BIN)
@@ -352,4 +339,74 @@ async fn keeps_serving_when_its_log_device_is_full() {
         "the gateway exited: {:?}",
         gateway.0.try_wait()
     );
+}
+
+/// A config for a gateway on `port` in front of `sim`, logging at `info`, with the key in
+/// a file beside it.
+fn info_config(dir: &std::path::Path, port: u16, sim: &str) -> std::path::PathBuf {
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
+    let config = dir.join("config.toml");
+    // The admin listener on a port of its own: the default (9090) would make two of
+    // these gateways running at once collide.
+    let admin = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+             [upstream]\nurl = \"{sim}\"\napi_key_file = \"{}\"\ntimeout = \"2s\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [log]\nlevel = \"info\"\n",
+            key_file.display()
+        ),
+    )
+    .expect("write config");
+    config
+}
+
+// The log writer batches lines it finds queued together; a line must still reach the
+// file at once when traffic stops, not wait for later lines or for shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_reach_the_log_file_while_the_gateway_runs() {
+    let sim = start_sim(false).await;
+    let dir = tempdir();
+    let port = free_port();
+    let config = info_config(dir.path(), port, &sim.url());
+    let log = dir.path().join("stderr.log");
+    let _gateway = KillOnDrop(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn exagate"),
+    );
+    wait_listening(port).await;
+    let c = client();
+    let id = sim.add_completed(None);
+    let path = format!("/v2/extract/{id}");
+    let reply = send(
+        &c,
+        Method::GET,
+        &format!("http://127.0.0.1:{port}{path}"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut seen = String::new();
+    for _ in 0..40 {
+        seen = std::fs::read_to_string(&log).unwrap_or_default();
+        if seen
+            .lines()
+            .any(|l| l.contains("exagate::access") && l.contains(&path))
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no access line for {path} within 2 s; the log holds:\n{seen}");
 }

@@ -70,7 +70,8 @@ fn load_bodies(file: &Path) -> Result<HashMap<String, Bytes>, BoxError> {
 /// Serves until killed.
 pub fn serve(addr: SocketAddr, bodies: &Path, log: bool) -> Result<(), BoxError> {
     let bodies = Arc::new(load_bodies(bodies)?);
-    // Logging set up as the gateway's is: lines handed to a writer thread, never lossy.
+    // Logging set up as the gateway's is: lines handed to a writer thread, never lossy,
+    // written through a buffer flushed whenever the queue runs empty.
     // Besides being the fair comparison, it keeps a failed write (a full disk) from
     // reaching the request: tracing's synchronous writer reports one with `eprintln!`,
     // which panics when stderr itself is the full file, and every connection then dies.
@@ -79,7 +80,10 @@ pub fn serve(addr: SocketAddr, bodies: &Path, log: bool) -> Result<(), BoxError>
         let (writer, worker) = NonBlockingBuilder::default()
             .lossy(false)
             .thread_name("bare-log")
-            .finish(std::io::stderr());
+            .finish(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            ));
         _log_worker = Some(worker);
         tracing_subscriber::fmt()
             .with_ansi(false)
