@@ -90,8 +90,17 @@ impl Gateway {
         let old = self.live();
         let live = Live::build(config, key, &self.guard, &self.metrics, Some(&old.clients))?;
         let warnings = restart_only_changes(&old.config, &live.config);
+        // Stored answers carry links rewritten to the old public URL, or came from
+        // another upstream: neither is true any more. (After the swap, so a fetch that
+        // starts from here on renders with the new config.)
+        let stale = old.config.server.public_url != live.config.server.public_url
+            || old.config.upstream.url != live.config.upstream.url;
         self.guard.reconfigure(&live.config.upstream);
         self.live.store(Arc::new(live));
+        if stale {
+            self.cache.invalidate_all();
+            tracing::info!("server.public_url or upstream.url changed: the cache was emptied");
+        }
         Ok(warnings)
     }
 

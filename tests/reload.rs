@@ -120,6 +120,58 @@ async fn a_changed_ttl_applies_after_reload() {
 }
 
 #[tokio::test]
+async fn a_changed_public_url_empties_the_cache() {
+    let Files {
+        sim,
+        dir: _dir,
+        key_file,
+        config,
+        port,
+    } = files(KEY).await;
+    write_config(&config, &sim, port, &key_file, "");
+    let gw = start_from(&config, None).await;
+    let c = client();
+    let url = format!("{}{}", gw.url(), job_path(sim.add_completed(None)));
+    let chunks_link = |reply: &common::Reply| {
+        reply.json()["links"]["chunks"]
+            .as_str()
+            .expect("a chunks link")
+            .to_string()
+    };
+    let before = send(&c, Method::GET, &url, &[], Bytes::new()).await;
+    assert_eq!(before.cache(), "miss");
+    for _ in 0..2 {
+        // The second of these comes from the front table: it must go too.
+        assert_eq!(
+            send(&c, Method::GET, &url, &[], Bytes::new()).await.cache(),
+            "hit"
+        );
+    }
+    assert!(chunks_link(&before).starts_with(&format!("http://127.0.0.1:{port}/")));
+
+    // The same listener, now known to clients by another address (a new ingress).
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let moved = text.replace(
+        &format!("public_url = \"http://127.0.0.1:{port}\""),
+        "public_url = \"http://127.0.0.1:18443\"",
+    );
+    assert_ne!(text, moved);
+    std::fs::write(&config, moved).expect("write config");
+    gw.reload().await.expect("reload accepted");
+    let after = send(&c, Method::GET, &url, &[], Bytes::new()).await;
+    assert_eq!(
+        after.cache(),
+        "miss",
+        "an answer with the old links was served"
+    );
+    assert!(
+        chunks_link(&after).starts_with("http://127.0.0.1:18443/"),
+        "{}",
+        chunks_link(&after)
+    );
+}
+
+#[tokio::test]
 async fn a_bad_file_is_refused_and_the_old_config_keeps_serving() {
     let Files {
         sim,
