@@ -597,6 +597,11 @@ pub fn describe(config: &Config) -> Vec<String> {
             config.server.listen, config.server.public_url
         ),
         format!(
+            "clients get {} to send a request head; a connection with no traffic for {} is closed",
+            d(config.server.header_read_timeout),
+            d(config.server.idle_timeout)
+        ),
+        format!(
             "forwards to {} with a {} deadline ({} to connect)",
             config.upstream.url,
             d(config.upstream.timeout),
