@@ -190,18 +190,25 @@ pub fn parse_job_id(text: &str) -> Result<Uuid, GatewayError> {
         )
     };
     let bytes = text.as_bytes();
-    if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
-        return Err(invalid());
-    }
     // Version 1-8, variant 8/9/a/b, as the documented pattern says.
-    if !(b'1'..=b'8').contains(&bytes[14])
-        || !matches!(bytes[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b')
-    {
-        return Err(invalid());
+    let versioned = bytes.len() == 36
+        && (b'1'..=b'8').contains(&bytes[14])
+        && matches!(bytes[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b');
+    match decode_hyphenated(bytes) {
+        Some(id) if versioned => Ok(id),
+        _ => Err(invalid()),
     }
-    // Validate and decode the 32 hex digits in one pass without a branch per digit (this
-    // runs on every request): each pair goes through a table where a non-digit has its
-    // high bit set, and the bits of all of them are or-ed together and checked once.
+}
+
+/// Decodes the hyphenated form (`8-4-4-4-12` hex digits, either case) and nothing else
+/// (no braces, no URN, no plain 32 digits: two spellings of one id would make two cache
+/// keys). Without a branch per digit (this runs on every request): each pair goes
+/// through a table where a non-digit has its high bit set, and the bits of all of them
+/// are or-ed together and checked once.
+fn decode_hyphenated(bytes: &[u8]) -> Option<Uuid> {
+    if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
+        return None;
+    }
     let mut out = [0u8; 16];
     let mut bad = 0u8;
     for (byte, &at) in out.iter_mut().zip(HEX_PAIRS.iter()) {
@@ -209,10 +216,7 @@ pub fn parse_job_id(text: &str) -> Result<Uuid, GatewayError> {
         bad |= high | low;
         *byte = (high << 4) | (low & 0x0f);
     }
-    if bad & 0x80 != 0 {
-        return Err(invalid());
-    }
-    Ok(Uuid::from_bytes(out))
+    (bad & 0x80 == 0).then(|| Uuid::from_bytes(out))
 }
 
 /// Reads `X-Exabase-Base-Id`: absent is the workspace scope; present must be one UUID.
@@ -230,13 +234,11 @@ pub fn parse_base(headers: &HeaderMap) -> Result<Option<Uuid>, GatewayError> {
     if values.next().is_some() {
         return Err(invalid());
     }
-    let text = value.to_str().map_err(|_| invalid())?;
     // Only the hyphenated form: the braced and URN forms `Uuid` also takes are not what
     // the API documents, and accepting them would make two spellings of one scope.
-    if text.len() != 36 {
-        return Err(invalid());
-    }
-    Uuid::try_parse(text).map(Some).map_err(|_| invalid())
+    decode_hyphenated(value.as_bytes())
+        .map(Some)
+        .ok_or_else(invalid)
 }
 
 #[cfg(test)]
