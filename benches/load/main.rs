@@ -798,21 +798,28 @@ fn sim_headers() -> HeaderMap {
     headers
 }
 
+/// Fetches every path once through `server` at `addr` (16 connections), each a 200: the
+/// misses that fill its cache.
+async fn fill(addr: SocketAddr, paths: &Arc<Vec<String>>, server: &str) -> Result<(), BoxError> {
+    let fill = client::closed_loop(addr, Arc::clone(paths), 16, Stop::EachOnce).await?;
+    if fill.ok != paths.len() as u64 {
+        return Err(format!(
+            "warming {server}: {} of {} jobs answered 200",
+            fill.ok,
+            paths.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Fetches every path through the gateway (misses), then again checking each is a hit;
 /// returns the bodies of the second pass, for the bare server.
 async fn warm_gateway(
     addr: SocketAddr,
     paths: &Arc<Vec<String>>,
 ) -> Result<Vec<(String, Bytes)>, BoxError> {
-    let fill = client::closed_loop(addr, Arc::clone(paths), 16, Stop::EachOnce).await?;
-    if fill.ok != paths.len() as u64 {
-        return Err(format!(
-            "warming the gateway: {} of {} jobs answered 200",
-            fill.ok,
-            paths.len()
-        )
-        .into());
-    }
+    fill(addr, paths, "the gateway").await?;
     let mut conn = Conn::open(addr, HeaderMap::new()).await?;
     let public = format!("http://{addr}/v2/extract/");
     let mut bodies = Vec::with_capacity(paths.len());
@@ -864,15 +871,7 @@ async fn warm_nginx(
     sim: SocketAddr,
     paths: &Arc<Vec<String>>,
 ) -> Result<(), BoxError> {
-    let fill = client::closed_loop(addr, Arc::clone(paths), 16, Stop::EachOnce).await?;
-    if fill.ok != paths.len() as u64 {
-        return Err(format!(
-            "warming nginx: {} of {} jobs answered 200",
-            fill.ok,
-            paths.len()
-        )
-        .into());
-    }
+    fill(addr, paths, "nginx").await?;
     let mut conn = Conn::open(addr, HeaderMap::new()).await?;
     let public = format!("http://{addr}/v2/extract/");
     let upstream = format!("http://{sim}/");
