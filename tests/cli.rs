@@ -135,23 +135,14 @@ fn bad_config_values_are_named() {
 async fn the_key_never_appears_in_logs_at_trace_level() {
     let sim = start_sim(false).await;
     let dir = tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
     let port = free_port();
-    let admin_port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
-             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
-             [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\ntimeout = \"1s\"\n\
-             [log]\nlevel = \"trace\"\nformat = \"json\"\n",
-            sim.url(),
-            key_file.display()
-        ),
-    )
-    .expect("write config");
+    let config = config_file(
+        dir.path(),
+        port,
+        &sim.url(),
+        "1s",
+        "level = \"trace\"\nformat = \"json\"",
+    );
     let mut child = KillOnDrop(
         Command::new(BIN)
             .arg("--config")
@@ -344,6 +335,18 @@ async fn keeps_serving_when_its_log_device_is_full() {
 /// A config for a gateway on `port` in front of `sim`, logging at `info`, with the key in
 /// a file beside it.
 fn info_config(dir: &std::path::Path, port: u16, sim: &str) -> std::path::PathBuf {
+    config_file(dir, port, sim, "2s", "level = \"info\"")
+}
+
+/// A config for a gateway on `port` in front of `sim` with this upstream `timeout` and
+/// `[log]` table, the key in a file beside it.
+fn config_file(
+    dir: &std::path::Path,
+    port: u16,
+    sim: &str,
+    timeout: &str,
+    log: &str,
+) -> std::path::PathBuf {
     let key_file = dir.join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
     let config = dir.join("config.toml");
@@ -354,9 +357,9 @@ fn info_config(dir: &std::path::Path, port: u16, sim: &str) -> std::path::PathBu
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
-             [upstream]\nurl = \"{sim}\"\napi_key_file = \"{}\"\ntimeout = \"2s\"\n\
+             [upstream]\nurl = \"{sim}\"\napi_key_file = \"{}\"\ntimeout = \"{timeout}\"\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [log]\nlevel = \"info\"\n",
+             [log]\n{log}\n",
             key_file.display()
         ),
     )
