@@ -157,8 +157,9 @@ impl Answer {
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
-    /// The response for one request. `head` drops the body but keeps its length.
-    pub fn respond(&self, head: bool, cache: XCache) -> Response<Body> {
+    /// The response for one request at `now` (which dates a hit's `Age`). `head` drops
+    /// the body but keeps its length.
+    pub fn respond(&self, head: bool, cache: XCache, now: Instant) -> Response<Body> {
         let body = if head {
             Body::Empty
         } else {
@@ -181,7 +182,8 @@ impl Answer {
         }
         headers.insert(X_CACHE, cache.header());
         if cache == XCache::Hit {
-            headers.insert(header::AGE, age(self.fetched_at.elapsed().as_secs()));
+            let age_secs = now.saturating_duration_since(self.fetched_at).as_secs();
+            headers.insert(header::AGE, age(age_secs));
         }
         response
     }

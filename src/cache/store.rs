@@ -84,10 +84,10 @@ impl CacheStore {
         CacheStore { cache, front }
     }
 
-    /// The stored answer, if any and still true: from the front table when it holds it,
-    /// else from moka (and then offered to the front table).
-    pub async fn get(&self, key: &CacheKey) -> Option<Arc<Answer>> {
-        let now = Instant::now();
+    /// The stored answer, if any and still true at `now`: from the front table when it
+    /// holds it, else from moka (and then offered to the front table). The caller's
+    /// `now` also dates a hit's `Age`, so a hit reads the clock once.
+    pub async fn get(&self, key: &CacheKey, now: Instant) -> Option<Arc<Answer>> {
         match self.front.get(key, now) {
             Lookup::Hit { answer, touch } => {
                 if touch {

@@ -36,9 +36,11 @@ pub async fn chunks(
 }
 
 async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -> Response<Body> {
-    if let Some(answer) = gw.cache.get(&key).await {
+    // One clock read serves the lookup's freshness check and the hit's `Age`.
+    let now = Instant::now();
+    if let Some(answer) = gw.cache.get(&key, now).await {
         ex.cache = XCache::Hit;
-        return answer.respond(head, XCache::Hit);
+        return answer.respond(head, XCache::Hit, now);
     }
     ex.cache = XCache::Miss;
     // Boxed: a miss waits on the upstream anyway, and its state inline would make every
@@ -49,7 +51,7 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
             if !ex.coalesced {
                 ex.upstream_time = Some(Duration::from_micros(u64::from(answer.upstream_micros)));
             }
-            answer.respond(head, XCache::Miss)
+            answer.respond(head, XCache::Miss, now)
         }
         Err(e) => {
             ex.error = Some(e.kind.code());
@@ -113,7 +115,7 @@ async fn fetch(gw: &Gateway, key: &CacheKey) -> FetchResult {
     {
         // A flight that finished between our cache miss and our joining has already
         // stored its answer: use it rather than spend another upstream call.
-        if let Some(answer) = gw.cache.get(key).await {
+        if let Some(answer) = gw.cache.get(key, Instant::now()).await {
             return Ok(answer);
         }
         let job = key.job();
@@ -189,7 +191,7 @@ async fn chunks_answer(
                 "the upstream answered chunks with a body that is not JSON",
             ));
         }
-        match gw.cache.get(&CacheKey::Job(*job)).await {
+        match gw.cache.get(&CacheKey::Job(*job), Instant::now()).await {
             Some(parent) if parent.job_state == Some(JobState::Completed) => {
                 expires_at = parent.expires_at;
             }
