@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -175,10 +175,13 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
-/// A port free on 127.0.0.1 right now (bound, then released for the server to take).
+/// A port free on 127.0.0.1 right now, for a server to take (see
+/// [`exagate::sim::free_port`] for why not `bind(0)`).
 pub fn free_addr() -> Result<SocketAddr, BoxError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?)
+    Ok(SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        exagate::sim::free_port()?,
+    )))
 }
 
 /// The exagate binary: `$EXAGATE_BIN`, else the one cargo built for this bench (cargo

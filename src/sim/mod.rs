@@ -14,9 +14,12 @@
 mod body;
 mod faults;
 mod handlers;
+mod ports;
 mod server;
 mod store;
 mod tls;
+
+pub use ports::free_port;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -258,26 +258,10 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("create a temporary directory")
 }
 
-/// A loopback port free at the time of asking (for configs written before binding).
-///
-/// Taken below the kernel's ephemeral range (32768 and up by default), from a sequence
-/// this process walks once: a port from `bind(0)` here would be the kind the kernel hands
-/// the next `bind(0)` or `connect` (a simulator, a client) in the moment before the
-/// gateway binds it, and two tests asking at once would be given the same one.
+/// A loopback port free at the time of asking (for configs written before binding);
+/// see [`exagate::sim::free_port`] for why not `bind(0)`.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    // Where this process starts in 20000..30000, so two test binaries run side by side
-    // do not walk the same ports.
-    let start = 20_000 + (std::process::id() * 7919) % 10_000;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < 10_000, "no free loopback port in 20000..30000");
-        let port = u16::try_from(20_000 + (start - 20_000 + n) % 10_000).expect("port");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    exagate::sim::free_port().expect("free port")
 }
 
 /// Waits (up to 5 s) until something accepts on `port`; panics otherwise.
