@@ -36,7 +36,7 @@ async fn sim_job_body(size: usize) -> Bytes {
     let fetched = gw
         .live()
         .upstream
-        .get_buffered("job", &format!("/v2/extract/{job}"), None)
+        .get_buffered("job", &format!("/v2/extract/{job}"), None, None)
         .await
         .expect("the simulator answers");
     assert_eq!(fetched.status, 200, "fetching the job body");

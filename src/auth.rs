@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::config::ClientConfig;
 use crate::error::{ErrorKind, GatewayError};
-use crate::guard::{rate_limited, TokenBucket};
+use crate::guard::{rate_limited, Token, TokenBucket};
 
 /// One configured client.
 pub struct Client {
@@ -61,9 +61,14 @@ impl Client {
         }
     }
 
-    /// Takes one token of this client's own share, for a request that needs the upstream.
-    pub fn check_quota(&self) -> Result<(), GatewayError> {
-        self.bucket.try_take().map_err(|wait| {
+    /// Takes one token of this client's own share, for a request that needs the upstream
+    /// (`None`: the client has no share of its own). The token goes back unless the
+    /// request is sent.
+    pub fn take_share(&self) -> Result<Option<Token>, GatewayError> {
+        if !self.bucket.is_limited() {
+            return Ok(None);
+        }
+        Token::take(&self.bucket).map(Some).map_err(|wait| {
             rate_limited(
                 ErrorKind::QuotaExhausted,
                 "this client's share of the upstream quota (clients.rate_limit) is used up",

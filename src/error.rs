@@ -41,6 +41,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// A request body over the configured limit.
     PayloadTooLarge,
+    /// The client stopped sending its request body for longer than `upstream.timeout`.
+    RequestTimeout,
     /// No client token, or an unknown one (when clients are configured).
     Unauthorized,
     /// The client may not use this base (or the workspace).
@@ -73,6 +75,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::QuotaExhausted => "quota_exhausted",
@@ -95,6 +98,7 @@ impl ErrorKind {
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout
             | ErrorKind::Unauthorized
             | ErrorKind::Forbidden => ErrorSource::Client,
             ErrorKind::QuotaExhausted
@@ -117,6 +121,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::QuotaExhausted | ErrorKind::UpstreamRateLimited => {
@@ -228,6 +233,7 @@ mod tests {
             ErrorKind::NotFound,
             ErrorKind::MethodNotAllowed,
             ErrorKind::PayloadTooLarge,
+            ErrorKind::RequestTimeout,
             ErrorKind::Unauthorized,
             ErrorKind::Forbidden,
             ErrorKind::QuotaExhausted,

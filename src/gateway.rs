@@ -86,7 +86,7 @@ impl Gateway {
 
     /// Applies a new, validated config and key. Returns warnings for settings that only
     /// take effect after a restart.
-    pub fn reload(&self, config: Config, key: ApiKey) -> Result<Vec<String>, BoxError> {
+    pub async fn reload(&self, config: Config, key: ApiKey) -> Result<Vec<String>, BoxError> {
         let old = self.live();
         let live = Live::build(config, key, &self.guard, &self.metrics, Some(&old.clients))?;
         let warnings = restart_only_changes(&old.config, &live.config);
@@ -98,7 +98,9 @@ impl Gateway {
         self.guard.reconfigure(&live.config.upstream);
         self.live.store(Arc::new(live));
         if stale {
-            self.cache.invalidate_all();
+            // Fills under way render with the old config: the invalidation turns them
+            // away too.
+            self.cache.invalidate_all().await;
             tracing::info!("server.public_url or upstream.url changed: the cache was emptied");
         }
         Ok(warnings)

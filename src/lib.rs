@@ -193,7 +193,7 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
             match signal {
                 Signal::Reload(reply) => {
                     let result = match &config_path {
-                        Some(path) => lifecycle::reload(&gateway, tls.as_deref(), path),
+                        Some(path) => lifecycle::reload(&gateway, tls.as_deref(), path).await,
                         None => Err("no config file to reload from".to_string()),
                     };
                     if let Some(reply) = reply {

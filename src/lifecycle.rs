@@ -29,19 +29,20 @@ pub enum Signal {
 }
 
 /// Reads the config file and everything it points at, and swaps it in.
-pub fn reload(
+pub async fn reload(
     gateway: &Gateway,
     tls: Option<&TlsTerminator>,
     path: &Path,
 ) -> Result<Vec<String>, String> {
-    let result = (|| {
+    let result = async {
         let config = Config::load(path).map_err(|e| e.to_string())?;
         let key = ApiKey::load(&config.upstream).map_err(|e| e.to_string())?;
         if let (Some(tls), Some(files)) = (tls, config.server.tls.as_ref()) {
             tls.reload(files).map_err(|e| e.to_string())?;
         }
-        gateway.reload(config, key).map_err(|e| e.to_string())
-    })();
+        gateway.reload(config, key).await.map_err(|e| e.to_string())
+    }
+    .await;
     let label = if result.is_ok() { "ok" } else { "error" };
     gateway
         .metrics

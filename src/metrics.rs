@@ -76,6 +76,10 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     /// Requests answered by another request's upstream call.
     pub coalesced: Counter,
+    /// Streamed upstream bodies cut after `upstream.timeout` without a byte.
+    pub upstream_body_stalls: Counter,
+    /// Fetched answers not stored because an invalidation came after their fetch began.
+    pub fills_discarded: Counter,
     /// Cache entries removed, by cause (`expired`, `size`, `explicit`, `replaced`).
     pub evictions: Family<CauseLabels, Counter>,
     /// Requests refused by the gateway's own protections, by code.
@@ -129,6 +133,18 @@ impl Metrics {
             "coalesced_requests",
             "Requests answered by another request's upstream call",
             coalesced.clone(),
+        );
+        let upstream_body_stalls = Counter::default();
+        registry.register(
+            "upstream_body_stalls",
+            "Streamed upstream bodies cut after upstream.timeout without a byte",
+            upstream_body_stalls.clone(),
+        );
+        let fills_discarded = Counter::default();
+        registry.register(
+            "cache_fills_discarded",
+            "Fetched answers not stored because a purge or job action came after their fetch began",
+            fills_discarded.clone(),
         );
         let evictions = Family::<CauseLabels, Counter>::default();
         registry.register(
@@ -195,6 +211,8 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             coalesced,
+            upstream_body_stalls,
+            fills_discarded,
             evictions,
             refusals,
             reloads,

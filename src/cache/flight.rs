@@ -69,6 +69,12 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
         })
     }
 
+    /// A waiter on the fetch under way for `key`, if there is one; never starts one.
+    pub fn follow(&self, key: &K) -> Option<Waiter<V>> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).map(|rx| Waiter { rx: rx.clone() })
+    }
+
     /// Number of fetches under way.
     pub fn in_flight(&self) -> usize {
         self.map

@@ -142,6 +142,12 @@ impl Front {
         }
     }
 
+    /// The invalidation epoch now: bumped by every invalidation. The store reads it when
+    /// a fill begins, so a fill that an invalidation overtook is not stored either.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Makes every slot unservable at once, then frees them.
     pub fn invalidate(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);

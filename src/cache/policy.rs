@@ -132,14 +132,23 @@ impl CachePolicy {
                     return Decision::Skip(NoCacheReason::NoCreatedAt);
                 };
                 // The job turns `cleaned` at createdAt + retention: never serve the
-                // completed body past that moment.
-                let cleaned_at = created_at + self.retention;
-                let left = cleaned_at - now;
-                if left <= time::Duration::ZERO {
-                    return Decision::Skip(NoCacheReason::PastRetention);
+                // completed body past that moment. `createdAt` is the upstream's word:
+                // a date at the end of the range has no representable end of life, and
+                // such a job is kept for `completed_ttl` (never a panic).
+                let cleaned_at = time::Duration::try_from(self.retention)
+                    .ok()
+                    .and_then(|retention| created_at.checked_add(retention));
+                match cleaned_at {
+                    None => self.completed_ttl,
+                    Some(cleaned_at) => {
+                        let left = cleaned_at - now;
+                        if left <= time::Duration::ZERO {
+                            return Decision::Skip(NoCacheReason::PastRetention);
+                        }
+                        let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+                        left.min(self.completed_ttl)
+                    }
                 }
-                let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
-                left.min(self.completed_ttl)
             }
             JobState::Cleaned => self.cleaned_ttl,
             JobState::Failed => self.failed_ttl,
@@ -206,6 +215,20 @@ mod tests {
         let exactly = NOW - time::Duration::hours(24);
         assert_eq!(
             policy().for_job(JobState::Completed, Some(exactly), NOW),
+            Decision::Skip(NoCacheReason::PastRetention)
+        );
+    }
+
+    #[test]
+    fn a_created_at_at_the_end_of_time_is_kept_for_completed_ttl() {
+        let end = datetime!(9999-12-31 23:59:59 UTC);
+        assert_eq!(
+            policy().for_job(JobState::Completed, Some(end), NOW),
+            Decision::Store(CacheConfig::default().completed_ttl)
+        );
+        let start = datetime!(-9999-01-01 00:00:00 UTC);
+        assert_eq!(
+            policy().for_job(JobState::Completed, Some(start), NOW),
             Decision::Skip(NoCacheReason::PastRetention)
         );
     }

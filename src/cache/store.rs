@@ -45,6 +45,14 @@ fn remaining(value: &Answer, at: Instant) -> Duration {
 }
 
 /// The gateway's answer cache.
+///
+/// An invalidation (a job action, a purge, a reload that changes links) wins over every
+/// fill that began before it, not only over what is stored when it runs: a fill reads
+/// the invalidation epoch (the front table's, one counter for both) when it begins, and
+/// stores its answer only if no invalidation has come since. The check and the store are
+/// one step under `gate`, which every invalidation takes exclusively, so an invalidation
+/// either sees the stored answer (and drops it) or the fill sees the invalidation (and
+/// stores nothing); its answer still goes to the requests that waited on it.
 #[derive(Clone)]
 pub struct CacheStore {
     /// Answers by key; moka evicts by weight (bytes) and expires per entry. Hashed with
@@ -53,6 +61,11 @@ pub struct CacheStore {
     cache: Cache<CacheKey, Arc<Answer>, foldhash::fast::RandomState>,
     /// Recently read small answers, served without moka's per-read bookkeeping.
     front: Arc<Front>,
+    /// Shared by fills (a check and a store), exclusive for invalidations. Hits never
+    /// touch it.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Counts the fills an invalidation overtook.
+    metrics: Arc<Metrics>,
 }
 
 impl CacheStore {
@@ -60,6 +73,7 @@ impl CacheStore {
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> CacheStore {
         let front = Arc::new(Front::new());
         let listener_front = Arc::clone(&front);
+        let listener_metrics = Arc::clone(&metrics);
         let cache = Cache::builder()
             .name("exagate")
             .max_capacity(max_bytes)
@@ -72,7 +86,7 @@ impl CacheStore {
                     RemovalCause::Explicit => "explicit",
                     RemovalCause::Replaced => "replaced",
                 };
-                metrics
+                listener_metrics
                     .evictions
                     .get_or_create(&CauseLabels { cause })
                     .inc();
@@ -81,7 +95,12 @@ impl CacheStore {
             .expire_after(AnswerExpiry)
             .support_invalidation_closures()
             .build_with_hasher(foldhash::fast::RandomState::default());
-        CacheStore { cache, front }
+        CacheStore {
+            cache,
+            front,
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            metrics,
+        }
     }
 
     /// The stored answer, if any and still true at `now`: from the front table when it
@@ -107,43 +126,57 @@ impl CacheStore {
         }
     }
 
-    /// Stores an answer whose `expires_at` is set; others are ignored.
-    pub async fn insert(&self, key: CacheKey, answer: Arc<Answer>) {
-        if answer.expires_at.is_some() {
-            self.cache.insert(key, answer).await;
+    /// The invalidation epoch, read when a fill begins and handed to [`insert`].
+    ///
+    /// [`insert`]: Self::insert
+    pub fn epoch(&self) -> u64 {
+        self.front.epoch()
+    }
+
+    /// Stores an answer whose `expires_at` is set (others are ignored), unless an
+    /// invalidation came after `since` (the [`epoch`](Self::epoch) read when its fill
+    /// began). Returns whether it was stored.
+    pub async fn insert(&self, key: CacheKey, answer: Arc<Answer>, since: u64) -> bool {
+        if answer.expires_at.is_none() {
+            return false;
         }
+        let _fill = self.gate.read().await;
+        if self.front.epoch() != since {
+            self.metrics.fills_discarded.inc();
+            tracing::debug!(key = ?key, "answer not stored: an invalidation came after its fetch began");
+            return false;
+        }
+        self.cache.insert(key, answer).await;
+        true
     }
 
     /// Drops a job and all its chunk windows, in every scope (a job id is unique, and a
     /// write to it in one scope must not leave a stale copy anywhere).
-    pub fn invalidate_job(&self, job: Uuid) {
+    pub async fn invalidate_job(&self, job: Uuid) {
         // One predicate covers the job and its chunk windows; moka guarantees `get` never
         // returns an entry it matches, even before the background removal has run.
-        if let Err(e) = self
-            .cache
-            .invalidate_entries_if(move |key, _| key.job().job == job)
-        {
-            tracing::warn!(error = %e, "could not schedule cache invalidation");
-        }
-        // After moka's: a reader between the two cannot refill the front with the old
-        // answer (see `front`).
-        self.front.invalidate();
+        self.invalidate(move |key| key.job().job == job).await;
     }
 
     /// Drops one job and its chunk windows in one scope (an operator's purge).
-    pub fn invalidate_scoped(&self, job: super::JobKey) {
-        if let Err(e) = self
-            .cache
-            .invalidate_entries_if(move |key, _| *key.job() == job)
-        {
-            tracing::warn!(error = %e, "could not schedule cache invalidation");
-        }
-        self.front.invalidate();
+    pub async fn invalidate_scoped(&self, job: super::JobKey) {
+        self.invalidate(move |key| *key.job() == job).await;
     }
 
     /// Drops everything.
-    pub fn invalidate_all(&self) {
+    pub async fn invalidate_all(&self) {
+        let _invalidation = self.gate.write().await;
         self.cache.invalidate_all();
+        self.front.invalidate();
+    }
+
+    async fn invalidate(&self, matches: impl Fn(&CacheKey) -> bool + Send + Sync + 'static) {
+        let _invalidation = self.gate.write().await;
+        if let Err(e) = self.cache.invalidate_entries_if(move |key, _| matches(key)) {
+            tracing::warn!(error = %e, "could not schedule cache invalidation");
+        }
+        // After moka's: a reader between the two cannot refill the front with the old
+        // answer (see `front`); and the epoch it bumps turns away fills under way.
         self.front.invalidate();
     }
 

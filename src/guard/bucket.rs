@@ -83,6 +83,24 @@ impl TokenBucket {
         }
     }
 
+    /// Returns one token taken by [`try_take`](Self::try_take) for a call that was never
+    /// sent (capped at the burst, like any refill).
+    pub fn give_back(&self) {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = guard.as_mut() {
+            state.refill(Instant::now());
+            state.tokens = (state.tokens + 1.0).min(state.burst);
+        }
+    }
+
+    /// Whether a rate is configured (an unlimited bucket needs no token handed around).
+    pub fn is_limited(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     /// Tokens available now (`None`: unlimited), for metrics.
     pub fn available(&self) -> Option<f64> {
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -140,6 +158,26 @@ mod tests {
         let b = TokenBucket::new(Some(rate), None);
         let taken = (0..1000).filter(|_| b.try_take().is_ok()).count();
         assert_eq!(taken, 500);
+    }
+
+    #[test]
+    fn a_token_given_back_can_be_taken_again_but_never_past_the_burst() {
+        let rate = Rate {
+            count: 10,
+            per: Duration::from_secs(3600),
+        };
+        let b = TokenBucket::new(Some(rate), Some(1));
+        assert!(b.try_take().is_ok());
+        assert!(b.try_take().is_err());
+        b.give_back();
+        assert!(b.try_take().is_ok());
+        b.give_back();
+        b.give_back();
+        assert!(b.try_take().is_ok());
+        assert!(
+            b.try_take().is_err(),
+            "two give-backs on a burst of 1 make one token"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 pub mod bucket;
 pub mod cooldown;
+pub mod token;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,88 +20,174 @@ use crate::config::UpstreamConfig;
 use crate::error::{ErrorKind, GatewayError};
 pub use bucket::TokenBucket;
 pub use cooldown::Cooldown;
+pub use token::Token;
 
 /// The guard in front of every upstream call.
 pub struct UpstreamGuard {
     /// Closed for a while after the upstream answers 429.
     pub cooldown: Cooldown,
     /// The account's quota (`upstream.rate_limit`), if one is set.
-    pub bucket: TokenBucket,
+    pub bucket: Arc<TokenBucket>,
     /// Slots for calls in flight (`upstream.max_concurrent`).
     slots: Arc<Semaphore>,
     /// The configured number of slots, for metrics and resizing on reload.
-    max_concurrent: std::sync::atomic::AtomicUsize,
+    max_concurrent: AtomicUsize,
+    /// Slots to retire as they come back: a reload that lowers `max_concurrent` while
+    /// calls hold slots cannot take those slots away, so it takes them when released.
+    retire: Arc<AtomicUsize>,
 }
 
 /// A slot held for the duration of one upstream call.
-pub type Slot = OwnedSemaphorePermit;
+pub struct Slot {
+    /// The semaphore's permit; `None` only after it was retired in `drop`.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The guard's count of slots still to retire.
+    retire: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let retired = self
+            .retire
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if let (true, Some(permit)) = (retired, self.permit.take()) {
+            permit.forget();
+        }
+    }
+}
+
+/// Standing to make one upstream call: a slot, and the tokens that pay for it. Dropped
+/// before [`sent`](Admission::sent), everything goes back.
+pub struct Admission {
+    /// The concurrency slot, held until the call (and, for buffered reads, its body) ends.
+    slot: Slot,
+    /// The account's token and, when clients are configured, the caller's.
+    tokens: Vec<Token>,
+}
+
+impl Admission {
+    /// The call was handed to the connection: its tokens are used.
+    pub fn sent(&mut self) {
+        self.tokens.iter_mut().for_each(Token::spend);
+    }
+
+    /// Pays for sending the same call once more (the retry): a new token from every
+    /// bucket this call drew on, or none at all if any bucket is empty.
+    pub fn pay_again(&mut self) -> bool {
+        let again: Result<Vec<Token>, _> = self.tokens.iter().map(Token::take_another).collect();
+        match again {
+            Ok(mut tokens) => {
+                tokens.iter_mut().for_each(Token::spend);
+                true
+            }
+            // The ones taken go back as `again` is dropped.
+            Err(_) => false,
+        }
+    }
+
+    /// Keeps the slot alone (the tokens are settled) for as long as the caller holds it.
+    pub fn into_slot(mut self) -> Slot {
+        self.sent();
+        self.slot
+    }
+}
 
 impl UpstreamGuard {
     /// A guard configured from `[upstream]`.
     pub fn new(config: &UpstreamConfig) -> UpstreamGuard {
         UpstreamGuard {
             cooldown: Cooldown::new(config.max_cooldown),
-            bucket: TokenBucket::new(config.rate_limit, config.rate_limit_burst),
+            bucket: Arc::new(TokenBucket::new(config.rate_limit, config.rate_limit_burst)),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             max_concurrent: config.max_concurrent.into(),
+            retire: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Applies a reloaded `[upstream]`: the bucket keeps its tokens (a reload must not
-    /// hand out a fresh burst), the cooldown keeps its state, the slot count changes.
+    /// hand out a fresh burst), the cooldown keeps its state, the slot count changes
+    /// from now on (slots in use beyond a lowered count are retired as they come back).
     pub fn reconfigure(&self, config: &UpstreamConfig) {
-        use std::sync::atomic::Ordering;
         self.cooldown.set_max(config.max_cooldown);
         self.bucket
             .reconfigure(config.rate_limit, config.rate_limit_burst);
-        let old = self
-            .max_concurrent
-            .swap(config.max_concurrent, Ordering::SeqCst);
-        if config.max_concurrent > old {
-            self.slots.add_permits(config.max_concurrent - old);
-        } else if config.max_concurrent < old {
-            self.slots.forget_permits(old - config.max_concurrent);
+        let new = config.max_concurrent;
+        let old = self.max_concurrent.swap(new, Ordering::SeqCst);
+        if new > old {
+            // Slots still owed to an earlier lowering are cancelled first.
+            let grow = new - old;
+            let owed = self
+                .retire
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(grow))
+                })
+                .unwrap_or(0);
+            self.slots.add_permits(grow - owed.min(grow));
+        } else if new < old {
+            let shrink = old - new;
+            let idle = self.slots.forget_permits(shrink);
+            self.retire.fetch_add(shrink - idle, Ordering::AcqRel);
         }
     }
 
-    /// The quick checks, before any waiting: the 429 cooldown, then the quota.
-    pub fn check_quota(&self) -> Result<(), GatewayError> {
-        if let Some(wait) = self.cooldown.closed_for() {
-            return Err(rate_limited(
+    /// Whether the 429 gate is open.
+    fn check_cooldown(&self) -> Result<(), GatewayError> {
+        match self.cooldown.closed_for() {
+            Some(wait) => Err(rate_limited(
                 ErrorKind::UpstreamRateLimited,
                 "the upstream answered 429; calls resume after its cooldown",
                 wait,
-            ));
+            )),
+            None => Ok(()),
         }
-        if let Err(wait) = self.bucket.try_take() {
-            return Err(rate_limited(
-                ErrorKind::QuotaExhausted,
-                "the gateway's upstream quota (upstream.rate_limit) is used up",
-                wait,
-            ));
+    }
+
+    /// Admits one upstream call: the 429 gate, a token of the account's quota (with
+    /// `share`, the caller's own token, already taken), then a slot, waited for up to
+    /// `wait`, then the gate again (a 429 may have closed it while this call queued).
+    /// Any refusal gives back what was taken.
+    pub async fn admit(
+        &self,
+        share: Option<Token>,
+        wait: Duration,
+    ) -> Result<Admission, GatewayError> {
+        self.check_cooldown()?;
+        let mut tokens = Vec::with_capacity(2);
+        if self.bucket.is_limited() {
+            let account = Token::take(&self.bucket).map_err(|wait| {
+                rate_limited(
+                    ErrorKind::QuotaExhausted,
+                    "the gateway's upstream quota (upstream.rate_limit) is used up",
+                    wait,
+                )
+            })?;
+            tokens.push(account);
         }
-        Ok(())
+        tokens.extend(share);
+        let slot = self.slot(wait).await?;
+        self.check_cooldown()?;
+        Ok(Admission { slot, tokens })
     }
 
     /// Waits up to `deadline` for a slot for one upstream call.
-    pub async fn slot(&self, deadline: Duration) -> Result<Slot, GatewayError> {
-        let busy = || {
-            GatewayError::new(
+    async fn slot(&self, deadline: Duration) -> Result<Slot, GatewayError> {
+        match tokio::time::timeout(deadline, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot {
+                permit: Some(permit),
+                retire: Arc::clone(&self.retire),
+            }),
+            _ => Err(GatewayError::new(
                 ErrorKind::UpstreamBusy,
                 "too many upstream calls in flight (upstream.max_concurrent)",
-            )
-        };
-        match tokio::time::timeout(deadline, Arc::clone(&self.slots).acquire_owned()).await {
-            Ok(Ok(slot)) => Ok(slot),
-            _ => Err(busy()),
+            )),
         }
     }
 
     /// Upstream calls in flight now.
     pub fn in_flight(&self) -> usize {
-        let max = self
-            .max_concurrent
-            .load(std::sync::atomic::Ordering::Relaxed);
+        // Permits in existence are the configured count plus those still to retire.
+        let max = self.max_concurrent.load(Ordering::Relaxed) + self.retire.load(Ordering::Relaxed);
         max.saturating_sub(self.slots.available_permits())
     }
 }
@@ -108,4 +196,88 @@ impl UpstreamGuard {
 pub fn rate_limited(kind: ErrorKind, message: &'static str, wait: Duration) -> GatewayError {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     GatewayError::new(kind, message).with_retry_after(secs.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(max_concurrent: usize) -> UpstreamGuard {
+        UpstreamGuard::new(&UpstreamConfig {
+            max_concurrent,
+            ..UpstreamConfig::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn lowering_the_slots_under_load_holds_as_calls_finish() {
+        let g = guard(2);
+        let a = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        let b = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        g.reconfigure(&UpstreamConfig {
+            max_concurrent: 1,
+            ..UpstreamConfig::default()
+        });
+        assert_eq!(g.in_flight(), 2);
+        drop(a);
+        // One slot was retired as it came back: the second call still holds the only one.
+        assert!(g.admit(None, Duration::from_millis(10)).await.is_err());
+        drop(b);
+        let c = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        assert!(g.admit(None, Duration::from_millis(10)).await.is_err());
+        drop(c);
+        // Raising again cancels nothing owed (none is) and adds the slot back.
+        g.reconfigure(&UpstreamConfig {
+            max_concurrent: 2,
+            ..UpstreamConfig::default()
+        });
+        let _c = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        let _d = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        assert_eq!(g.in_flight(), 2);
+    }
+
+    #[tokio::test]
+    async fn raising_the_slots_first_cancels_what_is_owed() {
+        let g = guard(2);
+        let a = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        let b = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        let lower = |n| UpstreamConfig {
+            max_concurrent: n,
+            ..UpstreamConfig::default()
+        };
+        g.reconfigure(&lower(1));
+        g.reconfigure(&lower(2));
+        drop(a);
+        drop(b);
+        let _c = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        let _d = g
+            .admit(None, Duration::from_millis(10))
+            .await
+            .expect("slot");
+        assert!(g.admit(None, Duration::from_millis(10)).await.is_err());
+    }
 }

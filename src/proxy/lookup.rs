@@ -15,9 +15,11 @@ use super::handler::Exchange;
 use super::upstream::Fetched;
 use crate::body::Body;
 use crate::cache::answer::XCache;
+use crate::cache::flight::Waiter;
 use crate::cache::{Answer, CacheKey, Decision, JobKey, JobState, Join, NoCacheReason};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{FetchResult, Gateway, Live};
+use crate::guard::Token;
 
 /// `GET`/`HEAD /v2/extract/{id}`.
 pub async fn job(gw: &Arc<Gateway>, key: JobKey, head: bool, ex: &mut Exchange) -> Response<Body> {
@@ -62,32 +64,58 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
 
 /// Joins the key's flight, starting the fetch if none is under way, and waits for it.
 async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> FetchResult {
+    // A client with a share of its own pays for the fetch it leads, and only for that:
+    // its token is taken before it joins, so that a refusal is decided for this request
+    // alone and never published to the others waiting on the same flight.
+    let share = match ex.client.as_ref().map(|c| c.take_share()) {
+        Some(Err(refused)) => return follow_or_refuse(gw, &key, ex, refused).await,
+        Some(Ok(share)) => share,
+        None => None,
+    };
     let waiter = match gw.flights.join(&key) {
         Join::Follower(waiter) => {
+            // Followers cost the upstream nothing: the token goes back.
+            drop(share);
             ex.coalesced = true;
             gw.metrics.coalesced.inc();
             waiter
         }
         Join::Leader(leader) => {
-            // This request is the one that needs the upstream: it spends its client's
-            // share. (Followers cost the upstream nothing and spend nothing.)
-            if let Some(client) = &ex.client {
-                if let Err(e) = client.check_quota() {
-                    leader.complete(Err(e.clone()));
-                    return Err(e);
-                }
-            }
             let waiter = leader.waiter();
             let gw = Arc::clone(gw);
             // Its own task: the requester hanging up must not cancel the fetch that
             // other requests are waiting on.
             tokio::spawn(async move {
-                let result = fetch(&gw, &key).await;
+                let result = fetch(&gw, &key, share).await;
                 leader.complete(result);
             });
             waiter
         }
     };
+    wait(gw, waiter).await
+}
+
+/// A request whose client's share is spent: it may still take an answer that costs
+/// nothing (a fetch under way, or one that has just stored its answer), else it gets
+/// its own refusal.
+async fn follow_or_refuse(
+    gw: &Gateway,
+    key: &CacheKey,
+    ex: &mut Exchange,
+    refused: GatewayError,
+) -> FetchResult {
+    if let Some(waiter) = gw.flights.follow(key) {
+        ex.coalesced = true;
+        gw.metrics.coalesced.inc();
+        return wait(gw, waiter).await;
+    }
+    match gw.cache.get(key, Instant::now()).await {
+        Some(answer) => Ok(answer),
+        None => Err(refused),
+    }
+}
+
+async fn wait(gw: &Gateway, waiter: Waiter<FetchResult>) -> FetchResult {
     // The fetch ends by its own deadline (`upstream.timeout`, slot wait included) and
     // reports how; the small margin only lets that report, rather than this fallback,
     // reach the waiter.
@@ -111,8 +139,10 @@ fn timeout() -> GatewayError {
 
 /// One upstream fetch (bounded by `upstream.timeout` inside the client), then the
 /// storing decision.
-async fn fetch(gw: &Gateway, key: &CacheKey) -> FetchResult {
+async fn fetch(gw: &Gateway, key: &CacheKey, share: Option<Token>) -> FetchResult {
     {
+        // The fill begins here: an invalidation from now on wins over what it fetches.
+        let epoch = gw.cache.epoch();
         // A flight that finished between our cache miss and our joining has already
         // stored its answer: use it rather than spend another upstream call.
         if let Some(answer) = gw.cache.get(key, Instant::now()).await {
@@ -129,13 +159,18 @@ async fn fetch(gw: &Gateway, key: &CacheKey) -> FetchResult {
             CacheKey::Job(_) => "job",
             CacheKey::Chunks(..) => "chunks",
         };
-        let fetched = live.upstream.get_buffered(route, &path, job.base).await?;
+        let fetched = live
+            .upstream
+            .get_buffered(route, &path, job.base, share)
+            .await?;
         let answer = match key {
             CacheKey::Job(k) => job_answer(&live, k.job, fetched)?,
             CacheKey::Chunks(k, _) => chunks_answer(gw, k, fetched).await?,
         };
         let answer = Arc::new(answer);
-        gw.cache.insert(key.clone(), Arc::clone(&answer)).await;
+        gw.cache
+            .insert(key.clone(), Arc::clone(&answer), epoch)
+            .await;
         Ok(answer)
     }
 }

@@ -10,4 +10,5 @@ pub mod lookup;
 pub mod passthrough;
 pub mod rewrite;
 pub mod route;
+pub mod stall;
 pub mod upstream;

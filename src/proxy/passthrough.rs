@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::handler::Exchange;
 use super::headers;
-use super::route::{Route, BASE_HEADER};
+use super::route::{self, Route, BASE_HEADER};
 use crate::body::Body;
 use crate::cache::answer::XCache;
 use crate::error::{ErrorKind, GatewayError};
@@ -41,23 +41,26 @@ where
     if let Err(e) = check_declared_length(request.headers(), max_body) {
         return refused(e, ex);
     }
-    if let Some(client) = &ex.client {
-        if let Err(e) = client.check_quota() {
-            return refused(e, ex);
-        }
-    }
-    if let Route::JobAction(job) = route {
-        // The action changes the job (a reprocess revives a failed one): drop what we
-        // hold before, and again after, so a fetch that raced the action cannot leave
-        // a stale copy behind.
-        gw.cache.invalidate_job(*job);
-    }
+    // The client's own share pays for this call; the token goes back unless it is sent.
+    let share = match ex.client.as_ref().map(|c| c.take_share()) {
+        Some(Err(e)) => return refused(e, ex),
+        Some(Ok(share)) => share,
+        None => None,
+    };
     let (parts, body) = request.into_parts();
     let mut out_headers = headers::forward_request(&parts.headers);
     if let Some(base) = base {
         if let Ok(value) = HeaderValue::from_str(&base.to_string()) {
             out_headers.insert(BASE_HEADER, value);
         }
+    }
+    if matches!(route, Route::Collection) {
+        // Created and listed jobs carry links to rewrite, which a compressed body would
+        // hide: ask for it plain, as the cached routes do.
+        out_headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
     let relays_body = !matches!(parts.method, Method::GET | Method::HEAD);
     let body = if relays_body {
@@ -67,44 +70,66 @@ where
     } else {
         Body::Empty
     };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |pq| pq.as_str());
+    // The job id goes upstream in its canonical (lower-case) spelling on every route,
+    // as the cached routes send it: the upstream's pattern is lower-case.
+    let path_and_query = route::upstream_target(route, &parts.uri);
     let started = Instant::now();
     let result = live
         .upstream
         .send(
             route.name(),
             parts.method.clone(),
-            path_and_query,
+            &path_and_query,
             out_headers,
             body,
+            share,
         )
         .await;
-    ex.upstream_time = Some(started.elapsed());
+    let sent = match &result {
+        Ok(_) => true,
+        Err(failure) => failure.sent,
+    };
+    if sent {
+        ex.upstream_time = Some(started.elapsed());
+    }
     if let Route::JobAction(job) = route {
-        gw.cache.invalidate_job(*job);
+        // The action may have changed the job (a reprocess revives a failed one): drop
+        // what is held, and with it every fill that began before now (see the store).
+        // Not when it never reached the upstream, or the upstream turned it down.
+        let turned_down = result.as_ref().is_ok_and(|r| r.status().is_client_error());
+        if sent && !turned_down {
+            gw.cache.invalidate_job(*job).await;
+        }
     }
     let response = match result {
         Ok(response) => response,
-        Err(e) => return refused(e, ex),
+        Err(failure) => return refused(failure.error, ex),
     };
     ex.upstream_status = Some(response.status());
     let rewrite = matches!(route, Route::Collection)
         && response.status().is_success()
-        && is_json(response.headers());
+        && is_json(response.headers())
+        && !is_encoded(response.headers());
     if rewrite {
         return rewrite_collection(&live, &parts.method, response, ex).await;
     }
     let (parts, body) = response.into_parts();
-    let mut response = Response::new(Body::stream(body));
+    let mut response = Response::new(live.upstream.stalling(body));
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers::forward_response(&parts.headers);
     response
         .headers_mut()
         .insert("x-cache", HeaderValue::from_static(XCache::Bypass.as_str()));
     response
+}
+
+/// Whether a body comes with a `Content-Encoding` other than identity (which the
+/// gateway cannot rewrite; it asked for none, but an upstream may send one anyway).
+fn is_encoded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {
@@ -125,6 +150,7 @@ async fn rewrite_collection(
 ) -> Response<Body> {
     let (parts, body) = response.into_parts();
     let limit = usize::try_from(live.upstream.max_body()).unwrap_or(usize::MAX);
+    let body = live.upstream.stalling(body);
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {

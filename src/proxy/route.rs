@@ -141,7 +141,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         }
         _ => {}
     }
-    let Some(rest) = path.strip_prefix("/v2/extract/") else {
+    let Some(rest) = path.strip_prefix(JOB_PREFIX) else {
         return Err(not_found());
     };
     let (id, tail) = match rest.split_once('/') {
@@ -158,6 +158,33 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         Some(_) => Err(not_found()),
     }
 }
+
+/// The path and query to send upstream for a routed request: the client's, with a job
+/// id in its canonical lower-case spelling (the upstream's id pattern is lower-case, and
+/// the cached routes send it so too).
+pub fn upstream_target(route: &Route, uri: &http::Uri) -> String {
+    let path = uri.path();
+    let id = match route {
+        Route::Job(id) | Route::Chunks(id) | Route::Download(id) | Route::JobAction(id) => *id,
+        Route::Collection | Route::Upload | Route::Settings => {
+            return uri
+                .path_and_query()
+                .map_or(path, |pq| pq.as_str())
+                .to_owned();
+        }
+    };
+    // Routed, so the path is `/v2/extract/` and the 36 ASCII characters of the id.
+    let rest = path.get(JOB_PREFIX.len() + 36..).unwrap_or("");
+    let mut target = format!("{JOB_PREFIX}{id}{rest}");
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
+}
+
+/// The path before a job id.
+const JOB_PREFIX: &str = "/v2/extract/";
 
 /// Where each of the 16 bytes' pair of hex digits starts in a hyphenated UUID.
 const HEX_PAIRS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
@@ -270,6 +297,37 @@ mod tests {
             route(&Method::POST, &format!("/v2/extract/{ID}/webhook/trigger")).ok(),
             Some(Route::JobAction(id))
         );
+    }
+
+    #[test]
+    fn the_upstream_gets_the_canonical_id_and_the_rest_as_sent() {
+        let upper = ID.to_uppercase();
+        for (method, target, expected) in [
+            (
+                Method::POST,
+                format!("/v2/extract/{upper}/reprocess"),
+                format!("/v2/extract/{ID}/reprocess"),
+            ),
+            (
+                Method::GET,
+                format!("/v2/extract/{upper}/download?format=pdf"),
+                format!("/v2/extract/{ID}/download?format=pdf"),
+            ),
+            (
+                Method::GET,
+                format!("/v2/extract/{upper}"),
+                format!("/v2/extract/{ID}"),
+            ),
+            (
+                Method::GET,
+                "/v2/extract?limit=5&offset=A".to_owned(),
+                "/v2/extract?limit=5&offset=A".to_owned(),
+            ),
+        ] {
+            let uri: http::Uri = target.parse().expect("uri");
+            let routed = route(&method, uri.path()).expect("routed");
+            assert_eq!(upstream_target(&routed, &uri), expected, "{target}");
+        }
     }
 
     #[test]

@@ -91,12 +91,17 @@ pub async fn start_sim(tls: bool) -> Simulator {
 
 /// Starts a gateway in front of `sim` with `config` (its listen address and public URL
 /// are set to the ephemeral port bound here).
-pub async fn start_gateway(sim: &Simulator, mut config: Config) -> RunningGateway {
+pub async fn start_gateway(sim: &Simulator, config: Config) -> RunningGateway {
+    start_gateway_at(&sim.url(), config).await
+}
+
+/// Starts a gateway in front of the upstream at `upstream` (a [`RawUpstream`], say).
+pub async fn start_gateway_at(upstream: &str, mut config: Config) -> RunningGateway {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     config.server.listen = addr;
     config.server.public_url = format!("http://{addr}");
-    config.upstream.url = sim.url();
+    config.upstream.url = upstream.to_string();
     config.validate().expect("valid test config");
     let key = ApiKey::from_secret(KEY, KeySource::Env("TEST".into())).expect("key");
     let admin = match config.admin.listen {
@@ -305,4 +310,73 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A hand-written upstream on a loopback port, for misbehaviour the simulator does not
+/// play (a head cut off mid-line, a body that stops): each accepted connection is handed
+/// to `serve` with its number (0, 1, ...). Stops when dropped.
+pub struct RawUpstream {
+    pub addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start<F, Fut>(serve: F) -> RawUpstream
+    where
+        F: Fn(usize, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(serve(n, stream));
+            }
+        });
+        RawUpstream {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request head (to the blank line) from `stream`; `None` at end of stream.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The JSON of a completed job `id` whose links point at `origin`, as the API sends it.
+pub fn completed_job_json(id: uuid::Uuid, origin: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","state":"completed","createdAt":"2026-01-01T00:00:00Z","links":{{"self":"{origin}/v2/extract/{id}","download":"{origin}/v2/extract/{id}/download","chunks":"{origin}/v2/extract/{id}/chunks"}}}}"#
+    )
 }

@@ -10,20 +10,24 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use uuid::Uuid;
 
+use super::stall::{Progress, Stalling, Upload};
 use crate::body::Body;
 use crate::config::{http_origin, Origin, UpstreamConfig};
 use crate::error::{BoxError, ErrorKind, GatewayError};
 use crate::guard::cooldown::parse_retry_after;
-use crate::guard::{Slot, UpstreamGuard};
+use crate::guard::{Slot, Token, UpstreamGuard};
 use crate::metrics::Metrics;
 use crate::secret::ApiKey;
+use tally::{ReadTally, Tallied};
+
+mod tally;
 
 /// The header carrying the key upstream.
 const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -44,12 +48,12 @@ pub struct Fetched {
 /// The pooled client for the Extract API.
 pub struct UpstreamClient {
     /// hyper-util's pooled client; HTTP/1.1 or HTTP/2 as ALPN decides.
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: Client<Tallied<HttpsConnector<HttpConnector>>, Body>,
     /// Scheme, host and path prefix of the API.
     origin: Origin,
     /// The team's key, injected into every request.
     key: ApiKey,
-    /// Deadline for response headers on streamed routes.
+    /// `upstream.timeout`: the bound on each wait (see [`send`](Self::send)).
     timeout: Duration,
     /// Largest body read into memory.
     max_body: u64,
@@ -100,12 +104,14 @@ impl UpstreamClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let https = Tallied(
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http),
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -137,8 +143,12 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::new(ErrorKind::BadRequest, "the request path is not valid"))
     }
 
-    /// Sends a request upstream with the key, and waits (up to `upstream.timeout`) for the
-    /// response head. The body is left to stream.
+    /// Sends a request upstream with the key and waits for the response head; the body
+    /// is left to stream. `share` is the caller's own token, when its client has a share.
+    ///
+    /// A request without a body gets `upstream.timeout` in all (a slot, then the answer);
+    /// one with a body gets `upstream.timeout` for each stall while it is sent and then
+    /// for the answer, however long the upload itself takes.
     pub async fn send(
         &self,
         route: &'static str,
@@ -146,70 +156,140 @@ impl UpstreamClient {
         path_and_query: &str,
         headers: HeaderMap,
         body: Body,
-    ) -> Result<Response<Incoming>, GatewayError> {
+        share: Option<Token>,
+    ) -> Result<Response<Incoming>, Failure> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let (response, _slot) = self
-            .send_holding(route, method, path_and_query, headers, body, deadline)
+            .call(
+                route,
+                method,
+                path_and_query,
+                headers,
+                body,
+                share,
+                deadline,
+            )
             .await?;
         Ok(response)
     }
 
     /// [`send`](Self::send), also returning the concurrency slot so a caller that reads
     /// the body whole keeps the slot until it has.
-    async fn send_holding(
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
         &self,
         route: &'static str,
         method: Method,
         path_and_query: &str,
         mut headers: HeaderMap,
         body: Body,
+        share: Option<Token>,
         deadline: tokio::time::Instant,
-    ) -> Result<(Response<Incoming>, Slot), GatewayError> {
-        self.guard.check_quota()?;
+    ) -> Result<(Response<Incoming>, Slot), Failure> {
         // At most half the deadline goes to waiting for a slot: a call that got its slot
         // with no time left would only turn a clear 503 into a pointless 504.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let slot = self.guard.slot(left / 2).await?;
+        let mut admission = self
+            .guard
+            .admit(share, left / 2)
+            .await
+            .map_err(Failure::refused)?;
+        let uri = self.uri(path_and_query).map_err(Failure::refused)?;
         headers.insert(API_KEY, self.key.header_value().clone());
-        let uri = self.uri(path_and_query)?;
-        // A GET or HEAD whose connection failed before any byte of an answer came back
-        // (a pooled connection the far end had just closed) is sent once more; anything
-        // else is never retried: a POST has no idempotency key.
-        let idempotent = method == Method::GET || method == Method::HEAD;
-        let retry = idempotent.then(|| (method.clone(), uri.clone(), headers.clone()));
-        let attempt = async {
-            let first = self.client.request(build(method, uri, headers, body)).await;
-            match (first, retry) {
-                (Err(e), Some((method, uri, headers))) if !e.is_connect() => {
-                    tracing::debug!(error = %error_chain(&e), "retrying an idempotent request once");
-                    self.client
-                        .request(build(method, uri, headers, Body::Empty))
-                        .await
-                }
-                (result, _) => result,
+        // A GET or HEAD that failed before any byte of an answer came back (a pooled
+        // connection the far end had just closed) is sent once more, paid for like the
+        // first; anything else is never resent: a POST has no idempotency key.
+        let resendable =
+            matches!(body, Body::Empty) && (method == Method::GET || method == Method::HEAD);
+        let again = resendable.then(|| (method.clone(), uri.clone(), headers.clone()));
+        let (body, progress) = match body {
+            Body::Empty => (Body::Empty, None),
+            body => {
+                let (upload, progress) = Upload::new(body);
+                (Body::stream(upload), Some(progress))
             }
         };
-        let started = Instant::now();
-        let outcome = tokio::time::timeout_at(deadline, attempt).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        let response = match outcome {
-            Ok(Ok(response)) => {
-                let status = response.status().as_u16().to_string();
-                self.metrics.upstream_call(route, status, elapsed);
-                response
+        let mut request = build(method, uri, headers, body);
+        let mut resent = false;
+        loop {
+            let capture = capture_connection(&mut request);
+            let started = Instant::now();
+            let outcome = self.exchange(request, progress.as_deref(), deadline).await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let e = match outcome {
+                Ok(response) => {
+                    admission.sent();
+                    let status = response.status().as_u16().to_string();
+                    self.metrics.upstream_call(route, status, elapsed);
+                    self.after_answer(&response);
+                    return Ok((response, admission.into_slot()));
+                }
+                Err(Stop::Late(e)) => {
+                    admission.sent();
+                    self.metrics.upstream_call(route, "timeout".into(), elapsed);
+                    return Err(Failure::sent(e));
+                }
+                Err(Stop::Failed(e)) => e,
+            };
+            self.metrics.upstream_call(route, "error".into(), elapsed);
+            if e.is_connect() {
+                // Nothing reached the upstream: the tokens go back with the admission.
+                return Err(Failure::refused(connect_error(&e)));
             }
-            Ok(Err(e)) => {
-                self.metrics.upstream_call(route, "error".into(), elapsed);
-                return Err(connect_error(&e));
-            }
-            Err(_) => {
-                self.metrics.upstream_call(route, "timeout".into(), elapsed);
-                return Err(GatewayError::new(
+            let resend = match (&again, resent) {
+                (Some(parts), false)
+                    if nothing_came_back(&e, &capture)
+                        && tokio::time::Instant::now() < deadline
+                        && admission.pay_again() =>
+                {
+                    Some(parts.clone())
+                }
+                _ => None,
+            };
+            let Some((method, uri, headers)) = resend else {
+                admission.sent();
+                return Err(Failure::sent(connect_error(&e)));
+            };
+            tracing::debug!(error = %error_chain(&e), "no answer came back: sending the request once more");
+            request = build(method, uri, headers, Body::Empty);
+            resent = true;
+        }
+    }
+
+    /// One request on the wire, bounded as [`send`](Self::send) says.
+    async fn exchange(
+        &self,
+        request: Request<Body>,
+        progress: Option<&Progress>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Incoming>, Stop> {
+        let answer = self.client.request(request);
+        let Some(progress) = progress else {
+            return match tokio::time::timeout_at(deadline, answer).await {
+                Ok(result) => result.map_err(Stop::Failed),
+                Err(_) => Err(Stop::Late(GatewayError::new(
                     ErrorKind::UpstreamTimeout,
                     "the upstream did not answer in time",
-                ));
-            }
+                ))),
+            };
         };
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                result = &mut answer => return result.map_err(Stop::Failed),
+                () = tokio::time::sleep_until(progress.deadline(self.timeout)) => {
+                    // The body may have moved while this slept: only a wait that really
+                    // ran out ends the call.
+                    if progress.deadline(self.timeout) <= tokio::time::Instant::now() {
+                        return Err(Stop::Late(progress.expired()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What an answer's status tells the 429 gate.
+    fn after_answer(&self, response: &Response<Incoming>) {
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             let retry_after = parse_retry_after(response.headers().get(header::RETRY_AFTER));
             tracing::warn!(
@@ -220,7 +300,15 @@ impl UpstreamClient {
         } else {
             self.guard.cooldown.on_success();
         }
-        Ok((response, slot))
+    }
+
+    /// Ends a streamed upstream body that stops arriving for `upstream.timeout`.
+    pub fn stalling(&self, body: Incoming) -> Body {
+        Body::stream(Stalling::new(
+            body,
+            self.timeout,
+            self.metrics.upstream_body_stalls.clone(),
+        ))
     }
 
     /// GETs a JSON resource and reads it whole (bounded by `upstream.max_body`), asking for
@@ -231,6 +319,7 @@ impl UpstreamClient {
         route: &'static str,
         path_and_query: &str,
         base: Option<Uuid>,
+        share: Option<Token>,
     ) -> Result<Fetched, GatewayError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -246,12 +335,13 @@ impl UpstreamClient {
             headers.insert(super::route::BASE_HEADER, value);
         }
         let (response, _slot) = self
-            .send_holding(
+            .call(
                 route,
                 Method::GET,
                 path_and_query,
                 headers,
                 Body::Empty,
+                share,
                 deadline,
             )
             .await?;
@@ -293,6 +383,69 @@ impl UpstreamClient {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// Why a call gave no response head.
+enum Stop {
+    /// The client's error (connection failed, broke, or was refused by hyper).
+    Failed(hyper_util::client::legacy::Error),
+    /// A wait ran out (the answer, or a stalled upload).
+    Late(GatewayError),
+}
+
+/// A call that gave no answer, and whether it reached the upstream (for the access log
+/// and the quota: a refused call cost nothing).
+#[derive(Debug)]
+pub struct Failure {
+    /// What to answer.
+    pub error: GatewayError,
+    /// Whether a request was sent upstream.
+    pub sent: bool,
+}
+
+impl Failure {
+    fn refused(error: GatewayError) -> Failure {
+        Failure { error, sent: false }
+    }
+
+    fn sent(error: GatewayError) -> Failure {
+        Failure { error, sent: true }
+    }
+}
+
+impl From<Failure> for GatewayError {
+    fn from(f: Failure) -> GatewayError {
+        f.error
+    }
+}
+
+/// Whether a failed request may be sent again: nothing of an answer came back on its
+/// connection (HTTP/1), or the upstream refused the stream unprocessed (HTTP/2).
+fn nothing_came_back(e: &hyper_util::client::legacy::Error, capture: &CaptureConnection) -> bool {
+    let metadata = capture.connection_metadata();
+    let Some(connected) = metadata.as_ref() else {
+        return false;
+    };
+    if connected.is_negotiated_h2() {
+        return refused_stream(e);
+    }
+    let mut extras = http::Extensions::new();
+    connected.get_extras(&mut extras);
+    extras
+        .get::<ReadTally>()
+        .is_some_and(ReadTally::silent_since_write)
+}
+
+/// An HTTP/2 `REFUSED_STREAM`: the server promises it did not process the request.
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn build(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Request<Body> {

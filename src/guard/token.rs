@@ -1,0 +1,89 @@
+//! A token taken for one upstream request, given back unless the request is sent.
+//!
+//! Quota is spent by requests that reach the upstream and by nothing else: a request
+//! refused by the cooldown, by a busy slot or by the other bucket, or answered from the
+//! cache after all, returns what it took. Holding the token as a value makes that the
+//! default (its `Drop` gives it back) and spending it the one explicit step, taken at
+//! the moment the request is handed to the connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::TokenBucket;
+
+/// One token of one bucket.
+pub struct Token {
+    /// Where it came from (and goes back to).
+    bucket: Arc<TokenBucket>,
+    /// Set once the request it paid for was sent: then it is gone for good.
+    spent: bool,
+}
+
+impl Token {
+    /// Takes a token from `bucket`, or says how long until one is free.
+    pub fn take(bucket: &Arc<TokenBucket>) -> Result<Token, Duration> {
+        bucket.try_take()?;
+        Ok(Token {
+            bucket: Arc::clone(bucket),
+            spent: false,
+        })
+    }
+
+    /// Another token from the same bucket (a resent request pays again).
+    pub fn take_another(&self) -> Result<Token, Duration> {
+        Token::take(&self.bucket)
+    }
+
+    /// The request was sent: the token is used.
+    pub fn spend(&mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.bucket.give_back();
+        }
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("spent", &self.spent)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Rate;
+
+    fn one_token() -> Arc<TokenBucket> {
+        let rate = Rate {
+            count: 1,
+            per: Duration::from_secs(3600),
+        };
+        Arc::new(TokenBucket::new(Some(rate), Some(1)))
+    }
+
+    #[test]
+    fn an_unspent_token_goes_back() {
+        let bucket = one_token();
+        let token = Token::take(&bucket).expect("full");
+        assert!(Token::take(&bucket).is_err());
+        drop(token);
+        assert!(Token::take(&bucket).is_ok());
+    }
+
+    #[test]
+    fn a_spent_token_stays_spent() {
+        let bucket = one_token();
+        let mut token = Token::take(&bucket).expect("full");
+        token.spend();
+        drop(token);
+        assert!(Token::take(&bucket).is_err());
+    }
+}

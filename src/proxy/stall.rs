@@ -1,0 +1,227 @@
+//! Bodies timed by their progress, not their length.
+//!
+//! `upstream.timeout` bounds each wait, as nginx's `proxy_send_timeout` and
+//! `proxy_read_timeout` do: a large upload or download may take as long as it keeps
+//! moving, and one that stops moving for the timeout is ended. Two wrappers:
+//!
+//! - [`Upload`] records, for a request body on its way upstream, when it last moved and
+//!   whether it is waiting on the client, so the sender can tell a client that stopped
+//!   sending (`408`) from an upstream that stopped reading (`504`) and start the answer
+//!   deadline only once the body is all sent;
+//! - [`Stalling`] ends an upstream response body with an error once the upstream has sent
+//!   nothing for the timeout while the client was waiting for more (the client sees a
+//!   cut body; time the client itself takes to read does not count).
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::{Instant, Sleep};
+
+use crate::body::Body;
+use crate::error::{BoxError, ErrorKind, GatewayError};
+
+/// Where an upload stands.
+const SENDING: u8 = 0;
+const WAITING_ON_CLIENT: u8 = 1;
+const DONE: u8 = 2;
+
+/// An upload's progress, shared by its body and its sender.
+pub struct Progress {
+    /// When the upload started; `last` counts from here.
+    origin: Instant,
+    /// Microseconds from `origin` to the last frame (or the end).
+    last: AtomicU64,
+    /// `SENDING`, `WAITING_ON_CLIENT` or `DONE`.
+    state: AtomicU8,
+}
+
+impl Progress {
+    fn touch(&self, state: u8) {
+        let micros = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last.store(micros, Ordering::Release);
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// When the current wait runs out: `timeout` after the last frame moved, or after
+    /// the body ended (then it is the wait for the answer).
+    pub fn deadline(&self, timeout: Duration) -> Instant {
+        self.origin + Duration::from_micros(self.last.load(Ordering::Acquire)) + timeout
+    }
+
+    /// The error for a wait that ran out.
+    pub fn expired(&self) -> GatewayError {
+        match self.state.load(Ordering::Acquire) {
+            DONE => GatewayError::new(
+                ErrorKind::UpstreamTimeout,
+                "the upstream did not answer within upstream.timeout of the request's end",
+            ),
+            WAITING_ON_CLIENT => GatewayError::new(
+                ErrorKind::RequestTimeout,
+                "the request body stopped arriving for longer than upstream.timeout",
+            ),
+            _ => GatewayError::new(
+                ErrorKind::UpstreamTimeout,
+                "the upstream stopped reading the request body for longer than upstream.timeout",
+            ),
+        }
+    }
+}
+
+/// A request body on its way upstream, recording its [`Progress`].
+pub struct Upload {
+    inner: Body,
+    progress: Arc<Progress>,
+}
+
+impl Upload {
+    /// Wraps `inner`; the returned progress is the sender's view of it.
+    pub fn new(inner: Body) -> (Upload, Arc<Progress>) {
+        let state = if http_body::Body::is_end_stream(&inner) {
+            DONE
+        } else {
+            SENDING
+        };
+        let progress = Arc::new(Progress {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+            state: AtomicU8::new(state),
+        });
+        let upload = Upload {
+            inner,
+            progress: Arc::clone(&progress),
+        };
+        (upload, progress)
+    }
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(_))) => {
+                // hyper stops polling a body of known length once it says it has ended.
+                let state = if self.inner.is_end_stream() {
+                    DONE
+                } else {
+                    SENDING
+                };
+                self.progress.touch(state);
+            }
+            Poll::Ready(None) => self.progress.touch(DONE),
+            Poll::Ready(Some(Err(_))) => {}
+            Poll::Pending => self
+                .progress
+                .state
+                .store(WAITING_ON_CLIENT, Ordering::Release),
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body from the upstream that ends with an error after `timeout` without a
+/// byte while it was being waited for.
+pub struct Stalling<B> {
+    inner: B,
+    timeout: Duration,
+    /// Allocated at the first wait and reset for each later one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` is running for the current wait.
+    armed: bool,
+    /// Counts the bodies ended this way.
+    stalls: Counter,
+    /// Set once the error was returned: the body is over.
+    ended: bool,
+}
+
+impl<B> Stalling<B> {
+    /// Wraps an upstream body; a stall increments `stalls`.
+    pub fn new(inner: B, timeout: Duration, stalls: Counter) -> Stalling<B> {
+        Stalling {
+            inner,
+            timeout,
+            timer: None,
+            armed: false,
+            stalls,
+            ended: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for Stalling<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    let deadline = Instant::now() + this.timeout;
+                    match this.timer.as_mut() {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    this.armed = true;
+                }
+                let Some(timer) = this.timer.as_mut() else {
+                    return Poll::Pending;
+                };
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.ended = true;
+                        this.stalls.inc();
+                        tracing::warn!(
+                            timeout = ?this.timeout,
+                            "the upstream stopped sending a body: it was cut"
+                        );
+                        Poll::Ready(Some(Err("the upstream stopped sending the body".into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
