@@ -219,3 +219,145 @@ fn hash_token_prints_the_sha256_ops_paste_into_the_config() {
         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     );
 }
+
+/// Client A's share is spent; client B has none of its own. Both poll the same cold jobs
+/// at once: A's refusals are A's alone, and B is never answered with A's 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_refusal_never_reaches_another_client() {
+    let h = Harness::with(|c| {
+        c.clients = vec![
+            ClientConfig {
+                name: "spent".into(),
+                token_sha256: hash_token("spent-secret"),
+                bases: None,
+                workspace: Some(true),
+                rate_limit: Some(Rate {
+                    count: 1,
+                    per: Duration::from_secs(3600),
+                }),
+            },
+            ClientConfig {
+                name: "unlimited".into(),
+                token_sha256: hash_token("unlimited-secret"),
+                bases: None,
+                workspace: Some(true),
+                rate_limit: None,
+            },
+        ];
+    })
+    .await;
+    let a = [("x-api-key", "spent-secret")];
+    let b = [("x-api-key", "unlimited-secret")];
+    // A's one token goes on its first job.
+    let first = h.sim.add_completed(None);
+    let spent = h
+        .send(Method::GET, &job_path(first), &a, Bytes::new())
+        .await;
+    assert_eq!(spent.status, StatusCode::OK);
+
+    let mut a_refused = 0;
+    let mut b_statuses = std::collections::BTreeMap::new();
+    for _ in 0..300 {
+        let path = job_path(h.sim.add_completed(None));
+        // A's requests first in each pair, so that A is often the first to find the
+        // key cold.
+        let requests = (0..8).flat_map(|_| [false, true]).map(|is_b| {
+            let path = path.clone();
+            let h = &h;
+            let who: &[(&str, &str)] = if is_b { &b } else { &a };
+            async move { (is_b, h.send(Method::GET, &path, who, Bytes::new()).await) }
+        });
+        for (is_b, reply) in futures_util::future::join_all(requests).await {
+            if is_b {
+                *b_statuses.entry(reply.status.as_u16()).or_insert(0) += 1;
+            } else if reply.status == StatusCode::TOO_MANY_REQUESTS {
+                assert_eq!(reply.error_code(), "quota_exhausted");
+                a_refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        b_statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "B got other answers than 200: {b_statuses:?}"
+    );
+    // The check can fail: A really was refused, when it found no fetch to join.
+    assert!(a_refused > 0, "A was never refused");
+}
+
+/// A client's share pays only for calls that reach the upstream: requests the 429
+/// cooldown turns away, or answered by a fetch already under way, cost it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_do_not_spend_a_clients_share() {
+    let h = Harness::with(|c| {
+        c.clients = vec![ClientConfig {
+            name: "small".into(),
+            token_sha256: hash_token("small-secret"),
+            bases: None,
+            workspace: Some(true),
+            // A burst of 3.
+            rate_limit: Some(Rate {
+                count: 30,
+                per: Duration::from_secs(3600),
+            }),
+        }];
+    })
+    .await;
+    let who = [("x-api-key", "small-secret")];
+    // The first call meets a 429 with Retry-After: 1 (it was sent: one token).
+    h.sim.set_fault_for(
+        exagate::sim::Fault::TooManyRequests {
+            retry_after: Some(1),
+        },
+        1,
+    );
+    let first = h
+        .send(
+            Method::GET,
+            &job_path(h.sim.add_completed(None)),
+            &who,
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
+    // Two refused during the cooldown: no call, no token.
+    for _ in 0..2 {
+        let refused = h
+            .send(
+                Method::GET,
+                &job_path(h.sim.add_completed(None)),
+                &who,
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(refused.error_code(), "upstream_rate_limited");
+    }
+    assert_eq!(h.sim.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Two tokens are left of the three.
+    for n in 0..2 {
+        let reply = h
+            .send(
+                Method::GET,
+                &job_path(h.sim.add_completed(None)),
+                &who,
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "call {n} after the cooldown");
+    }
+    let third = h
+        .send(
+            Method::GET,
+            &job_path(h.sim.add_completed(None)),
+            &who,
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        third.error_code(),
+        "quota_exhausted",
+        "the share is three calls"
+    );
+    assert_eq!(h.sim.calls(), 3);
+}

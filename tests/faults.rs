@@ -192,3 +192,131 @@ async fn the_gateway_recovers_by_itself_when_the_upstream_comes_back() {
     assert_eq!(up.status, StatusCode::OK);
     assert_eq!(up.cache(), "miss");
 }
+
+/// A gateway with an admin listener in front of `upstream`, and a `rate_limit` of two
+/// calls.
+async fn in_front_of(upstream: &common::RawUpstream) -> exagate::RunningGateway {
+    let mut config = common::test_config();
+    config.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.upstream.rate_limit = Some(exagate::config::Rate {
+        count: 10,
+        per: Duration::from_secs(3600),
+    });
+    config.upstream.rate_limit_burst = Some(2);
+    common::start_gateway_at(&upstream.url(), config).await
+}
+
+async fn get_from(gw: &exagate::RunningGateway, path: &str) -> common::Reply {
+    let url = format!("{}{path}", gw.url());
+    common::send(
+        &common::client(),
+        http::Method::GET,
+        &url,
+        &[],
+        Bytes::new(),
+    )
+    .await
+}
+
+async fn metric_of(gw: &exagate::RunningGateway, series: &str) -> f64 {
+    let url = format!("{}/metrics", gw.admin_url().expect("admin on"));
+    let text = common::send(
+        &common::client(),
+        http::Method::GET,
+        &url,
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    common::metric_value(&String::from_utf8_lossy(&text.body), series)
+}
+
+/// Part of an answer came back before the connection broke: the upstream saw the
+/// request, so it is never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_answered_in_part_is_not_resent() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = common::RawUpstream::start(|_, mut stream| async move {
+        while common::read_head(&mut stream).await.is_some() {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: appl")
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    })
+    .await;
+    let gw = in_front_of(&upstream).await;
+    let reply = get_from(&gw, &job_path(uuid::Uuid::new_v4())).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.error_code(), "upstream_unreachable");
+    assert_eq!(upstream.connections(), 1, "the request was sent twice");
+    assert_eq!(
+        metric_of(
+            &gw,
+            r#"exagate_upstream_requests_total{route="job",status="error"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+/// Nothing came back at all (a connection the far end closed as the request went out):
+/// sent once more, and both sends are counted and paid for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_no_answer_at_all_is_resent_once_counted_and_paid() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = common::RawUpstream::start(|n, mut stream| async move {
+        let Some(head) = common::read_head(&mut stream).await else {
+            return;
+        };
+        if n == 0 {
+            // Read the request, say nothing, close.
+            return;
+        }
+        let id = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.rsplit('/').next())
+            .and_then(|id| id.parse::<uuid::Uuid>().ok())
+            .unwrap_or_default();
+        let body = common::completed_job_json(id, "http://upstream.invalid");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let gw = in_front_of(&upstream).await;
+    let reply = get_from(&gw, &job_path(uuid::Uuid::new_v4())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(upstream.connections(), 2);
+    let error = r#"exagate_upstream_requests_total{route="job",status="error"}"#;
+    let ok = r#"exagate_upstream_requests_total{route="job",status="200"}"#;
+    assert_eq!(metric_of(&gw, error).await, 1.0);
+    assert_eq!(metric_of(&gw, ok).await, 1.0);
+    // The bucket of two paid for both sends: the next cold job is refused.
+    let next = get_from(&gw, &job_path(uuid::Uuid::new_v4())).await;
+    assert_eq!(next.error_code(), "quota_exhausted");
+    assert_eq!(upstream.connections(), 2);
+}
+
+/// A `createdAt` at the end of the time range: no panic, the job is kept for
+/// `completed_ttl`.
+#[tokio::test]
+async fn a_created_at_at_the_end_of_time_is_served_and_kept() {
+    let h = Harness::new().await;
+    let id = uuid::Uuid::new_v4();
+    let body = format!(
+        r#"{{"id":"{id}","state":"completed","createdAt":"9999-12-31T23:59:59Z","links":{{}}}}"#
+    );
+    h.sim.add_job_with_body(None, id, Bytes::from(body));
+    let first = h.get(&job_path(id)).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.cache(), "miss");
+    let second = h.get(&job_path(id)).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.cache(), "hit");
+    assert_eq!(h.sim.calls(), 1);
+}

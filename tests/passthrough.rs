@@ -129,3 +129,130 @@ async fn webhook_trigger_is_forwarded() {
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.json()["traceId"].is_string());
 }
+
+/// Every route sends the job id upstream in its canonical lower-case spelling (the
+/// upstream's pattern is lower-case), as the cached routes do.
+#[tokio::test]
+async fn every_route_sends_the_canonical_job_id() {
+    let h = Harness::new().await;
+    let done = h.sim.add_completed(None);
+    let failed = h
+        .sim
+        .add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    let upper = |id: uuid::Uuid| id.to_string().to_uppercase();
+    let download = h
+        .get(&format!("/v2/extract/{}/download", upper(done)))
+        .await;
+    assert_eq!(download.status, StatusCode::OK);
+    let reprocess = h
+        .send(
+            Method::POST,
+            &format!("/v2/extract/{}/reprocess", upper(failed)),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert!(reprocess.status.is_success(), "{}", reprocess.status);
+    for request in h.sim.requests() {
+        assert_eq!(
+            request.path_and_query,
+            request.path_and_query.to_lowercase(),
+            "sent as typed"
+        );
+    }
+    assert_eq!(h.sim.calls(), 2);
+}
+
+/// A job action the upstream turns down (`409`: only failed jobs can be reprocessed)
+/// changed nothing, so the cached job stays.
+#[tokio::test]
+async fn a_refused_job_action_keeps_the_cached_job() {
+    let h = Harness::new().await;
+    let id = h.sim.add_completed(None);
+    assert_eq!(h.get(&job_path(id)).await.cache(), "miss");
+    let reprocess = h
+        .send(
+            Method::POST,
+            &format!("/v2/extract/{id}/reprocess"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reprocess.status, StatusCode::CONFLICT);
+    assert_eq!(h.get(&job_path(id)).await.cache(), "hit");
+}
+
+/// An upstream that compresses whenever the request allows it: lists and creates still
+/// come back with their links pointing at the gateway, whatever the app accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_and_creates_are_rewritten_when_the_upstream_would_compress() {
+    use std::io::Write as _;
+    use tokio::io::AsyncWriteExt;
+    let id = uuid::Uuid::new_v4();
+    let upstream = common::RawUpstream::start(move |_, mut stream| async move {
+        let Some(head) = common::read_head(&mut stream).await else {
+            return;
+        };
+        let origin = "http://upstream.invalid";
+        let job = common::completed_job_json(id, origin);
+        let body = if head.starts_with("GET") {
+            format!(r#"{{"items":[{job}],"nextCursor":null}}"#)
+        } else {
+            job
+        };
+        let gzip = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("accept-encoding:") && l.contains("gzip")
+        });
+        let (encoding, body) = if gzip {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let _ = encoder.write_all(body.as_bytes());
+            ("content-encoding: gzip\r\n", encoder.finish().unwrap_or_default())
+        } else {
+            ("", body.into_bytes())
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{encoding}content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&body).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let gw = common::start_gateway_at(&upstream.url(), common::test_config()).await;
+    let c = common::client();
+    let accepts = [("accept-encoding", "gzip, deflate, br")];
+    let list = common::send(
+        &c,
+        Method::GET,
+        &format!("{}/v2/extract", gw.url()),
+        &accepts,
+        Bytes::new(),
+    )
+    .await;
+    let created = common::send(
+        &c,
+        Method::POST,
+        &format!("{}/v2/extract", gw.url()),
+        &[
+            ("accept-encoding", "gzip"),
+            ("content-type", "application/json"),
+        ],
+        Bytes::from(r#"{"url":"https://example.com/a.pdf"}"#),
+    )
+    .await;
+    let ours = format!("{}/v2/extract/{id}/download", gw.url());
+    for (what, reply, links) in [
+        ("list", &list, list.json()["items"][0]["links"].clone()),
+        ("create", &created, created.json()["links"].clone()),
+    ] {
+        assert_eq!(reply.status, StatusCode::OK, "{what}");
+        assert!(
+            !reply.headers.contains_key("content-encoding"),
+            "{what}: passed on compressed"
+        );
+        assert_eq!(links["download"], ours.as_str(), "{what}: {links}");
+    }
+}

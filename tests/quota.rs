@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{job_path, Harness};
+use common::{completed_job_json, job_path, read_head, start_gateway_at, Harness, RawUpstream};
 use exagate::config::Rate;
 use exagate::sim::Fault;
 use futures_util::future::join_all;
@@ -153,4 +153,91 @@ async fn calls_beyond_max_concurrent_wait_then_get_503() {
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     }
     assert_eq!(h.sim.calls(), 2, "only two calls were ever in flight");
+}
+
+/// A `503 upstream_busy` refusal sends nothing and so spends nothing: the token it took
+/// goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_refusal_gives_its_token_back() {
+    let h = Harness::with(|c| {
+        c.upstream.max_concurrent = 1;
+        c.upstream.rate_limit = Some(Rate {
+            count: 10,
+            per: Duration::from_secs(3600),
+        });
+        c.upstream.rate_limit_burst = Some(2);
+    })
+    .await;
+    h.sim
+        .set_fault_for(Fault::Latency(Duration::from_millis(1500)), 1);
+    let slow = h.get_owned(job_path(h.sim.add_completed(None)));
+    let busy = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Waits half of upstream.timeout (1 s) for the one slot, then gives up.
+        h.get(&job_path(h.sim.add_completed(None))).await
+    };
+    let (slow, busy) = tokio::join!(slow, busy);
+    assert_eq!(slow.status, StatusCode::OK);
+    assert_eq!(busy.error_code(), "upstream_busy");
+    // Two tokens, one call so far: one more call goes through.
+    let next = h.get(&job_path(h.sim.add_completed(None))).await;
+    assert_eq!(next.status, StatusCode::OK, "{:?}", next.body);
+    let spent = h.get(&job_path(h.sim.add_completed(None))).await;
+    assert_eq!(spent.error_code(), "quota_exhausted");
+    assert_eq!(h.sim.calls(), 2);
+}
+
+/// A call that waited for a slot checks the 429 gate again when it gets one: a 429 that
+/// arrived while it queued stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_respects_a_cooldown_that_began_while_it_waited() {
+    use tokio::io::AsyncWriteExt;
+    let slow_ok = uuid::Uuid::new_v4();
+    let slow_429 = uuid::Uuid::new_v4();
+    let queued = uuid::Uuid::new_v4();
+    let upstream = RawUpstream::start(move |_, mut stream| async move {
+        let Some(head) = read_head(&mut stream).await else {
+            return;
+        };
+        let origin = "http://upstream.invalid";
+        // The 429 comes back first: the slot it frees goes to the queued call, which must
+        // see the gate the 429 just closed.
+        let response = if head.contains(&slow_ok.to_string()) {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let body = completed_job_json(slow_ok, origin);
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        } else if head.contains(&slow_429.to_string()) {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 5\r\ncontent-length: 2\r\n\r\n{}".to_string()
+        } else {
+            let body = completed_job_json(queued, origin);
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        };
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let mut config = common::test_config();
+    config.upstream.max_concurrent = 2;
+    config.upstream.timeout = Duration::from_secs(4);
+    let gw = start_gateway_at(&upstream.url(), config).await;
+    let c = common::client();
+    let get = |id: uuid::Uuid| {
+        let url = format!("{}{}", gw.url(), job_path(id));
+        let c = c.clone();
+        async move { common::send(&c, http::Method::GET, &url, &[], bytes::Bytes::new()).await }
+    };
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        get(queued).await
+    };
+    let (ok, limited, third) = tokio::join!(get(slow_ok), get(slow_429), third);
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.error_code(), "upstream_rate_limited");
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "the queued call reached the upstream during the cooldown"
+    );
 }

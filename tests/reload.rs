@@ -171,6 +171,114 @@ async fn a_changed_public_url_empties_the_cache() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_under_way_when_the_public_url_changes_is_not_stored() {
+    let Files {
+        sim,
+        dir: _dir,
+        key_file,
+        config,
+        port,
+    } = files(KEY).await;
+    write_config(&config, &sim, port, &key_file, "");
+    let gw = start_from(&config, None).await;
+    let url = format!("{}{}", gw.url(), job_path(sim.add_completed(None)));
+    // A fill that began under the old address, and takes 1.5 s (of a 2 s timeout).
+    sim.set_fault_for(Fault::SlowAnswer(Duration::from_millis(1500)), 1);
+    let c = client();
+    let fill = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { send(&c, Method::GET, &url, &[], Bytes::new()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("public_url = \"http://127.0.0.1:{port}\""),
+            "public_url = \"http://127.0.0.1:18443\"",
+        ),
+    )
+    .expect("write config");
+    gw.reload().await.expect("reload accepted");
+    assert_eq!(fill.await.expect("fill").status, StatusCode::OK);
+    let after = send(&c, Method::GET, &url, &[], Bytes::new()).await;
+    assert_eq!(
+        after.cache(),
+        "miss",
+        "the fill stored an answer with the old links after the reload"
+    );
+    let link = after.json()["links"]["chunks"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(link.starts_with("http://127.0.0.1:18443/"), "{link}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_max_concurrent_holds_while_calls_are_in_flight() {
+    let Files {
+        sim,
+        dir: _dir,
+        key_file,
+        config,
+        port,
+    } = files(KEY).await;
+    // `max_concurrent` goes in the [upstream] table the writer opens.
+    let configure = |n: usize| {
+        write_config(&config, &sim, port, &key_file, "");
+        let text = std::fs::read_to_string(&config).expect("read config");
+        let text = text.replace(
+            "timeout = \"2s\"\n",
+            &format!("timeout = \"2s\"\nmax_concurrent = {n}\n"),
+        );
+        std::fs::write(&config, text).expect("write config");
+    };
+    configure(2);
+    let gw = start_from(&config, None).await;
+    let c = client();
+    let job = |id: uuid::Uuid| format!("{}{}", gw.url(), job_path(id));
+    // Two slow calls fill both slots.
+    sim.set_fault(Fault::Latency(Duration::from_millis(600)));
+    let first: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url) = (c.clone(), job(sim.add_completed(None)));
+            tokio::spawn(async move { send(&c, Method::GET, &url, &[], Bytes::new()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    configure(1);
+    gw.reload().await.expect("reload accepted");
+    for call in first {
+        assert_eq!(call.await.expect("call").status, StatusCode::OK);
+    }
+    // From the reload on, one call at a time: three 600 ms calls take 1.8 s in a row,
+    // and the upstream never sees two at once.
+    let started = std::time::Instant::now();
+    let next: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), job(sim.add_completed(None)));
+            tokio::spawn(async move { send(&c, Method::GET, &url, &[], Bytes::new()).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in next {
+        statuses.push(call.await.expect("call").status);
+    }
+    // Each waits at most half of upstream.timeout (1 s) for the slot: the first is
+    // answered, the second queued behind it, the third turned away busy.
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let busy = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!((ok, busy), (2, 1), "{statuses:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "two calls ran at once after lowering the limit"
+    );
+}
+
 #[tokio::test]
 async fn a_bad_file_is_refused_and_the_old_config_keeps_serving() {
     let Files {

@@ -62,27 +62,32 @@ impl Drop for Slot {
 pub struct Admission {
     /// The concurrency slot, held until the call (and, for buffered reads, its body) ends.
     slot: Slot,
-    /// The account's token and, when clients are configured, the caller's.
-    tokens: Vec<Token>,
+    /// The account's token (when `upstream.rate_limit` is set) and the caller's (when its
+    /// client has a share). A pair, not a `Vec`: every miss makes one of these.
+    tokens: [Option<Token>; 2],
 }
 
 impl Admission {
     /// The call was handed to the connection: its tokens are used.
     pub fn sent(&mut self) {
-        self.tokens.iter_mut().for_each(Token::spend);
+        self.tokens.iter_mut().flatten().for_each(Token::spend);
     }
 
     /// Pays for sending the same call once more (the retry): a new token from every
-    /// bucket this call drew on, or none at all if any bucket is empty.
+    /// bucket this call drew on, or none at all if any bucket is empty. The new tokens
+    /// are settled like the first ones: spent once sent, given back if not.
     pub fn pay_again(&mut self) -> bool {
-        let again: Result<Vec<Token>, _> = self.tokens.iter().map(Token::take_another).collect();
-        match again {
-            Ok(mut tokens) => {
-                tokens.iter_mut().for_each(Token::spend);
+        let [account, share] = &self.tokens;
+        let again = |held: &Option<Token>| held.as_ref().map(Token::take_another).transpose();
+        // A token taken from one bucket goes back if the other is empty (it is dropped).
+        match (again(account), again(share)) {
+            (Ok(account), Ok(share)) => {
+                // What was held paid for the send that went out; the new ones for the next.
+                self.sent();
+                self.tokens = [account, share];
                 true
             }
-            // The ones taken go back as `again` is dropped.
-            Err(_) => false,
+            _ => false,
         }
     }
 
@@ -153,18 +158,18 @@ impl UpstreamGuard {
         wait: Duration,
     ) -> Result<Admission, GatewayError> {
         self.check_cooldown()?;
-        let mut tokens = Vec::with_capacity(2);
-        if self.bucket.is_limited() {
-            let account = Token::take(&self.bucket).map_err(|wait| {
+        let account = if self.bucket.is_limited() {
+            Some(Token::take(&self.bucket).map_err(|wait| {
                 rate_limited(
                     ErrorKind::QuotaExhausted,
                     "the gateway's upstream quota (upstream.rate_limit) is used up",
                     wait,
                 )
-            })?;
-            tokens.push(account);
-        }
-        tokens.extend(share);
+            })?)
+        } else {
+            None
+        };
+        let tokens = [account, share];
         let slot = self.slot(wait).await?;
         self.check_cooldown()?;
         Ok(Admission { slot, tokens })

@@ -110,7 +110,12 @@ async fn follow_or_refuse(
         return wait(gw, waiter).await;
     }
     match gw.cache.get(key, Instant::now()).await {
-        Some(answer) => Ok(answer),
+        Some(answer) => {
+            // Another request's call stored it a moment ago.
+            ex.coalesced = true;
+            gw.metrics.coalesced.inc();
+            Ok(answer)
+        }
         None => Err(refused),
     }
 }

@@ -9,6 +9,9 @@ pub enum Fault {
     None,
     /// Answer normally after this delay.
     Latency(Duration),
+    /// Answer as things stood when the request arrived, but only after this delay (the
+    /// answer is on its way while the job changes: a race with a job action).
+    SlowAnswer(Duration),
     /// `429` with a JSON body, and `Retry-After: <seconds>` if `Some`.
     TooManyRequests {
         /// Value of the `Retry-After` header, in seconds; `None` omits it.

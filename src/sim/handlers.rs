@@ -91,6 +91,11 @@ pub(super) async fn handle(
     match fault {
         Fault::None => {}
         Fault::Latency(delay) => tokio::time::sleep(delay).await,
+        Fault::SlowAnswer(delay) => {
+            let answer = route(&inner, &parts, &body);
+            tokio::time::sleep(delay).await;
+            return Ok(answer);
+        }
         Fault::TooManyRequests { retry_after } => {
             let mut resp = message(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
             if let Some(secs) = retry_after {

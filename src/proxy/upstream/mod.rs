@@ -226,6 +226,11 @@ impl UpstreamClient {
                 }
                 Err(Stop::Late(e)) => {
                     admission.sent();
+                    // Given up on: end the connection rather than leave its task holding
+                    // the socket (and any upload) until the upstream lets go.
+                    if let Some(tally) = tally_of(&capture) {
+                        tally.abort();
+                    }
                     self.metrics.upstream_call(route, "timeout".into(), elapsed);
                     return Err(Failure::sent(e));
                 }
@@ -429,11 +434,21 @@ fn nothing_came_back(e: &hyper_util::client::legacy::Error, capture: &CaptureCon
     if connected.is_negotiated_h2() {
         return refused_stream(e);
     }
+    drop(metadata);
+    tally_of(capture).is_some_and(|t| t.silent_since_write())
+}
+
+/// The tally of the connection a request went out on, for HTTP/1 connections (an h2
+/// connection carries other requests too: it is never aborted for one of them).
+fn tally_of(capture: &CaptureConnection) -> Option<ReadTally> {
+    let metadata = capture.connection_metadata();
+    let connected = metadata.as_ref()?;
+    if connected.is_negotiated_h2() {
+        return None;
+    }
     let mut extras = http::Extensions::new();
     connected.get_extras(&mut extras);
-    extras
-        .get::<ReadTally>()
-        .is_some_and(ReadTally::silent_since_write)
+    extras.get::<ReadTally>().cloned()
 }
 
 /// An HTTP/2 `REFUSED_STREAM`: the server promises it did not process the request.

@@ -1,0 +1,127 @@
+//! An invalidation wins over every fill that began before it: a job action, a purge or a
+//! reload that empties the cache, arriving while a slow fetch of the same job is under
+//! way, leaves nothing of that fetch in the cache (its answer still reaches the requests
+//! that waited on it).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{job_path, Harness};
+use exagate::sim::Fault;
+use http::{Method, StatusCode};
+use time::OffsetDateTime;
+
+/// Starts a GET of `path` whose upstream answer takes 2 s, and returns it once the
+/// gateway is 0.7 s into the fill.
+async fn slow_fill(h: &Harness, path: String) -> tokio::task::JoinHandle<common::Reply> {
+    h.sim
+        .set_fault_for(Fault::SlowAnswer(Duration::from_millis(2000)), 1);
+    let client = h.client.clone();
+    let url = format!("{}{path}", h.url());
+    let fill =
+        tokio::spawn(
+            async move { common::send(&client, Method::GET, &url, &[], Bytes::new()).await },
+        );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fill
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reprocess_during_a_fill_is_not_undone_by_it() {
+    let h = Harness::with(|c| c.upstream.timeout = Duration::from_secs(5)).await;
+    let id = h
+        .sim
+        .add_job(None, Some("failed"), OffsetDateTime::now_utc());
+    let fill = slow_fill(&h, job_path(id)).await;
+
+    let reprocess = h
+        .send(
+            Method::POST,
+            &format!("/v2/extract/{id}/reprocess"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert!(
+        reprocess.status.is_success(),
+        "reprocess: {}",
+        reprocess.status
+    );
+
+    // The fill answers its request with what it fetched (the job as it was)...
+    let filled = fill.await.expect("fill task");
+    assert_eq!(filled.status, StatusCode::OK);
+    assert_eq!(filled.json()["state"], "failed");
+    // ...and stores nothing: the next poll asks the upstream and sees the reprocess.
+    let after = h.get(&job_path(id)).await;
+    assert_eq!(
+        after.cache(),
+        "miss",
+        "the failed job came back from the cache"
+    );
+    assert_ne!(after.json()["state"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_fill_is_not_undone_by_it() {
+    std::env::set_var("EXAGATE_TEST_ADMIN_TOKEN_RACE", "race-purge-4f1");
+    let h = Harness::with(|c| {
+        c.upstream.timeout = Duration::from_secs(5);
+        c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.admin.token_env = "EXAGATE_TEST_ADMIN_TOKEN_RACE".into();
+    })
+    .await;
+    for (purge, scoped) in [("/cache", false), ("/cache/{id}", true)] {
+        let id = h.sim.add_completed(None);
+        let fill = slow_fill(&h, job_path(id)).await;
+        let path = purge.replace("{id}", &id.to_string());
+        let purged = h
+            .admin_send(
+                Method::DELETE,
+                &path,
+                &[("authorization", "Bearer race-purge-4f1")],
+            )
+            .await;
+        assert_eq!(purged.status, StatusCode::OK, "{path}");
+        assert_eq!(fill.await.expect("fill task").status, StatusCode::OK);
+        assert_eq!(
+            h.get(&job_path(id)).await.cache(),
+            "miss",
+            "a purge ({}) was undone by a fill that began before it",
+            if scoped { "one job" } else { "everything" }
+        );
+    }
+    assert_eq!(
+        h.metric("exagate_cache_fills_discarded_total").await,
+        2.0,
+        "both overtaken fills are counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_that_began_after_an_invalidation_are_stored() {
+    let h = Harness::new().await;
+    let id = h
+        .sim
+        .add_job(None, Some("failed"), OffsetDateTime::now_utc());
+    let other = h.sim.add_completed(None);
+    assert_eq!(h.get(&job_path(other)).await.cache(), "miss");
+    let reprocess = h
+        .send(
+            Method::POST,
+            &format!("/v2/extract/{id}/reprocess"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert!(reprocess.status.is_success());
+    // The epoch moved on, but a fill that starts now is stored as usual...
+    h.sim.set_state(id, Some("completed"));
+    assert_eq!(h.get(&job_path(id)).await.cache(), "miss");
+    assert_eq!(h.get(&job_path(id)).await.cache(), "hit");
+    // ...and what was stored before the action, of another job, is untouched.
+    assert_eq!(h.get(&job_path(other)).await.cache(), "hit");
+}
