@@ -303,7 +303,12 @@ async fn refused_requests_do_not_spend_a_clients_share() {
         }];
     })
     .await;
-    let who = [("x-api-key", "small-secret")];
+    // Each call asks for a job nobody has asked for: a miss, which needs the upstream.
+    let cold = || async {
+        let path = job_path(h.sim.add_completed(None));
+        let who = [("x-api-key", "small-secret")];
+        h.send(Method::GET, &path, &who, Bytes::new()).await
+    };
     // The first call meets a 429 with Retry-After: 1 (it was sent: one token).
     h.sim.set_fault_for(
         exagate::sim::Fault::TooManyRequests {
@@ -311,49 +316,22 @@ async fn refused_requests_do_not_spend_a_clients_share() {
         },
         1,
     );
-    let first = h
-        .send(
-            Method::GET,
-            &job_path(h.sim.add_completed(None)),
-            &who,
-            Bytes::new(),
-        )
-        .await;
-    assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(cold().await.status, StatusCode::TOO_MANY_REQUESTS);
     // Two refused during the cooldown: no call, no token.
     for _ in 0..2 {
-        let refused = h
-            .send(
-                Method::GET,
-                &job_path(h.sim.add_completed(None)),
-                &who,
-                Bytes::new(),
-            )
-            .await;
-        assert_eq!(refused.error_code(), "upstream_rate_limited");
+        assert_eq!(cold().await.error_code(), "upstream_rate_limited");
     }
     assert_eq!(h.sim.calls(), 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Two tokens are left of the three.
     for n in 0..2 {
-        let reply = h
-            .send(
-                Method::GET,
-                &job_path(h.sim.add_completed(None)),
-                &who,
-                Bytes::new(),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "call {n} after the cooldown");
+        assert_eq!(
+            cold().await.status,
+            StatusCode::OK,
+            "call {n} after the cooldown"
+        );
     }
-    let third = h
-        .send(
-            Method::GET,
-            &job_path(h.sim.add_completed(None)),
-            &who,
-            Bytes::new(),
-        )
-        .await;
+    let third = cold().await;
     assert_eq!(
         third.error_code(),
         "quota_exhausted",

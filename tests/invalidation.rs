@@ -29,6 +29,11 @@ async fn slow_fill(h: &Harness, path: String) -> tokio::task::JoinHandle<common:
     fill
 }
 
+async fn reprocess(h: &Harness, id: uuid::Uuid) -> common::Reply {
+    let path = format!("/v2/extract/{id}/reprocess");
+    h.send(Method::POST, &path, &[], Bytes::new()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reprocess_during_a_fill_is_not_undone_by_it() {
     let h = Harness::with(|c| c.upstream.timeout = Duration::from_secs(5)).await;
@@ -37,14 +42,7 @@ async fn a_reprocess_during_a_fill_is_not_undone_by_it() {
         .add_job(None, Some("failed"), OffsetDateTime::now_utc());
     let fill = slow_fill(&h, job_path(id)).await;
 
-    let reprocess = h
-        .send(
-            Method::POST,
-            &format!("/v2/extract/{id}/reprocess"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let reprocess = reprocess(&h, id).await;
     assert!(
         reprocess.status.is_success(),
         "reprocess: {}",
@@ -109,14 +107,7 @@ async fn fills_that_began_after_an_invalidation_are_stored() {
         .add_job(None, Some("failed"), OffsetDateTime::now_utc());
     let other = h.sim.add_completed(None);
     assert_eq!(h.get(&job_path(other)).await.cache(), "miss");
-    let reprocess = h
-        .send(
-            Method::POST,
-            &format!("/v2/extract/{id}/reprocess"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let reprocess = reprocess(&h, id).await;
     assert!(reprocess.status.is_success());
     // The epoch moved on, but a fill that starts now is stored as usual...
     h.sim.set_state(id, Some("completed"));

@@ -59,6 +59,17 @@ fn write_config(path: &Path, sim: &Simulator, port: u16, key_file: &Path, extra:
     .expect("write config");
 }
 
+/// Rewrites the config so the gateway on `port` is known as `http://127.0.0.1:18443`.
+fn move_public_url(config: &Path, port: u16) {
+    let text = std::fs::read_to_string(config).expect("read config");
+    let moved = text.replace(
+        &format!("public_url = \"http://127.0.0.1:{port}\""),
+        "public_url = \"http://127.0.0.1:18443\"",
+    );
+    assert_ne!(text, moved);
+    std::fs::write(config, moved).expect("write config");
+}
+
 /// Starts a gateway from a config file, as the binary does, but in-process.
 async fn start_from(path: &Path, watch: Option<Duration>) -> RunningGateway {
     let config = Config::load(path).expect("valid config");
@@ -150,13 +161,7 @@ async fn a_changed_public_url_empties_the_cache() {
     assert!(chunks_link(&before).starts_with(&format!("http://127.0.0.1:{port}/")));
 
     // The same listener, now known to clients by another address (a new ingress).
-    let text = std::fs::read_to_string(&config).expect("read config");
-    let moved = text.replace(
-        &format!("public_url = \"http://127.0.0.1:{port}\""),
-        "public_url = \"http://127.0.0.1:18443\"",
-    );
-    assert_ne!(text, moved);
-    std::fs::write(&config, moved).expect("write config");
+    move_public_url(&config, port);
     gw.reload().await.expect("reload accepted");
     let after = send(&c, Method::GET, &url, &[], Bytes::new()).await;
     assert_eq!(
@@ -191,15 +196,7 @@ async fn a_fill_under_way_when_the_public_url_changes_is_not_stored() {
         async move { send(&c, Method::GET, &url, &[], Bytes::new()).await }
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let text = std::fs::read_to_string(&config).expect("read config");
-    std::fs::write(
-        &config,
-        text.replace(
-            &format!("public_url = \"http://127.0.0.1:{port}\""),
-            "public_url = \"http://127.0.0.1:18443\"",
-        ),
-    )
-    .expect("write config");
+    move_public_url(&config, port);
     gw.reload().await.expect("reload accepted");
     assert_eq!(fill.await.expect("fill").status, StatusCode::OK);
     let after = send(&c, Method::GET, &url, &[], Bytes::new()).await;

@@ -47,7 +47,11 @@ async fn an_untrusted_tls_upstream_is_a_502() {
 async fn h2_upstream(
     reason: h2::Reason,
     resets: usize,
-) -> (String, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+) -> (
+    String,
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let certified =
@@ -65,7 +69,9 @@ async fn h2_upstream(
     .expect("server config");
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let streams = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&streams);

@@ -207,82 +207,50 @@ pub fn rate_limited(kind: ErrorKind, message: &'static str, wait: Duration) -> G
 mod tests {
     use super::*;
 
-    fn guard(max_concurrent: usize) -> UpstreamGuard {
-        UpstreamGuard::new(&UpstreamConfig {
+    fn slots(max_concurrent: usize) -> UpstreamConfig {
+        UpstreamConfig {
             max_concurrent,
             ..UpstreamConfig::default()
-        })
+        }
+    }
+
+    /// An admission, or the refusal of one, after a short wait for a slot.
+    async fn admit(g: &UpstreamGuard) -> Result<Admission, GatewayError> {
+        g.admit(None, Duration::from_millis(10)).await
     }
 
     #[tokio::test]
     async fn lowering_the_slots_under_load_holds_as_calls_finish() {
-        let g = guard(2);
-        let a = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
-        let b = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
-        g.reconfigure(&UpstreamConfig {
-            max_concurrent: 1,
-            ..UpstreamConfig::default()
-        });
+        let g = UpstreamGuard::new(&slots(2));
+        let a = admit(&g).await.expect("slot");
+        let b = admit(&g).await.expect("slot");
+        g.reconfigure(&slots(1));
         assert_eq!(g.in_flight(), 2);
         drop(a);
         // One slot was retired as it came back: the second call still holds the only one.
-        assert!(g.admit(None, Duration::from_millis(10)).await.is_err());
+        assert!(admit(&g).await.is_err());
         drop(b);
-        let c = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
-        assert!(g.admit(None, Duration::from_millis(10)).await.is_err());
+        let c = admit(&g).await.expect("slot");
+        assert!(admit(&g).await.is_err());
         drop(c);
         // Raising again cancels nothing owed (none is) and adds the slot back.
-        g.reconfigure(&UpstreamConfig {
-            max_concurrent: 2,
-            ..UpstreamConfig::default()
-        });
-        let _c = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
-        let _d = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
+        g.reconfigure(&slots(2));
+        let _c = admit(&g).await.expect("slot");
+        let _d = admit(&g).await.expect("slot");
         assert_eq!(g.in_flight(), 2);
     }
 
     #[tokio::test]
     async fn raising_the_slots_first_cancels_what_is_owed() {
-        let g = guard(2);
-        let a = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
-        let b = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
-        let lower = |n| UpstreamConfig {
-            max_concurrent: n,
-            ..UpstreamConfig::default()
-        };
-        g.reconfigure(&lower(1));
-        g.reconfigure(&lower(2));
+        let g = UpstreamGuard::new(&slots(2));
+        let a = admit(&g).await.expect("slot");
+        let b = admit(&g).await.expect("slot");
+        g.reconfigure(&slots(1));
+        g.reconfigure(&slots(2));
         drop(a);
         drop(b);
-        let _c = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
-        let _d = g
-            .admit(None, Duration::from_millis(10))
-            .await
-            .expect("slot");
-        assert!(g.admit(None, Duration::from_millis(10)).await.is_err());
+        let _c = admit(&g).await.expect("slot");
+        let _d = admit(&g).await.expect("slot");
+        assert!(admit(&g).await.is_err());
     }
 }
