@@ -256,3 +256,67 @@ async fn lists_and_creates_are_rewritten_when_the_upstream_would_compress() {
         assert_eq!(links["download"], ours.as_str(), "{what}: {links}");
     }
 }
+
+/// A pass-through request declares upstream exactly the body it carries (never the
+/// client's framing), and carries only the headers on the allow-list.
+#[tokio::test]
+async fn the_upstream_is_told_only_of_the_body_it_gets_and_allowed_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new().await;
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .expect("connect");
+    // A GET that declares and sends 19 bytes, with headers no upstream should act on.
+    let request = "GET /v2/extract-settings HTTP/1.1\r\nhost: gw\r\ncontent-length: 19\r\n\
+                   x-http-method-override: DELETE\r\nx-original-url: /v2/admin\r\n\
+                   forwarded: for=10.0.0.1\r\nx_api_key: smuggled\r\n\
+                   x-request-id: trace-1\r\nconnection: close\r\n\r\n0123456789abcdefghi";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let seen = h.sim.requests();
+    let settings = seen
+        .iter()
+        .find(|r| r.path_and_query == "/v2/extract-settings")
+        .expect("the settings call");
+    assert_eq!(settings.body_len, 0);
+    assert!(settings
+        .headers
+        .get("content-length")
+        .is_none_or(|v| v == "0"));
+    for dropped in [
+        "x-http-method-override",
+        "x-original-url",
+        "forwarded",
+        "x_api_key",
+    ] {
+        assert!(
+            !settings.headers.contains_key(dropped),
+            "{dropped} was forwarded"
+        );
+    }
+    assert_eq!(settings.headers["x-request-id"], "trace-1");
+    // A create declares the length of what it sends, and the upstream gets all of it.
+    let body = Bytes::from(r#"{"url":"https://example.com/a.pdf"}"#);
+    let created = h
+        .send(
+            Method::POST,
+            "/v2/extract",
+            &[("content-type", "application/json")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK);
+    let create = h
+        .sim
+        .requests()
+        .into_iter()
+        .find(|r| r.method == Method::POST)
+        .expect("the create");
+    assert_eq!(create.body_len, body.len());
+}

@@ -1,8 +1,14 @@
 //! Which headers cross the proxy, in each direction.
 //!
-//! Requests: the client's own credentials (`X-Api-Key`, `Authorization`) never go
-//! upstream: the gateway's key replaces them. Hop-by-hop headers stop at each hop
-//! (RFC 9110 §7.6.1). Responses: a stored answer keeps only what stays true for every
+//! Requests: only an allow-list of headers the API uses goes upstream ([`FORWARDED`]).
+//! The client's own credentials (`X-Api-Key`, `Authorization`) never do: the gateway's
+//! key replaces them. Nor do the client's framing headers (`Content-Length`,
+//! `Transfer-Encoding`): the request sent upstream declares exactly the body it carries,
+//! as hyper frames it, so an upstream can never be told of a body it does not get (and
+//! read the next pooled request as its rest). Nor does anything a server or a proxy
+//! behind it could take for an instruction (`X-HTTP-Method-Override`, `X-Original-URL`,
+//! `Forwarded`, names with underscores, which some servers fold into dashes). Hop-by-hop
+//! headers stop at each hop (RFC 9110 §7.6.1). Responses: a stored answer keeps only what stays true for every
 //! later reader; an answer passed through keeps all its end-to-end headers.
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -19,13 +25,21 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Request headers the gateway sets itself or must never forward.
-const NOT_FORWARDED: [HeaderName; 5] = [
-    header::HOST,
-    HeaderName::from_static("x-api-key"),
-    header::AUTHORIZATION,
-    header::UPGRADE,
-    HeaderName::from_static(super::route::BASE_HEADER),
+/// The request headers a pass-through call forwards, all others being dropped: what the
+/// Extract API reads (`Content-Type` of an upload or JSON body, `Accept`), what a
+/// download may use (`Range`, `If-Range`, `Accept-Encoding`), and request tracing. The
+/// base header is set by the gateway itself after validation.
+pub const FORWARDED: [HeaderName; 10] = [
+    header::ACCEPT,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+    header::CONTENT_TYPE,
+    header::IF_RANGE,
+    header::RANGE,
+    header::USER_AGENT,
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("x-request-id"),
 ];
 
 fn hop_by_hop(name: &HeaderName, connection_listed: &[HeaderName]) -> bool {
@@ -43,12 +57,16 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The client's headers to send upstream on a pass-through request.
+/// The client's headers to send upstream on a pass-through request: those on the
+/// allow-list, unless `Connection` names them.
 pub fn forward_request(client: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(client);
-    let mut out = HeaderMap::with_capacity(client.len() + 3);
-    for (name, value) in client {
-        if !hop_by_hop(name, &listed) && !NOT_FORWARDED.contains(name) {
+    let mut out = HeaderMap::with_capacity(FORWARDED.len() + 3);
+    for name in &FORWARDED {
+        if listed.contains(name) {
+            continue;
+        }
+        for value in client.get_all(name) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -91,23 +109,37 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
-    fn client_credentials_and_hop_headers_are_not_forwarded() {
+    fn only_the_allow_list_is_forwarded() {
         let mut h = HeaderMap::new();
-        h.insert("x-api-key", HeaderValue::from_static("client-key"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-private"),
-        );
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::HOST, HeaderValue::from_static("gw"));
+        for (name, value) in [
+            ("x-api-key", "client-key"),
+            ("x_api_key", "client-key"),
+            ("authorization", "Bearer t"),
+            ("connection", "close, x-request-id"),
+            ("x-request-id", "listed in Connection"),
+            ("content-type", "application/json"),
+            ("content-length", "19"),
+            ("transfer-encoding", "chunked"),
+            ("host", "gw"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/v2/admin"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-exabase-base-id", "not validated here"),
+            ("range", "bytes=0-99"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static(value),
+            );
+        }
         let out = forward_request(&h);
-        assert_eq!(out.len(), 1);
-        assert!(out.contains_key(header::CONTENT_TYPE));
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "range", "traceparent"]);
     }
 
     #[test]
