@@ -110,3 +110,47 @@ async fn wrong_method_gets_405_with_allow() {
     assert_eq!(reply.headers["allow"], "GET, PUT");
     assert_eq!(h.sim.calls(), 0);
 }
+
+/// A chunks query is `start` and `end`, integers with `1 <= start <= end`: anything else
+/// is refused before the cache and the upstream, and the spellings of one window share
+/// one entry.
+#[tokio::test]
+async fn chunk_windows_are_parsed_and_keyed_canonically() {
+    let h = Harness::new().await;
+    let id = h.sim.add_completed(None);
+    assert_eq!(
+        h.get(&format!("/v2/extract/{id}")).await.status,
+        StatusCode::OK
+    );
+    let calls = h.sim.calls();
+    for query in [
+        "start=1&end=100&x=7",
+        "start=0",
+        "start=5&end=4",
+        "start=a",
+        "start=1&start=2",
+    ] {
+        let reply = h.get(&format!("/v2/extract/{id}/chunks?{query}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(reply.error_code(), "bad_request", "{query}");
+    }
+    assert_eq!(
+        h.sim.calls(),
+        calls,
+        "a refused window reached the upstream"
+    );
+    let first = h
+        .get(&format!("/v2/extract/{id}/chunks?start=1&end=20"))
+        .await;
+    assert_eq!(first.cache(), "miss");
+    for spelling in ["end=20&start=1", "start=01&end=20", "start=1&end=20&"] {
+        let again = h.get(&format!("/v2/extract/{id}/chunks?{spelling}")).await;
+        assert_eq!(again.cache(), "hit", "{spelling}");
+        assert_eq!(again.body, first.body, "{spelling}");
+    }
+    assert_eq!(h.sim.calls(), calls + 1);
+    assert_eq!(
+        h.sim.requests().last().map(|r| r.path_and_query.clone()),
+        Some(format!("/v2/extract/{id}/chunks?start=1&end=20"))
+    );
+}

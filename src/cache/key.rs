@@ -23,7 +23,8 @@ pub struct JobKey {
 pub enum CacheKey {
     /// `GET /v2/extract/{id}`.
     Job(JobKey),
-    /// `GET /v2/extract/{id}/chunks?{query}`; the query is kept as sent.
+    /// `GET /v2/extract/{id}/chunks?{query}`; the query in its canonical form
+    /// ([`chunk_window`](crate::proxy::route::chunk_window)).
     Chunks(JobKey, Box<str>),
 }
 

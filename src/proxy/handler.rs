@@ -137,10 +137,10 @@ where
     let head = request.method() == Method::HEAD;
     match route {
         Route::Job(job) => lookup::job(gw, JobKey { base, job }, head, ex).await,
-        Route::Chunks(job) => {
-            let query = request.uri().query().unwrap_or("");
-            lookup::chunks(gw, JobKey { base, job }, query, head, ex).await
-        }
+        Route::Chunks(job) => match route::chunk_window(request.uri().query().unwrap_or("")) {
+            Ok(window) => lookup::chunks(gw, JobKey { base, job }, &window, head, ex).await,
+            Err(e) => refuse(e, ex),
+        },
         Route::Download(_)
         | Route::JobAction(_)
         | Route::Collection

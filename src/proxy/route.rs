@@ -183,6 +183,47 @@ pub fn upstream_target(route: &Route, uri: &http::Uri) -> String {
     target
 }
 
+/// A chunks query in canonical form: `start=S&end=E` (each only if given), as the cache
+/// key and as sent upstream, so that spellings of one window (`end=20&start=1`,
+/// `start=01&end=20`) share one entry and one upstream call. Only `start` and `end` are
+/// taken, each once, as integers with `1 <= start <= end`: anything else is a `400`
+/// with no upstream call (a scan of made-up parameters must not mint cache keys).
+pub fn chunk_window(query: &str) -> Result<String, GatewayError> {
+    let bad = |why: &'static str| GatewayError::new(ErrorKind::BadRequest, why);
+    let (mut start, mut end) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match name {
+            "start" => &mut start,
+            "end" => &mut end,
+            _ => return Err(bad("a chunks query takes only start and end")),
+        };
+        if slot.is_some() {
+            return Err(bad("start and end may each be given once"));
+        }
+        let number =
+            (!value.is_empty() && value.len() <= 19 && value.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| value.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| bad("start and end must be whole numbers"))?;
+        *slot = Some(number);
+    }
+    if start == Some(0) || end == Some(0) {
+        return Err(bad("chunks are numbered from 1"));
+    }
+    if let (Some(start), Some(end)) = (start, end) {
+        if end < start {
+            return Err(bad("end must not be before start"));
+        }
+    }
+    Ok(match (start, end) {
+        (None, None) => String::new(),
+        (Some(s), None) => format!("start={s}"),
+        (None, Some(e)) => format!("end={e}"),
+        (Some(s), Some(e)) => format!("start={s}&end={e}"),
+    })
+}
+
 /// The path before a job id.
 const JOB_PREFIX: &str = "/v2/extract/";
 
@@ -327,6 +368,41 @@ mod tests {
             let uri: http::Uri = target.parse().expect("uri");
             let routed = route(&method, uri.path()).expect("routed");
             assert_eq!(upstream_target(&routed, &uri), expected, "{target}");
+        }
+    }
+
+    #[test]
+    fn chunk_windows_are_canonical_or_refused() {
+        for (query, canonical) in [
+            ("", ""),
+            ("start=1&end=20", "start=1&end=20"),
+            ("end=20&start=1", "start=1&end=20"),
+            ("start=01&end=020", "start=1&end=20"),
+            ("start=5", "start=5"),
+            ("end=5&", "end=5"),
+            ("start=3&end=3", "start=3&end=3"),
+        ] {
+            assert_eq!(chunk_window(query).expect(query), canonical, "{query}");
+        }
+        for query in [
+            "start=1&end=100&x=7",
+            "x",
+            "start=0&end=5",
+            "start=5&end=4",
+            "start=1&start=2",
+            "start=-1",
+            "start=+1",
+            "start=1.5",
+            "start=",
+            "start=99999999999999999999",
+            "START=1",
+            "start=1%26end=2",
+        ] {
+            assert_eq!(
+                chunk_window(query).expect_err(query).kind,
+                ErrorKind::BadRequest,
+                "{query}"
+            );
         }
     }
 
