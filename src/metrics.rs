@@ -80,6 +80,9 @@ pub struct Metrics {
     pub upstream_body_stalls: Counter,
     /// Fetched answers not stored because an invalidation came after their fetch began.
     pub fills_discarded: Counter,
+    /// Client connections the server closed, by reason (`head_timeout`, `idle`,
+    /// `goodbye_timeout`, `shutdown`).
+    pub connections_closed: Family<CauseLabels, Counter>,
     /// Cache entries removed, by cause (`expired`, `size`, `explicit`, `replaced`).
     pub evictions: Family<CauseLabels, Counter>,
     /// Requests refused by the gateway's own protections, by code.
@@ -145,6 +148,12 @@ impl Metrics {
             "cache_fills_discarded",
             "Fetched answers not stored because a purge or job action came after their fetch began",
             fills_discarded.clone(),
+        );
+        let connections_closed = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections the gateway closed, by reason",
+            connections_closed.clone(),
         );
         let evictions = Family::<CauseLabels, Counter>::default();
         registry.register(
@@ -213,6 +222,7 @@ impl Metrics {
             coalesced,
             upstream_body_stalls,
             fills_discarded,
+            connections_closed,
             evictions,
             refusals,
             reloads,

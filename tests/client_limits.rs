@@ -252,3 +252,119 @@ async fn an_h2_connection_is_not_timed_like_an_h1_head() {
     drop(sender);
     let _ = connection.await;
 }
+
+/// The HTTP/2 client preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame.
+const SETTINGS: &[u8] = b"\0\0\0\x04\0\0\0\0\0";
+
+/// An h2c connection that sends its preface and SETTINGS and then nothing is closed at
+/// the idle timeout, hard when it never answers the goodbye (GOAWAY and its PING).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_that_ignores_the_goodbye_is_closed() {
+    let h = Harness::with(|c| {
+        c.server.idle_timeout = Duration::from_millis(600);
+        c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+        stream.write_all(PREFACE).await.expect("preface");
+        stream.write_all(SETTINGS).await.expect("settings");
+        streams.push(stream);
+    }
+    for stream in &mut streams {
+        // Reads what the server says (SETTINGS, GOAWAY, PING) and never answers.
+        let (_, closed) = read_until_close(stream, Duration::from_secs(8)).await;
+        assert!(
+            closed,
+            "an idle h2 connection outlived idle_timeout and its grace"
+        );
+    }
+    let closed = h
+        .metric(r#"exagate_connections_closed_total{cause="goodbye_timeout"}"#)
+        .await;
+    assert_eq!(closed, 20.0);
+}
+
+/// The HTTP/2 preface trickled a byte at a time is a slow head like any other.
+#[tokio::test]
+async fn a_trickled_h2_preface_is_cut_at_the_head_timeout() {
+    let h = Harness::with(|c| c.server.header_read_timeout = Duration::from_millis(400)).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    stream.write_all(b"PRI ").await.expect("write");
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in &PREFACE[4..] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "the whole trickled preface was taken ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A header block left open (HEADERS without END_HEADERS, then a CONTINUATION now and
+/// then) is a head that never completes: cut at the head timeout.
+#[tokio::test]
+async fn an_h2_header_block_kept_open_is_cut_at_the_head_timeout() {
+    let h = Harness::with(|c| c.server.header_read_timeout = Duration::from_millis(400)).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.expect("connect");
+    stream.write_all(PREFACE).await.expect("preface");
+    stream.write_all(SETTINGS).await.expect("settings");
+    // HEADERS on stream 1, one byte of HPACK (an indexed `:method: GET`), no END_HEADERS.
+    stream
+        .write_all(b"\0\0\x01\x01\x00\0\0\0\x01\x82")
+        .await
+        .expect("headers");
+    let started = Instant::now();
+    let mut cut = false;
+    // Three, fewer than h2's own limit on CONTINUATION frames, over 1.5 s.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // CONTINUATION on stream 1, `:scheme: http`, still no END_HEADERS.
+        if stream
+            .write_all(b"\0\0\x01\x09\x00\0\0\0\x01\x86")
+            .await
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "an open header block was kept for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

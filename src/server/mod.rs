@@ -8,6 +8,7 @@
 //! request head is cut at once. The connection semaphore doubles as the count of open
 //! connections, which is how shutdown knows when they are all done.
 
+mod frames;
 mod supervise;
 
 use std::convert::Infallible;
@@ -30,10 +31,17 @@ use tokio::sync::Semaphore;
 use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::gateway::Gateway;
+use crate::metrics::CauseLabels;
 use crate::proxy::handler;
 use crate::tls::TlsTerminator;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
+use frames::{H2Heads, Seen};
 use supervise::{Conn, Supervisor, Verdict};
+
+/// Most concurrent HTTP/2 streams on one client connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// Connection-level settings, fixed for the listener's life.
 #[derive(Clone)]
@@ -70,6 +78,11 @@ pub trait Handler: Send + Sync + 'static {
         self: Arc<Self>,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<Body>> + Send + 'static;
+
+    /// Where connections the server closes are counted, by reason (none: not counted).
+    fn connections_closed(&self) -> Option<Family<CauseLabels, Counter>> {
+        None
+    }
 }
 
 /// The public listener's handler.
@@ -79,6 +92,10 @@ impl Handler for Gateway {
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
         handler::handle(self, request)
+    }
+
+    fn connections_closed(&self) -> Option<Family<CauseLabels, Counter>> {
+        Some(self.metrics.connections_closed.clone())
     }
 }
 
@@ -102,7 +119,10 @@ pub async fn serve<H: Handler>(
         .http2()
         // h2's keep-alive pings need it; h2 has no per-request head timer.
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // As nginx's http2_max_concurrent_streams: one connection cannot hold more
+        // requests (and upstream calls) than this at once.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let supervisor = Supervisor::new(limits.header_read_timeout, limits.idle_timeout);
@@ -181,19 +201,30 @@ async fn run_connection<I, H: Handler>(
 {
     let registration = supervisor.register();
     let conn = Arc::clone(&registration.conn);
+    let closed = handler.connections_closed();
     let service = service_fn(move |request| {
-        // Counted from here until the answer is ready, or the request is abandoned.
+        // Counted from here until the answer is sent (a streamed body to its end), or
+        // the request is abandoned: a connection asked to finish is not closed hard
+        // while a response is still on its way.
         let in_flight = conn.request();
         let response = Arc::clone(&handler).call(request);
         async move {
             let response = response.await;
-            drop(in_flight);
-            Ok::<_, Infallible>(response)
+            let (parts, body) = response.into_parts();
+            let body = match body {
+                Body::Stream(inner) => Body::stream(Holding {
+                    inner: Body::Stream(inner),
+                    _in_flight: in_flight,
+                }),
+                done => done,
+            };
+            Ok::<_, Infallible>(Response::from_parts(parts, body))
         }
     });
     let io = Watched {
         inner: io,
         conn: Arc::clone(&registration.conn),
+        frames: Some(H2Heads::default()),
     };
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
@@ -208,7 +239,10 @@ async fn run_connection<I, H: Handler>(
                 }
             }
             Verdict::Abort => {
-                tracing::debug!("request head not received within server.header_read_timeout");
+                tracing::debug!(
+                    reason = registration.conn.reason().map(|r| r.as_str()),
+                    "connection closed hard"
+                );
                 return Poll::Ready(Ok(()));
             }
         }
@@ -218,12 +252,48 @@ async fn run_connection<I, H: Handler>(
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
+    if let (Some(closed), Some(reason)) = (closed, registration.conn.reason()) {
+        closed
+            .get_or_create(&CauseLabels {
+                cause: reason.as_str(),
+            })
+            .inc();
+    }
 }
 
-/// An IO that tells its connection's counters when bytes move.
+/// A streamed response body that keeps its request counted as in flight until it ends.
+struct Holding {
+    inner: Body,
+    _in_flight: supervise::InFlight,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = crate::error::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An IO that tells its connection's counters when bytes move, and follows an HTTP/2
+/// client's frames far enough to time its heads.
 struct Watched<T> {
     inner: T,
     conn: Arc<Conn>,
+    /// Fed every read until the bytes show the connection is not HTTP/2.
+    frames: Option<H2Heads>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -233,9 +303,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Some(read) = buf.filled().get(before..) {
-            self.conn.on_read(read);
+            this.conn.on_read(read);
+            if let (Some(frames), false) = (this.frames.as_mut(), read.is_empty()) {
+                match frames.feed(read) {
+                    Seen::NotH2 => this.frames = None,
+                    Seen::H2 if frames.is_h2() => {
+                        this.conn.on_h2(frames.head_pending(), frames.head_number());
+                    }
+                    Seen::H2 => {}
+                }
+            }
         }
         poll
     }
@@ -249,7 +329,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.on_write(data.first().copied());
+            self.conn.on_write();
         }
         poll
     }
@@ -261,8 +341,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            let first = bufs.iter().find_map(|b| b.first().copied());
-            self.conn.on_write(first);
+            self.conn.on_write();
         }
         poll
     }

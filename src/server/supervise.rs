@@ -23,9 +23,61 @@ pub enum Verdict {
     Serve,
     /// Finish the request in flight, then close (idle, or shutting down).
     Finish,
-    /// Close now: the client is too slow to send a request head.
+    /// Close now: the client is too slow to send a head, or did not finish the goodbye.
     Abort,
 }
+
+/// Why the supervisor closed a connection, for `exagate_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A head (HTTP/1 request head, HTTP/2 preface and SETTINGS, or header block) took
+    /// longer than `server.header_read_timeout`.
+    HeadTimeout,
+    /// No bytes either way for `server.idle_timeout`: closed gracefully.
+    Idle,
+    /// Asked to finish (idle or shutdown), the connection stayed quiet with nothing in
+    /// flight for the goodbye grace: closed hard.
+    GoodbyeTimeout,
+    /// The gateway is stopping.
+    Shutdown,
+}
+
+impl Reason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::HeadTimeout => "head_timeout",
+            Reason::Idle => "idle",
+            Reason::GoodbyeTimeout => "goodbye_timeout",
+            Reason::Shutdown => "shutdown",
+        }
+    }
+
+    fn from_u8(value: u8) -> Option<Reason> {
+        match value {
+            1 => Some(Reason::HeadTimeout),
+            2 => Some(Reason::Idle),
+            3 => Some(Reason::GoodbyeTimeout),
+            4 => Some(Reason::Shutdown),
+            _ => None,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Reason::HeadTimeout => 1,
+            Reason::Idle => 2,
+            Reason::GoodbyeTimeout => 3,
+            Reason::Shutdown => 4,
+        }
+    }
+}
+
+/// Longest wait, once a connection was asked to finish, for a client that neither sends
+/// nor reads and has nothing in flight, before the connection is closed hard (Envoy's
+/// drain and nginx's lingering close do the same): an HTTP/2 client that never answers
+/// the GOAWAY's PING must not hold its connection open for ever.
+const GOODBYE_GRACE: Duration = Duration::from_secs(5);
 
 /// One connection's counters, shared by its task (which writes them) and the
 /// supervisor (which reads them).
@@ -38,40 +90,45 @@ pub struct Conn {
     writes: AtomicU64,
     /// `reads` as it was at the last write: more reads since mean a request is arriving.
     reads_at_write: AtomicU64,
-    /// Requests between their head and their response (h2 streams run on other tasks,
-    /// hence a real atomic here).
+    /// Requests between their head and the end of their response (h2 streams run on
+    /// other tasks, hence a real atomic here).
     in_flight: AtomicU32,
-    /// The connection opened with the HTTP/2 preface: no request heads to time.
+    /// The connection opened with the whole HTTP/2 preface: its heads are told by
+    /// `h2_head_pending` and `h2_head`, not by the HTTP/1 rule.
     h2: AtomicBool,
+    /// An HTTP/2 head (the preface and SETTINGS, or a header block) is incomplete.
+    h2_head_pending: AtomicBool,
+    /// Which HTTP/2 head that is (a new header block is a new wait).
+    h2_head: AtomicU64,
     /// A [`Verdict`] as a number, set by the supervisor.
     verdict: AtomicU8,
+    /// The [`Reason`] of the last verdict, as a number (0: none).
+    reason: AtomicU8,
     /// The connection task's waker, kept from its first poll.
     waker: OnceLock<Waker>,
 }
 
 impl Conn {
-    /// Counts a read of `bytes`, the first ones of which are `start`.
-    pub fn on_read(&self, start: &[u8]) {
-        if start.is_empty() {
+    /// Counts a read that returned `bytes`.
+    pub fn on_read(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
             return;
         }
         let reads = self.reads.load(Ordering::Relaxed);
-        // "PRI " starts the HTTP/2 preface and no HTTP/1 request.
-        if reads == 0 && start.starts_with(b"PRI ") {
-            self.h2.store(true, Ordering::Relaxed);
-        }
         self.reads.store(reads + 1, Ordering::Relaxed);
     }
 
-    /// Counts a write that took bytes, the first of which is `first`.
-    pub fn on_write(&self, first: Option<u8>) {
+    /// What the connection's [`H2Heads`](super::frames::H2Heads) tells after a read of an
+    /// HTTP/2 connection: whether a head is pending, and which.
+    pub fn on_h2(&self, head_pending: bool, head: u64) {
+        self.h2.store(true, Ordering::Relaxed);
+        self.h2_head_pending.store(head_pending, Ordering::Relaxed);
+        self.h2_head.store(head, Ordering::Relaxed);
+    }
+
+    /// Counts a write that took bytes.
+    pub fn on_write(&self) {
         let writes = self.writes.load(Ordering::Relaxed);
-        // An HTTP/1 server's first bytes are a status line, "HTTP/1.1 ..."; an HTTP/2
-        // server's are a SETTINGS frame. This catches an h2 connection whose preface
-        // arrived in pieces too small for `on_read` to recognise.
-        if writes == 0 && first.is_some_and(|b| b != b'H') {
-            self.h2.store(true, Ordering::Relaxed);
-        }
         self.writes.store(writes + 1, Ordering::Relaxed);
         self.reads_at_write
             .store(self.reads.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -94,7 +151,16 @@ impl Conn {
         }
     }
 
-    fn decide(&self, verdict: Verdict) {
+    /// Why the supervisor closed this connection, if it did.
+    pub fn reason(&self) -> Option<Reason> {
+        Reason::from_u8(self.reason.load(Ordering::Acquire))
+    }
+
+    fn finishing(&self) -> bool {
+        self.verdict.load(Ordering::Acquire) >= 1
+    }
+
+    fn decide(&self, verdict: Verdict, reason: Reason) {
         let value = match verdict {
             Verdict::Serve => 0,
             Verdict::Finish => 1,
@@ -102,6 +168,7 @@ impl Conn {
         };
         // Only ever escalates: a connection told to abort is not later told to finish.
         if self.verdict.fetch_max(value, Ordering::AcqRel) < value {
+            self.reason.store(reason.as_u8(), Ordering::Release);
             if let Some(waker) = self.waker.get() {
                 waker.wake_by_ref();
             }
@@ -127,6 +194,8 @@ struct Tracked {
     /// The write count when a request head was first seen pending, and when: a new
     /// head after a response is a new wait, with its own deadline.
     head_pending: Option<(u64, Instant)>,
+    /// When the connection was first seen asked to finish.
+    finishing_since: Option<Instant>,
 }
 
 /// Every connection of one listener, swept on a timer.
@@ -168,12 +237,13 @@ impl Supervisor {
                 seen: (0, 0),
                 quiet_since: Instant::now(),
                 head_pending: None,
+                finishing_since: None,
             },
         );
         // Registered after a stop: finish at once (checked after the insert, so a stop
         // between the two is seen by one or the other).
         if self.stopping.load(Ordering::Acquire) {
-            conn.decide(Verdict::Finish);
+            conn.decide(Verdict::Finish, Reason::Shutdown);
         }
         Registration {
             id,
@@ -187,7 +257,7 @@ impl Supervisor {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         for tracked in self.lock().values() {
-            tracked.conn.decide(Verdict::Finish);
+            tracked.conn.decide(Verdict::Finish, Reason::Shutdown);
         }
     }
 
@@ -205,9 +275,10 @@ impl Supervisor {
     /// Judges every connection at `now`.
     pub fn sweep(&self, now: Instant) {
         for tracked in self.lock().values_mut() {
-            let verdict = judge(tracked, now, self.header_read_timeout, self.idle_timeout);
-            if verdict != Verdict::Serve {
-                tracked.conn.decide(verdict);
+            if let Some((verdict, reason)) =
+                judge(tracked, now, self.header_read_timeout, self.idle_timeout)
+            {
+                tracked.conn.decide(verdict, reason);
             }
         }
     }
@@ -218,10 +289,17 @@ impl Supervisor {
     }
 }
 
-/// The rules: a request head must arrive within `header_read_timeout` of its first byte
-/// (or of the connection opening); no bytes either way for `idle_timeout` ends the
-/// connection once its request in flight is answered.
-fn judge(tracked: &mut Tracked, now: Instant, header: Duration, idle: Duration) -> Verdict {
+/// The rules: a head must arrive within `header_read_timeout` of its first byte (or of the
+/// connection opening), whatever protocol it is in; no bytes either way for
+/// `idle_timeout` ends the connection once its requests in flight are answered; a
+/// connection asked to finish that then stays quiet with nothing in flight for the
+/// goodbye grace is closed hard. `None`: keep serving.
+fn judge(
+    tracked: &mut Tracked,
+    now: Instant,
+    header: Duration,
+    idle: Duration,
+) -> Option<(Verdict, Reason)> {
     let conn = &tracked.conn;
     let reads = conn.reads.load(Ordering::Relaxed);
     let writes = conn.writes.load(Ordering::Relaxed);
@@ -229,29 +307,50 @@ fn judge(tracked: &mut Tracked, now: Instant, header: Duration, idle: Duration) 
         tracked.seen = (reads, writes);
         tracked.quiet_since = now;
     }
-    let waiting_for_head = !conn.h2.load(Ordering::Relaxed)
-        && conn.in_flight.load(Ordering::Relaxed) == 0
-        && ((reads == 0 && writes == 0) || reads > conn.reads_at_write.load(Ordering::Relaxed));
+    let in_flight = conn.in_flight.load(Ordering::Relaxed);
+    let (waiting_for_head, head) = if conn.h2.load(Ordering::Relaxed) {
+        (
+            conn.h2_head_pending.load(Ordering::Relaxed),
+            conn.h2_head.load(Ordering::Relaxed),
+        )
+    } else {
+        // HTTP/1 (or not yet known): a head is pending when nothing is in flight and
+        // bytes arrived since the last response (or none moved at all yet).
+        let pending = in_flight == 0
+            && ((reads == 0 && writes == 0) || reads > conn.reads_at_write.load(Ordering::Relaxed));
+        (pending, writes)
+    };
     if waiting_for_head {
         let since = match tracked.head_pending {
-            Some((at_writes, since)) if at_writes == writes => since,
+            Some((at, since)) if at == head => since,
             _ => {
                 // First seen now; it may have begun up to a tick ago, which only makes
                 // the deadline later, never earlier.
-                tracked.head_pending = Some((writes, now));
+                tracked.head_pending = Some((head, now));
                 now
             }
         };
         if now.duration_since(since) >= header {
-            return Verdict::Abort;
+            return Some((Verdict::Abort, Reason::HeadTimeout));
         }
     } else {
         tracked.head_pending = None;
     }
-    if now.duration_since(tracked.quiet_since) >= idle {
-        return Verdict::Finish;
+    if conn.finishing() {
+        // The grace counts from the request to finish (first seen here) or the last byte
+        // since, whichever is later.
+        let asked = *tracked.finishing_since.get_or_insert(now);
+        let calm = now.duration_since(tracked.quiet_since.max(asked));
+        if in_flight == 0 && calm >= GOODBYE_GRACE.min(idle) {
+            return Some((Verdict::Abort, Reason::GoodbyeTimeout));
+        }
+        return None;
     }
-    Verdict::Serve
+    if now.duration_since(tracked.quiet_since) >= idle {
+        tracked.finishing_since = Some(now);
+        return Some((Verdict::Finish, Reason::Idle));
+    }
+    None
 }
 
 /// A connection's place in its supervisor.
@@ -270,10 +369,13 @@ impl Drop for Registration {
 
 #[cfg(test)]
 mod tests {
+    use super::super::frames::H2Heads;
     use super::*;
 
     const HEAD: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(60);
+    const SERVE: Option<(Verdict, Reason)> = None;
+    const HEAD_TIMEOUT: Option<(Verdict, Reason)> = Some((Verdict::Abort, Reason::HeadTimeout));
 
     fn tracked(now: Instant) -> Tracked {
         Tracked {
@@ -281,6 +383,7 @@ mod tests {
             seen: (0, 0),
             quiet_since: now,
             head_pending: None,
+            finishing_since: None,
         }
     }
 
@@ -288,15 +391,28 @@ mod tests {
         start + Duration::from_secs(secs)
     }
 
+    /// What the server's IO does with client bytes on an HTTP/2 connection.
+    fn h2_read(t: &Tracked, heads: &mut H2Heads, bytes: &[u8]) {
+        t.conn.on_read(bytes);
+        heads.feed(bytes);
+        if heads.is_h2() {
+            t.conn.on_h2(heads.head_pending(), heads.head_number());
+        }
+    }
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// An empty SETTINGS frame.
+    const SETTINGS: &[u8] = b"\0\0\0\x04\0\0\0\0\0";
+
     #[test]
     fn a_head_pending_past_the_timeout_is_aborted() {
         let t0 = Instant::now();
         let mut t = tracked(t0);
         t.conn.on_read(b"GET / HT");
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
+        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), SERVE);
         t.conn.on_read(b"TP/1.1\r\n");
-        assert_eq!(judge(&mut t, after(t0, 10), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 11), HEAD, IDLE), Verdict::Abort);
+        assert_eq!(judge(&mut t, after(t0, 10), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 11), HEAD, IDLE), HEAD_TIMEOUT);
     }
 
     #[test]
@@ -304,13 +420,13 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracked(t0);
         t.conn.on_read(b"GET / HTTP/1.1\r\n");
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
+        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), SERVE);
         // Answered and the next head begun between two sweeps: never seen idle.
-        t.conn.on_write(Some(b'H'));
+        t.conn.on_write();
         t.conn.on_read(b"GET /next");
-        assert_eq!(judge(&mut t, after(t0, 9), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 18), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 19), HEAD, IDLE), Verdict::Abort);
+        assert_eq!(judge(&mut t, after(t0, 9), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 18), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 19), HEAD, IDLE), HEAD_TIMEOUT);
     }
 
     #[test]
@@ -322,54 +438,112 @@ mod tests {
         // A long upload: reads go on, nothing is written until the answer.
         for s in 1..30 {
             t.conn.on_read(b"body");
-            assert_eq!(judge(&mut t, after(t0, s), HEAD, IDLE), Verdict::Serve);
+            assert_eq!(judge(&mut t, after(t0, s), HEAD, IDLE), SERVE);
         }
         drop(request);
-        assert_eq!(judge(&mut t, after(t0, 31), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 42), HEAD, IDLE), Verdict::Abort);
+        assert_eq!(judge(&mut t, after(t0, 31), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 42), HEAD, IDLE), HEAD_TIMEOUT);
     }
 
     #[test]
-    fn a_quiet_connection_is_finished_after_the_idle_timeout() {
+    fn a_quiet_connection_is_finished_after_the_idle_timeout_then_closed_hard() {
         let t0 = Instant::now();
         let mut t = tracked(t0);
         t.conn.on_read(b"GET / HTTP/1.1\r\n\r\n");
-        t.conn.on_write(Some(b'H'));
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 60), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 61), HEAD, IDLE), Verdict::Finish);
+        t.conn.on_write();
+        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 60), HEAD, IDLE), SERVE);
+        let finish = judge(&mut t, after(t0, 61), HEAD, IDLE);
+        assert_eq!(finish, Some((Verdict::Finish, Reason::Idle)));
+        t.conn.decide(Verdict::Finish, Reason::Idle);
+        // The goodbye (GOAWAY, PING) goes out; the client never answers it.
+        t.conn.on_write();
+        assert_eq!(judge(&mut t, after(t0, 62), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 66), HEAD, IDLE), SERVE);
+        assert_eq!(
+            judge(&mut t, after(t0, 67), HEAD, IDLE),
+            Some((Verdict::Abort, Reason::GoodbyeTimeout))
+        );
     }
 
     #[test]
-    fn h2_is_only_timed_for_idleness() {
+    fn a_response_in_flight_is_not_cut_by_the_goodbye_grace() {
         let t0 = Instant::now();
         let mut t = tracked(t0);
-        t.conn.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 30), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 62), HEAD, IDLE), Verdict::Finish);
+        t.conn
+            .on_read(b"GET /v2/extract/x/download HTTP/1.1\r\n\r\n");
+        let streaming = t.conn.request();
+        t.conn.decide(Verdict::Finish, Reason::Shutdown);
+        for s in 1..30 {
+            assert_eq!(judge(&mut t, after(t0, s), HEAD, IDLE), SERVE);
+        }
+        // Once it is done (and the connection long quiet), nothing holds it open.
+        drop(streaming);
+        assert_eq!(
+            judge(&mut t, after(t0, 30), HEAD, IDLE),
+            Some((Verdict::Abort, Reason::GoodbyeTimeout))
+        );
     }
 
     #[test]
-    fn h2_is_recognised_by_its_first_write_too() {
+    fn the_h2_preface_and_settings_are_a_head_however_they_are_sent() {
         let t0 = Instant::now();
         let mut t = tracked(t0);
-        // The preface split so that no single read shows it whole.
-        t.conn.on_read(b"PR");
-        t.conn.on_read(b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        // The server's SETTINGS frame: length, then type 4.
-        t.conn.on_write(Some(0));
-        t.conn.on_read(b"\0\0\0\x04\x01\0\0\0\0");
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), Verdict::Serve);
-        assert_eq!(judge(&mut t, after(t0, 30), HEAD, IDLE), Verdict::Serve);
+        let mut heads = H2Heads::default();
+        // "PRI " and then a byte a second: timed as a head from the first byte.
+        h2_read(&t, &mut heads, &PREFACE[..4]);
+        assert_eq!(judge(&mut t, t0, HEAD, IDLE), SERVE);
+        for (s, b) in (1..10).zip(&PREFACE[4..]) {
+            h2_read(&t, &mut heads, &[*b]);
+            assert_eq!(judge(&mut t, after(t0, s), HEAD, IDLE), SERVE);
+        }
+        assert_eq!(judge(&mut t, after(t0, 10), HEAD, IDLE), HEAD_TIMEOUT);
+    }
+
+    #[test]
+    fn h2_with_its_settings_in_is_timed_for_idleness_only() {
+        let t0 = Instant::now();
+        let mut t = tracked(t0);
+        let mut heads = H2Heads::default();
+        h2_read(&t, &mut heads, PREFACE);
+        h2_read(&t, &mut heads, SETTINGS);
+        t.conn.on_write();
+        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 30), HEAD, IDLE), SERVE);
+        assert_eq!(
+            judge(&mut t, after(t0, 62), HEAD, IDLE),
+            Some((Verdict::Finish, Reason::Idle))
+        );
+    }
+
+    #[test]
+    fn an_h2_header_block_left_open_is_a_slow_head() {
+        let t0 = Instant::now();
+        let mut t = tracked(t0);
+        let mut heads = H2Heads::default();
+        h2_read(&t, &mut heads, PREFACE);
+        h2_read(&t, &mut heads, SETTINGS);
+        // HEADERS without END_HEADERS, then a CONTINUATION (without it) every 5 s.
+        h2_read(&t, &mut heads, b"\0\0\x01\x01\0\0\0\0\x01a");
+        assert_eq!(judge(&mut t, t0, HEAD, IDLE), SERVE);
+        for s in [5, 10] {
+            h2_read(&t, &mut heads, b"\0\0\x01\x09\0\0\0\0\x01b");
+            let verdict = judge(&mut t, after(t0, s), HEAD, IDLE);
+            assert_eq!(
+                verdict,
+                if s < 10 { SERVE } else { HEAD_TIMEOUT },
+                "at {s} s"
+            );
+        }
     }
 
     #[test]
     fn verdicts_only_escalate() {
         let conn = Conn::default();
         let waker = Waker::noop();
-        conn.decide(Verdict::Abort);
-        conn.decide(Verdict::Finish);
+        conn.decide(Verdict::Abort, Reason::HeadTimeout);
+        conn.decide(Verdict::Finish, Reason::Idle);
         assert_eq!(conn.verdict(waker), Verdict::Abort);
+        assert_eq!(conn.reason(), Some(Reason::HeadTimeout));
     }
 }
