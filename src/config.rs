@@ -86,6 +86,10 @@ pub struct ServerConfig {
     /// A connection with no bytes either way for this long is closed, gracefully.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    /// A response whose client reads nothing for this long is ended, and its upstream
+    /// call with it (nginx's `send_timeout`).
+    #[serde(with = "duration")]
+    pub send_timeout: Duration,
     /// Largest request head (request line and headers).
     #[serde(with = "size")]
     pub max_header_bytes: u64,
@@ -106,6 +110,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
             max_body: 100 * 1024 * 1024,
             tls: None,
@@ -255,8 +260,12 @@ pub struct UpstreamConfig {
     /// Longest the gateway stops calling the upstream after a 429.
     #[serde(with = "duration")]
     pub max_cooldown: Duration,
-    /// Most upstream calls in flight; bounds the memory fetches hold.
+    /// Most upstream calls in flight for cached lookups; bounds the memory fetches hold.
     pub max_concurrent: usize,
+    /// Most forwarded calls (downloads, uploads, creates, lists, settings, job actions)
+    /// in flight, each held until its response body is done: a bound of their own, so
+    /// that slow transfers never take the lookups' slots.
+    pub max_streams: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -274,6 +283,7 @@ impl Default for UpstreamConfig {
             rate_limit_burst: None,
             max_cooldown: Duration::from_secs(60),
             max_concurrent: 64,
+            max_streams: 64,
         }
     }
 }
@@ -466,6 +476,7 @@ impl Config {
         let positive = [
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.idle_timeout", s.idle_timeout),
+            ("server.send_timeout", s.send_timeout),
             ("server.shutdown_timeout", s.shutdown_timeout),
         ];
         for (key, value) in positive {
@@ -481,6 +492,9 @@ impl Config {
         }
         if self.upstream.max_concurrent == 0 {
             return Err(invalid("upstream.max_concurrent", "must be greater than 0"));
+        }
+        if self.upstream.max_streams == 0 {
+            return Err(invalid("upstream.max_streams", "must be greater than 0"));
         }
         if self.upstream.rate_limit_burst == Some(0) {
             return Err(invalid(
@@ -597,9 +611,10 @@ pub fn describe(config: &Config) -> Vec<String> {
             config.server.listen, config.server.public_url
         ),
         format!(
-            "clients get {} to send a request head; a connection with no traffic for {} is closed",
+            "clients get {} to send a request head; a connection with no traffic for {} is closed; a response the client reads nothing of for {} is ended",
             d(config.server.header_read_timeout),
-            d(config.server.idle_timeout)
+            d(config.server.idle_timeout),
+            d(config.server.send_timeout)
         ),
         format!(
             "forwards to {} with a {} deadline ({} to connect)",
@@ -643,8 +658,9 @@ pub fn describe(config: &Config) -> Vec<String> {
         }
     });
     lines.push(format!(
-        "at most {} upstream calls in flight; after an upstream 429, calls pause for its Retry-After (at most {})",
+        "at most {} upstream calls in flight for lookups and {} for forwarded calls (each until its body is done); after an upstream 429, calls pause for its Retry-After (at most {})",
         u.max_concurrent,
+        u.max_streams,
         d(u.max_cooldown)
     ));
     lines.push(if config.open_beyond_loopback() {

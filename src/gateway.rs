@@ -15,7 +15,7 @@ use crate::auth::Clients;
 use crate::cache::{Answer, CacheKey, CachePolicy, CacheStore, Flights};
 use crate::config::Config;
 use crate::error::{BoxError, GatewayError};
-use crate::guard::UpstreamGuard;
+use crate::guard::{Lane, UpstreamGuard};
 use crate::metrics::Metrics;
 use crate::proxy::rewrite::LinkRewriter;
 use crate::proxy::upstream::UpstreamClient;
@@ -133,7 +133,9 @@ impl Gateway {
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
         m.upstream_in_flight
-            .set(i64::try_from(self.guard.in_flight()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.guard.in_flight(Lane::Lookup)).unwrap_or(i64::MAX));
+        m.upstream_streams_in_flight
+            .set(i64::try_from(self.guard.in_flight(Lane::Stream)).unwrap_or(i64::MAX));
         m.ready.set(i64::from(self.is_ready()));
         m.encode()
     }

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub coalesced: Counter,
     /// Streamed upstream bodies cut after `upstream.timeout` without a byte.
     pub upstream_body_stalls: Counter,
+    /// Forwarded responses ended because the client read nothing for `server.send_timeout`.
+    pub send_timeouts: Counter,
     /// Fetched answers not stored because an invalidation came after their fetch began.
     pub fills_discarded: Counter,
     /// Client connections the server closed, by reason (`head_timeout`, `idle`,
@@ -97,8 +99,10 @@ pub struct Metrics {
     pub quota_tokens: Gauge<f64, AtomicU64>,
     /// Seconds until the 429 cooldown reopens; 0 when open (set at scrape time).
     pub cooldown_seconds: Gauge<f64, AtomicU64>,
-    /// Upstream calls in flight (set at scrape time).
+    /// Upstream calls in flight for lookups (set at scrape time).
     pub upstream_in_flight: Gauge,
+    /// Forwarded calls in flight, bodies included (set at scrape time).
+    pub upstream_streams_in_flight: Gauge,
     /// 1 while ready to take traffic, 0 while draining (set at scrape time).
     pub ready: Gauge,
     /// The hottest series, `requests{route="job",status="200",cache="hit",client=""}`,
@@ -142,6 +146,12 @@ impl Metrics {
             "upstream_body_stalls",
             "Streamed upstream bodies cut after upstream.timeout without a byte",
             upstream_body_stalls.clone(),
+        );
+        let send_timeouts = Counter::default();
+        registry.register(
+            "send_timeouts",
+            "Forwarded responses ended because the client read nothing for server.send_timeout",
+            send_timeouts.clone(),
         );
         let fills_discarded = Counter::default();
         registry.register(
@@ -199,6 +209,12 @@ impl Metrics {
             "Upstream calls in flight",
             upstream_in_flight.clone(),
         );
+        let upstream_streams_in_flight = Gauge::default();
+        registry.register(
+            "upstream_streams_in_flight",
+            "Forwarded upstream calls in flight, bodies included (upstream.max_streams)",
+            upstream_streams_in_flight.clone(),
+        );
         let ready = Gauge::default();
         registry.register(
             "ready",
@@ -221,6 +237,7 @@ impl Metrics {
             upstream_duration,
             coalesced,
             upstream_body_stalls,
+            send_timeouts,
             fills_discarded,
             connections_closed,
             evictions,
@@ -231,6 +248,7 @@ impl Metrics {
             quota_tokens,
             cooldown_seconds,
             upstream_in_flight,
+            upstream_streams_in_flight,
             ready,
         }
     }

@@ -140,3 +140,158 @@ async fn a_connection_given_up_on_is_closed() {
     );
     assert!(stalled.await.expect("upload").starts_with("HTTP/1.1 408"));
 }
+
+/// The value of `series` on the gateway's admin listener.
+async fn gauge(gw: &exagate::RunningGateway, series: &str) -> f64 {
+    let url = format!("{}/metrics", gw.admin_url().expect("admin on"));
+    let reply = common::send(
+        &common::client(),
+        http::Method::GET,
+        &url,
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    common::metric_value(&String::from_utf8_lossy(&reply.body), series)
+}
+
+/// Downloads hold a slot of their own bound (`upstream.max_streams`) until their body
+/// is done, so slow transfers never take the lookups' slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_hold_their_own_slots_to_the_end_and_never_starve_lookups() {
+    // Downloads: a head and 1 KiB of 1 MiB, then silence; jobs: answered at once.
+    let upstream = RawUpstream::start(|_, mut stream| async move {
+        let Some(head) = common::read_head(&mut stream).await else {
+            return;
+        };
+        if head.contains("/download") {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n")
+                .await;
+            let _ = stream.write_all(&[1u8; 1024]).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return;
+        }
+        let id = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.rsplit('/').next())
+            .and_then(|id| id.parse::<uuid::Uuid>().ok())
+            .unwrap_or_default();
+        let body = common::completed_job_json(id, "http://upstream.invalid");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+    })
+    .await;
+    let mut config = test_config();
+    config.upstream.max_streams = 2;
+    config.upstream.max_concurrent = 2;
+    config.upstream.timeout = Duration::from_secs(4);
+    config.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let gw = common::start_gateway_at(&upstream.url(), config).await;
+    let download = || {
+        let url = format!("{}/v2/extract/{}/download", gw.url(), uuid::Uuid::new_v4());
+        let request = http::Request::get(url)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        common::client().request(request)
+    };
+    // Two downloads under way: their heads are in, their bodies are not done.
+    let first = download().await.expect("a head");
+    let second = download().await.expect("a head");
+    assert_eq!(gauge(&gw, "exagate_upstream_streams_in_flight").await, 2.0);
+    // A third waits half of upstream.timeout, then is refused...
+    let third = download().await.expect("an answer");
+    assert_eq!(third.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    // ...while lookups go on in their own lane.
+    for _ in 0..3 {
+        let job = common::job_path(uuid::Uuid::new_v4());
+        let url = format!("{}{job}", gw.url());
+        let reply = common::send(
+            &common::client(),
+            http::Method::GET,
+            &url,
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(reply.status, http::StatusCode::OK);
+    }
+    drop((first, second));
+    // Dropped by their clients: the slots come back.
+    for _ in 0..50 {
+        if gauge(&gw, "exagate_upstream_streams_in_flight").await == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the download slots were not given back");
+}
+
+/// A download whose client reads nothing is ended at `server.send_timeout`, on HTTP/1
+/// (the socket fills) and on HTTP/2 (a stream window of 0), and its upstream call and
+/// slot go with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_the_client_never_reads_is_ended_at_the_send_timeout() {
+    // Downloads far larger than what socket buffers hold.
+    let sim = exagate::sim::Simulator::start(exagate::sim::SimOptions {
+        api_key: common::KEY.to_string(),
+        download_size: 64 * 1024 * 1024,
+        ..exagate::sim::SimOptions::default()
+    })
+    .await
+    .expect("simulator");
+    let mut config = test_config();
+    config.server.send_timeout = Duration::from_millis(800);
+    config.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let gw = start_gateway(&sim, config).await;
+    // HTTP/1: asks for a 64 MiB download and reads nothing.
+    let id = sim.add_completed(None);
+    let mut h1 = TcpStream::connect(gw.addr).await.expect("connect");
+    let request = format!("GET /v2/extract/{id}/download HTTP/1.1\r\nhost: gw\r\n\r\n");
+    h1.write_all(request.as_bytes()).await.expect("write");
+    // HTTP/2: five downloads on a connection whose stream windows are 0.
+    let stream = TcpStream::connect(gw.addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let id = sim.add_completed(None);
+        let request = http::Request::get(format!("http://gw/v2/extract/{id}/download"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("a head");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        held.push(response);
+    }
+    assert_eq!(gauge(&gw, "exagate_upstream_streams_in_flight").await, 6.0);
+    let mut released = false;
+    for _ in 0..60 {
+        if gauge(&gw, "exagate_upstream_streams_in_flight").await == 0.0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        released,
+        "downloads nobody reads still hold their upstream calls"
+    );
+    assert!(gauge(&gw, "exagate_send_timeouts_total").await >= 5.0);
+    // The HTTP/1 connection itself is closed (its socket was full).
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), h1.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "the HTTP/1 connection that reads nothing is still open"
+    );
+    drop(held);
+}

@@ -28,13 +28,81 @@ pub struct UpstreamGuard {
     pub cooldown: Cooldown,
     /// The account's quota (`upstream.rate_limit`), if one is set.
     pub bucket: Arc<TokenBucket>,
-    /// Slots for calls in flight (`upstream.max_concurrent`).
+    /// Slots for cached lookups' calls (`upstream.max_concurrent`).
+    lookups: Pool,
+    /// Slots for forwarded calls, held to the end of their bodies (`upstream.max_streams`).
+    streams: Pool,
+}
+
+/// Which bound a call draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// A cached lookup's fetch: short, read whole.
+    Lookup,
+    /// A forwarded call (download, upload, create, ...), whose body may take long.
+    Stream,
+}
+
+/// A resizable count of slots.
+struct Pool {
     slots: Arc<Semaphore>,
     /// The configured number of slots, for metrics and resizing on reload.
-    max_concurrent: AtomicUsize,
-    /// Slots to retire as they come back: a reload that lowers `max_concurrent` while
-    /// calls hold slots cannot take those slots away, so it takes them when released.
+    max: AtomicUsize,
+    /// Slots to retire as they come back: a reload that lowers the count while calls
+    /// hold slots cannot take those slots away, so it takes them when released.
     retire: Arc<AtomicUsize>,
+    /// What a call that waited too long is told.
+    busy: &'static str,
+}
+
+impl Pool {
+    fn new(max: usize, busy: &'static str) -> Pool {
+        Pool {
+            slots: Arc::new(Semaphore::new(max)),
+            max: max.into(),
+            retire: Arc::new(AtomicUsize::new(0)),
+            busy,
+        }
+    }
+
+    /// Changes the count from now on (slots in use beyond a lowered count are retired
+    /// as they come back).
+    fn resize(&self, new: usize) {
+        let old = self.max.swap(new, Ordering::SeqCst);
+        if new > old {
+            // Slots still owed to an earlier lowering are cancelled first.
+            let grow = new - old;
+            let owed = self
+                .retire
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(grow))
+                })
+                .unwrap_or(0);
+            self.slots.add_permits(grow - owed.min(grow));
+        } else if new < old {
+            let shrink = old - new;
+            let idle = self.slots.forget_permits(shrink);
+            self.retire.fetch_add(shrink - idle, Ordering::AcqRel);
+        }
+    }
+
+    /// Waits up to `wait` for a slot.
+    async fn slot(&self, wait: Duration) -> Result<Slot, GatewayError> {
+        match tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot {
+                permit: Some(permit),
+                retire: Arc::clone(&self.retire),
+            }),
+            _ => Err(GatewayError::new(ErrorKind::UpstreamBusy, self.busy)),
+        }
+    }
+
+    /// Slots held now.
+    fn in_use(&self) -> usize {
+        // Permits in existence are the configured count plus those still to retire.
+        let max = self.max.load(Ordering::Relaxed) + self.retire.load(Ordering::Relaxed);
+        max.saturating_sub(self.slots.available_permits())
+    }
 }
 
 /// A slot held for the duration of one upstream call.
@@ -104,9 +172,14 @@ impl UpstreamGuard {
         UpstreamGuard {
             cooldown: Cooldown::new(config.max_cooldown),
             bucket: Arc::new(TokenBucket::new(config.rate_limit, config.rate_limit_burst)),
-            slots: Arc::new(Semaphore::new(config.max_concurrent)),
-            max_concurrent: config.max_concurrent.into(),
-            retire: Arc::new(AtomicUsize::new(0)),
+            lookups: Pool::new(
+                config.max_concurrent,
+                "too many upstream calls in flight (upstream.max_concurrent)",
+            ),
+            streams: Pool::new(
+                config.max_streams,
+                "too many forwarded calls in flight (upstream.max_streams)",
+            ),
         }
     }
 
@@ -117,23 +190,8 @@ impl UpstreamGuard {
         self.cooldown.set_max(config.max_cooldown);
         self.bucket
             .reconfigure(config.rate_limit, config.rate_limit_burst);
-        let new = config.max_concurrent;
-        let old = self.max_concurrent.swap(new, Ordering::SeqCst);
-        if new > old {
-            // Slots still owed to an earlier lowering are cancelled first.
-            let grow = new - old;
-            let owed = self
-                .retire
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    Some(n.saturating_sub(grow))
-                })
-                .unwrap_or(0);
-            self.slots.add_permits(grow - owed.min(grow));
-        } else if new < old {
-            let shrink = old - new;
-            let idle = self.slots.forget_permits(shrink);
-            self.retire.fetch_add(shrink - idle, Ordering::AcqRel);
-        }
+        self.lookups.resize(config.max_concurrent);
+        self.streams.resize(config.max_streams);
     }
 
     /// Whether the 429 gate is open.
@@ -149,11 +207,12 @@ impl UpstreamGuard {
     }
 
     /// Admits one upstream call: the 429 gate, a token of the account's quota (with
-    /// `share`, the caller's own token, already taken), then a slot, waited for up to
-    /// `wait`, then the gate again (a 429 may have closed it while this call queued).
-    /// Any refusal gives back what was taken.
+    /// `share`, the caller's own token, already taken), then a slot of `lane`, waited
+    /// for up to `wait`, then the gate again (a 429 may have closed it while this call
+    /// queued). Any refusal gives back what was taken.
     pub async fn admit(
         &self,
+        lane: Lane,
         share: Option<Token>,
         wait: Duration,
     ) -> Result<Admission, GatewayError> {
@@ -170,30 +229,21 @@ impl UpstreamGuard {
             None
         };
         let tokens = [account, share];
-        let slot = self.slot(wait).await?;
+        let pool = match lane {
+            Lane::Lookup => &self.lookups,
+            Lane::Stream => &self.streams,
+        };
+        let slot = pool.slot(wait).await?;
         self.check_cooldown()?;
         Ok(Admission { slot, tokens })
     }
 
-    /// Waits up to `deadline` for a slot for one upstream call.
-    async fn slot(&self, deadline: Duration) -> Result<Slot, GatewayError> {
-        match tokio::time::timeout(deadline, Arc::clone(&self.slots).acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Slot {
-                permit: Some(permit),
-                retire: Arc::clone(&self.retire),
-            }),
-            _ => Err(GatewayError::new(
-                ErrorKind::UpstreamBusy,
-                "too many upstream calls in flight (upstream.max_concurrent)",
-            )),
+    /// Upstream calls in flight now, of one lane.
+    pub fn in_flight(&self, lane: Lane) -> usize {
+        match lane {
+            Lane::Lookup => self.lookups.in_use(),
+            Lane::Stream => self.streams.in_use(),
         }
-    }
-
-    /// Upstream calls in flight now.
-    pub fn in_flight(&self) -> usize {
-        // Permits in existence are the configured count plus those still to retire.
-        let max = self.max_concurrent.load(Ordering::Relaxed) + self.retire.load(Ordering::Relaxed);
-        max.saturating_sub(self.slots.available_permits())
     }
 }
 
@@ -216,7 +266,7 @@ mod tests {
 
     /// An admission, or the refusal of one, after a short wait for a slot.
     async fn admit(g: &UpstreamGuard) -> Result<Admission, GatewayError> {
-        g.admit(None, Duration::from_millis(10)).await
+        g.admit(Lane::Lookup, None, Duration::from_millis(10)).await
     }
 
     #[tokio::test]
@@ -225,7 +275,7 @@ mod tests {
         let a = admit(&g).await.expect("slot");
         let b = admit(&g).await.expect("slot");
         g.reconfigure(&slots(1));
-        assert_eq!(g.in_flight(), 2);
+        assert_eq!(g.in_flight(Lane::Lookup), 2);
         drop(a);
         // One slot was retired as it came back: the second call still holds the only one.
         assert!(admit(&g).await.is_err());
@@ -237,7 +287,26 @@ mod tests {
         g.reconfigure(&slots(2));
         let _c = admit(&g).await.expect("slot");
         let _d = admit(&g).await.expect("slot");
-        assert_eq!(g.in_flight(), 2);
+        assert_eq!(g.in_flight(Lane::Lookup), 2);
+    }
+
+    #[tokio::test]
+    async fn streams_draw_on_their_own_bound() {
+        let g = UpstreamGuard::new(&UpstreamConfig {
+            max_concurrent: 1,
+            max_streams: 2,
+            ..UpstreamConfig::default()
+        });
+        let wait = Duration::from_millis(10);
+        let _a = g.admit(Lane::Stream, None, wait).await.expect("stream");
+        let _b = g.admit(Lane::Stream, None, wait).await.expect("stream");
+        assert!(g.admit(Lane::Stream, None, wait).await.is_err());
+        // Two transfers held: a lookup still gets its slot.
+        let _c = admit(&g).await.expect("lookup");
+        assert_eq!(
+            (g.in_flight(Lane::Lookup), g.in_flight(Lane::Stream)),
+            (1, 2)
+        );
     }
 
     #[tokio::test]

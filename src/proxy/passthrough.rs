@@ -96,13 +96,15 @@ where
         // The action may have changed the job (a reprocess revives a failed one): drop
         // what is held, and with it every fill that began before now (see the store).
         // Not when it never reached the upstream, or the upstream turned it down.
-        let turned_down = result.as_ref().is_ok_and(|r| r.status().is_client_error());
+        let turned_down = result
+            .as_ref()
+            .is_ok_and(|(r, _)| r.status().is_client_error());
         if sent && !turned_down {
             gw.cache.invalidate_job(*job).await;
         }
     }
-    let response = match result {
-        Ok(response) => response,
+    let (response, slot) = match result {
+        Ok(answer) => answer,
         Err(failure) => return refused(failure.error, ex),
     };
     ex.upstream_status = Some(response.status());
@@ -111,10 +113,12 @@ where
         && is_json(response.headers())
         && !is_encoded(response.headers());
     if rewrite {
+        // Read whole, then the slot goes.
         return rewrite_collection(&live, &parts.method, response, ex).await;
     }
     let (parts, body) = response.into_parts();
-    let mut response = Response::new(live.upstream.stalling(body));
+    let send_timeout = live.config.server.send_timeout;
+    let mut response = Response::new(live.upstream.streamed(body, slot, send_timeout));
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers::forward_response(&parts.headers);
     response

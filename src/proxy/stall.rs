@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::Body;
 use crate::error::{BoxError, ErrorKind, GatewayError};
+use crate::guard::Slot;
 
 /// Where an upload stands.
 const SENDING: u8 = 0;
@@ -223,5 +224,137 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A forwarded response body on its way to the client. It holds its upstream slot
+/// (`upstream.max_streams`) to its end, and when the client reads nothing for
+/// `server.send_timeout` (hyper stops asking for more: the socket or the HTTP/2 stream
+/// window is full) a watchdog ends it: the upstream body and the slot are dropped, which
+/// ends the upstream call, and the client's stream is cut at its next read.
+pub struct Sending {
+    state: Arc<SendState>,
+}
+
+/// Where a forwarded body stands.
+enum Held {
+    /// On its way: the upstream body, and the slot it holds until it is dropped.
+    Sending { body: Body, _slot: Slot },
+    /// Sent whole.
+    Done,
+    /// Ended by the watchdog.
+    Cut,
+}
+
+struct SendState {
+    held: std::sync::Mutex<Held>,
+    origin: Instant,
+    /// Microseconds from `origin` to the last time hyper asked for more.
+    asked: AtomicU64,
+    /// The last poll found the upstream slower than the client (then it is the
+    /// upstream's stall, `Stalling`'s business, not the client's).
+    waiting_upstream: std::sync::atomic::AtomicBool,
+}
+
+impl SendState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Sending {
+    /// Wraps `body`, keeping `slot` until it ends, and starts its watchdog.
+    pub fn new(body: Body, slot: Slot, send_timeout: Duration, ended: Counter) -> Sending {
+        let state = Arc::new(SendState {
+            held: std::sync::Mutex::new(Held::Sending { body, _slot: slot }),
+            origin: Instant::now(),
+            asked: AtomicU64::new(0),
+            waiting_upstream: std::sync::atomic::AtomicBool::new(false),
+        });
+        let watched = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            loop {
+                let Some(state) = watched.upgrade() else {
+                    return;
+                };
+                let asked =
+                    state.origin + Duration::from_micros(state.asked.load(Ordering::Acquire));
+                let deadline = asked + send_timeout;
+                let now = Instant::now();
+                let waiting = state.waiting_upstream.load(Ordering::Acquire);
+                if now >= deadline && !waiting {
+                    let mut held = state.lock();
+                    if matches!(*held, Held::Sending { .. }) {
+                        // Dropping the upstream body and the slot ends the call.
+                        *held = Held::Cut;
+                        ended.inc();
+                        tracing::info!(
+                            ?send_timeout,
+                            "the client read nothing for server.send_timeout: the response was ended"
+                        );
+                    }
+                    return;
+                }
+                drop(state);
+                let next = if waiting {
+                    now + send_timeout
+                } else {
+                    deadline
+                };
+                tokio::time::sleep_until(next).await;
+            }
+        });
+        Sending { state }
+    }
+}
+
+impl http_body::Body for Sending {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let state = &self.state;
+        let micros = u64::try_from(state.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        state.asked.store(micros, Ordering::Release);
+        let mut held = state.lock();
+        let body = match &mut *held {
+            Held::Sending { body, .. } => body,
+            Held::Done => return Poll::Ready(None),
+            Held::Cut => {
+                return Poll::Ready(Some(Err(
+                    "the client read nothing for server.send_timeout".into()
+                )))
+            }
+        };
+        let poll = Pin::new(body).poll_frame(cx);
+        state
+            .waiting_upstream
+            .store(poll.is_pending(), Ordering::Release);
+        if let Poll::Ready(None) = poll {
+            // Sent whole: the slot goes back now, not when hyper drops the body.
+            *held = Held::Done;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &*self.state.lock() {
+            Held::Sending { body, .. } => body.is_end_stream(),
+            Held::Done => true,
+            Held::Cut => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &*self.state.lock() {
+            Held::Sending { body, .. } => body.size_hint(),
+            Held::Done => SizeHint::with_exact(0),
+            Held::Cut => SizeHint::default(),
+        }
     }
 }

@@ -38,7 +38,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use frames::{H2Heads, Seen};
-use supervise::{Conn, Supervisor, Verdict};
+use supervise::{Conn, Supervisor, Timeouts, Verdict};
 
 /// Most concurrent HTTP/2 streams on one client connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
@@ -52,6 +52,8 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// No bytes either way for this long closes a connection.
     pub idle_timeout: Duration,
+    /// A client that reads nothing for this long is cut.
+    pub send_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish at shutdown.
@@ -65,6 +67,7 @@ impl ServerLimits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
+            send_timeout: config.send_timeout,
             max_header_bytes: usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX),
             shutdown_timeout: config.shutdown_timeout,
         }
@@ -125,7 +128,11 @@ pub async fn serve<H: Handler>(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let supervisor = Supervisor::new(limits.header_read_timeout, limits.idle_timeout);
+    let supervisor = Supervisor::new(Timeouts {
+        head: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        send: limits.send_timeout,
+    });
     tokio::spawn(Arc::clone(&supervisor).run());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -321,6 +328,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
+impl<T> Watched<T> {
+    /// Tells the counters what a write did: took bytes, or found the socket full.
+    fn wrote(&self, poll: &Poll<io::Result<usize>>) {
+        match poll {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.conn.on_write();
+                self.conn.on_write_blocked(false);
+            }
+            Poll::Pending => self.conn.on_write_blocked(true),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -328,9 +349,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.on_write();
-        }
+        self.wrote(&poll);
         poll
     }
 
@@ -340,9 +359,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.on_write();
-        }
+        self.wrote(&poll);
         poll
     }
 

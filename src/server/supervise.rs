@@ -40,6 +40,8 @@ pub enum Reason {
     GoodbyeTimeout,
     /// The gateway is stopping.
     Shutdown,
+    /// The client read nothing of a response for `server.send_timeout`.
+    SendTimeout,
 }
 
 impl Reason {
@@ -50,6 +52,7 @@ impl Reason {
             Reason::Idle => "idle",
             Reason::GoodbyeTimeout => "goodbye_timeout",
             Reason::Shutdown => "shutdown",
+            Reason::SendTimeout => "send_timeout",
         }
     }
 
@@ -59,6 +62,7 @@ impl Reason {
             2 => Some(Reason::Idle),
             3 => Some(Reason::GoodbyeTimeout),
             4 => Some(Reason::Shutdown),
+            5 => Some(Reason::SendTimeout),
             _ => None,
         }
     }
@@ -69,6 +73,7 @@ impl Reason {
             Reason::Idle => 2,
             Reason::GoodbyeTimeout => 3,
             Reason::Shutdown => 4,
+            Reason::SendTimeout => 5,
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct Conn {
     h2_head_pending: AtomicBool,
     /// Which HTTP/2 head that is (a new header block is a new wait).
     h2_head: AtomicU64,
+    /// The last write found the socket full: the client is not reading.
+    write_blocked: AtomicBool,
     /// A [`Verdict`] as a number, set by the supervisor.
     verdict: AtomicU8,
     /// The [`Reason`] of the last verdict, as a number (0: none).
@@ -124,6 +131,13 @@ impl Conn {
         self.h2.store(true, Ordering::Relaxed);
         self.h2_head_pending.store(head_pending, Ordering::Relaxed);
         self.h2_head.store(head, Ordering::Relaxed);
+    }
+
+    /// A write found the socket full (`true`) or took bytes (`false`).
+    pub fn on_write_blocked(&self, blocked: bool) {
+        if self.write_blocked.load(Ordering::Relaxed) != blocked {
+            self.write_blocked.store(blocked, Ordering::Relaxed);
+        }
     }
 
     /// Counts a write that took bytes.
@@ -203,26 +217,36 @@ pub struct Supervisor {
     conns: Mutex<HashMap<u64, Tracked>>,
     next_id: AtomicU64,
     stopping: AtomicBool,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
+}
+
+/// The rules a supervisor enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `server.header_read_timeout`.
+    pub head: Duration,
+    /// `server.idle_timeout`.
+    pub idle: Duration,
+    /// `server.send_timeout`.
+    pub send: Duration,
 }
 
 impl Supervisor {
     /// A supervisor enforcing these timeouts.
-    pub fn new(header_read_timeout: Duration, idle_timeout: Duration) -> Arc<Supervisor> {
+    pub fn new(timeouts: Timeouts) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
-            header_read_timeout,
-            idle_timeout,
+            timeouts,
         })
     }
 
-    /// How often to sweep: a quarter of the shorter timeout (so a connection is closed
+    /// How often to sweep: a quarter of the shortest timeout (so a connection is closed
     /// within a quarter past its deadline), between 10 ms and 1 s.
     pub fn tick(&self) -> Duration {
-        (self.header_read_timeout.min(self.idle_timeout) / 4)
+        let t = &self.timeouts;
+        (t.head.min(t.idle).min(t.send) / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
@@ -275,9 +299,7 @@ impl Supervisor {
     /// Judges every connection at `now`.
     pub fn sweep(&self, now: Instant) {
         for tracked in self.lock().values_mut() {
-            if let Some((verdict, reason)) =
-                judge(tracked, now, self.header_read_timeout, self.idle_timeout)
-            {
+            if let Some((verdict, reason)) = judge(tracked, now, &self.timeouts) {
                 tracked.conn.decide(verdict, reason);
             }
         }
@@ -290,16 +312,17 @@ impl Supervisor {
 }
 
 /// The rules: a head must arrive within `header_read_timeout` of its first byte (or of the
-/// connection opening), whatever protocol it is in; no bytes either way for
+/// connection opening), whatever protocol it is in; a client that reads nothing (the
+/// socket full, nothing moving) for `send_timeout` is cut; no bytes either way for
 /// `idle_timeout` ends the connection once its requests in flight are answered; a
 /// connection asked to finish that then stays quiet with nothing in flight for the
 /// goodbye grace is closed hard. `None`: keep serving.
-fn judge(
-    tracked: &mut Tracked,
-    now: Instant,
-    header: Duration,
-    idle: Duration,
-) -> Option<(Verdict, Reason)> {
+fn judge(tracked: &mut Tracked, now: Instant, timeouts: &Timeouts) -> Option<(Verdict, Reason)> {
+    let Timeouts {
+        head: header,
+        idle,
+        send,
+    } = *timeouts;
     let conn = &tracked.conn;
     let reads = conn.reads.load(Ordering::Relaxed);
     let writes = conn.writes.load(Ordering::Relaxed);
@@ -335,6 +358,12 @@ fn judge(
         }
     } else {
         tracked.head_pending = None;
+    }
+    // A client that reads nothing: the socket full and not a byte moved for the send
+    // timeout. Closed whatever is in flight, as nginx's send_timeout does.
+    if conn.write_blocked.load(Ordering::Relaxed) && now.duration_since(tracked.quiet_since) >= send
+    {
+        return Some((Verdict::Abort, Reason::SendTimeout));
     }
     if conn.finishing() {
         // The grace counts from the request to finish (first seen here) or the last byte
@@ -372,8 +401,11 @@ mod tests {
     use super::super::frames::H2Heads;
     use super::*;
 
-    const HEAD: Duration = Duration::from_secs(10);
-    const IDLE: Duration = Duration::from_secs(60);
+    const LIMITS: Timeouts = Timeouts {
+        head: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        send: Duration::from_secs(60),
+    };
     const SERVE: Option<(Verdict, Reason)> = None;
     const HEAD_TIMEOUT: Option<(Verdict, Reason)> = Some((Verdict::Abort, Reason::HeadTimeout));
 
@@ -409,10 +441,10 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracked(t0);
         t.conn.on_read(b"GET / HT");
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 1), &LIMITS), SERVE);
         t.conn.on_read(b"TP/1.1\r\n");
-        assert_eq!(judge(&mut t, after(t0, 10), HEAD, IDLE), SERVE);
-        assert_eq!(judge(&mut t, after(t0, 11), HEAD, IDLE), HEAD_TIMEOUT);
+        assert_eq!(judge(&mut t, after(t0, 10), &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 11), &LIMITS), HEAD_TIMEOUT);
     }
 
     #[test]
@@ -420,13 +452,13 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracked(t0);
         t.conn.on_read(b"GET / HTTP/1.1\r\n");
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 1), &LIMITS), SERVE);
         // Answered and the next head begun between two sweeps: never seen idle.
         t.conn.on_write();
         t.conn.on_read(b"GET /next");
-        assert_eq!(judge(&mut t, after(t0, 9), HEAD, IDLE), SERVE);
-        assert_eq!(judge(&mut t, after(t0, 18), HEAD, IDLE), SERVE);
-        assert_eq!(judge(&mut t, after(t0, 19), HEAD, IDLE), HEAD_TIMEOUT);
+        assert_eq!(judge(&mut t, after(t0, 9), &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 18), &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 19), &LIMITS), HEAD_TIMEOUT);
     }
 
     #[test]
@@ -438,11 +470,11 @@ mod tests {
         // A long upload: reads go on, nothing is written until the answer.
         for s in 1..30 {
             t.conn.on_read(b"body");
-            assert_eq!(judge(&mut t, after(t0, s), HEAD, IDLE), SERVE);
+            assert_eq!(judge(&mut t, after(t0, s), &LIMITS), SERVE);
         }
         drop(request);
-        assert_eq!(judge(&mut t, after(t0, 31), HEAD, IDLE), SERVE);
-        assert_eq!(judge(&mut t, after(t0, 42), HEAD, IDLE), HEAD_TIMEOUT);
+        assert_eq!(judge(&mut t, after(t0, 31), &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 42), &LIMITS), HEAD_TIMEOUT);
     }
 
     #[test]
@@ -451,17 +483,17 @@ mod tests {
         let mut t = tracked(t0);
         t.conn.on_read(b"GET / HTTP/1.1\r\n\r\n");
         t.conn.on_write();
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), SERVE);
-        assert_eq!(judge(&mut t, after(t0, 60), HEAD, IDLE), SERVE);
-        let finish = judge(&mut t, after(t0, 61), HEAD, IDLE);
+        assert_eq!(judge(&mut t, after(t0, 1), &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 60), &LIMITS), SERVE);
+        let finish = judge(&mut t, after(t0, 61), &LIMITS);
         assert_eq!(finish, Some((Verdict::Finish, Reason::Idle)));
         t.conn.decide(Verdict::Finish, Reason::Idle);
         // The goodbye (GOAWAY, PING) goes out; the client never answers it.
         t.conn.on_write();
-        assert_eq!(judge(&mut t, after(t0, 62), HEAD, IDLE), SERVE);
-        assert_eq!(judge(&mut t, after(t0, 66), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 62), &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 66), &LIMITS), SERVE);
         assert_eq!(
-            judge(&mut t, after(t0, 67), HEAD, IDLE),
+            judge(&mut t, after(t0, 67), &LIMITS),
             Some((Verdict::Abort, Reason::GoodbyeTimeout))
         );
     }
@@ -475,12 +507,12 @@ mod tests {
         let streaming = t.conn.request();
         t.conn.decide(Verdict::Finish, Reason::Shutdown);
         for s in 1..30 {
-            assert_eq!(judge(&mut t, after(t0, s), HEAD, IDLE), SERVE);
+            assert_eq!(judge(&mut t, after(t0, s), &LIMITS), SERVE);
         }
         // Once it is done (and the connection long quiet), nothing holds it open.
         drop(streaming);
         assert_eq!(
-            judge(&mut t, after(t0, 30), HEAD, IDLE),
+            judge(&mut t, after(t0, 30), &LIMITS),
             Some((Verdict::Abort, Reason::GoodbyeTimeout))
         );
     }
@@ -492,12 +524,12 @@ mod tests {
         let mut heads = H2Heads::default();
         // "PRI " and then a byte a second: timed as a head from the first byte.
         h2_read(&t, &mut heads, &PREFACE[..4]);
-        assert_eq!(judge(&mut t, t0, HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, t0, &LIMITS), SERVE);
         for (s, b) in (1..10).zip(&PREFACE[4..]) {
             h2_read(&t, &mut heads, &[*b]);
-            assert_eq!(judge(&mut t, after(t0, s), HEAD, IDLE), SERVE);
+            assert_eq!(judge(&mut t, after(t0, s), &LIMITS), SERVE);
         }
-        assert_eq!(judge(&mut t, after(t0, 10), HEAD, IDLE), HEAD_TIMEOUT);
+        assert_eq!(judge(&mut t, after(t0, 10), &LIMITS), HEAD_TIMEOUT);
     }
 
     #[test]
@@ -508,10 +540,10 @@ mod tests {
         h2_read(&t, &mut heads, PREFACE);
         h2_read(&t, &mut heads, SETTINGS);
         t.conn.on_write();
-        assert_eq!(judge(&mut t, after(t0, 1), HEAD, IDLE), SERVE);
-        assert_eq!(judge(&mut t, after(t0, 30), HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 1), &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 30), &LIMITS), SERVE);
         assert_eq!(
-            judge(&mut t, after(t0, 62), HEAD, IDLE),
+            judge(&mut t, after(t0, 62), &LIMITS),
             Some((Verdict::Finish, Reason::Idle))
         );
     }
@@ -525,15 +557,43 @@ mod tests {
         h2_read(&t, &mut heads, SETTINGS);
         // HEADERS without END_HEADERS, then a CONTINUATION (without it) every 5 s.
         h2_read(&t, &mut heads, b"\0\0\x01\x01\0\0\0\0\x01a");
-        assert_eq!(judge(&mut t, t0, HEAD, IDLE), SERVE);
+        assert_eq!(judge(&mut t, t0, &LIMITS), SERVE);
         for s in [5, 10] {
             h2_read(&t, &mut heads, b"\0\0\x01\x09\0\0\0\0\x01b");
-            let verdict = judge(&mut t, after(t0, s), HEAD, IDLE);
+            let verdict = judge(&mut t, after(t0, s), &LIMITS);
             assert_eq!(
                 verdict,
                 if s < 10 { SERVE } else { HEAD_TIMEOUT },
                 "at {s} s"
             );
+        }
+    }
+
+    #[test]
+    fn a_client_that_reads_nothing_is_cut_at_the_send_timeout() {
+        let t0 = Instant::now();
+        let mut t = tracked(t0);
+        t.conn
+            .on_read(b"GET /v2/extract/x/download HTTP/1.1\r\n\r\n");
+        let _streaming = t.conn.request();
+        t.conn.on_write();
+        t.conn.on_write_blocked(true);
+        assert_eq!(judge(&mut t, t0, &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, 59), &LIMITS), SERVE);
+        assert_eq!(
+            judge(&mut t, after(t0, 60), &LIMITS),
+            Some((Verdict::Abort, Reason::SendTimeout))
+        );
+        // One that reads, however slowly, is not.
+        let mut slow = tracked(t0);
+        let _streaming = slow.conn.request();
+        for s in 1..120 {
+            slow.conn.on_write_blocked(true);
+            if s % 30 == 0 {
+                slow.conn.on_write();
+                slow.conn.on_write_blocked(false);
+            }
+            assert_eq!(judge(&mut slow, after(t0, s), &LIMITS), SERVE, "at {s} s");
         }
     }
 

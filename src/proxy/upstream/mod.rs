@@ -17,12 +17,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use uuid::Uuid;
 
-use super::stall::{Progress, Stalling, Upload};
+use super::stall::{Progress, Sending, Stalling, Upload};
 use crate::body::Body;
 use crate::config::{http_origin, Origin, UpstreamConfig};
 use crate::error::{BoxError, ErrorKind, GatewayError};
 use crate::guard::cooldown::parse_retry_after;
-use crate::guard::{Slot, Token, UpstreamGuard};
+use crate::guard::{Lane, Slot, Token, UpstreamGuard};
 use crate::metrics::Metrics;
 use crate::secret::ApiKey;
 use tally::{ReadTally, Tallied};
@@ -157,27 +157,27 @@ impl UpstreamClient {
         headers: HeaderMap,
         body: Body,
         share: Option<Token>,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<(Response<Incoming>, Slot), Failure> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let (response, _slot) = self
-            .call(
-                route,
-                method,
-                path_and_query,
-                headers,
-                body,
-                share,
-                deadline,
-            )
-            .await?;
-        Ok(response)
+        self.call(
+            Lane::Stream,
+            route,
+            method,
+            path_and_query,
+            headers,
+            body,
+            share,
+            deadline,
+        )
+        .await
     }
 
-    /// [`send`](Self::send), also returning the concurrency slot so a caller that reads
-    /// the body whole keeps the slot until it has.
+    /// One upstream call on `lane`, returning its slot with the answer so the caller
+    /// keeps it until the body is read (or streamed) to its end.
     #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
+        lane: Lane,
         route: &'static str,
         method: Method,
         path_and_query: &str,
@@ -191,7 +191,7 @@ impl UpstreamClient {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut admission = self
             .guard
-            .admit(share, left / 2)
+            .admit(lane, share, left / 2)
             .await
             .map_err(Failure::refused)?;
         let uri = self.uri(path_and_query).map_err(Failure::refused)?;
@@ -316,6 +316,18 @@ impl UpstreamClient {
         ))
     }
 
+    /// A forwarded answer's body for the client: cut when the upstream stalls
+    /// ([`stalling`](Self::stalling)) or when the client reads nothing for
+    /// `send_timeout`, and holding `slot` to its end.
+    pub fn streamed(&self, body: Incoming, slot: Slot, send_timeout: Duration) -> Body {
+        Body::stream(Sending::new(
+            self.stalling(body),
+            slot,
+            send_timeout,
+            self.metrics.send_timeouts.clone(),
+        ))
+    }
+
     /// GETs a JSON resource and reads it whole (bounded by `upstream.max_body`), asking for
     /// an uncompressed body so it can be parsed and rewritten. `upstream.timeout` covers
     /// the wait for a slot, the answer and its body.
@@ -341,6 +353,7 @@ impl UpstreamClient {
         }
         let (response, _slot) = self
             .call(
+                Lane::Lookup,
                 route,
                 Method::GET,
                 path_and_query,
