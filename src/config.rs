@@ -96,6 +96,10 @@ pub struct ServerConfig {
     /// Largest request body forwarded (uploads); over it, 413 before any upstream call.
     #[serde(with = "size")]
     pub max_body: u64,
+    /// Request bodies up to this size are read whole before an upstream slot is taken
+    /// (nginx's `proxy_request_buffering`); larger ones stream after their first part.
+    #[serde(with = "size")]
+    pub upload_buffer: u64,
     /// TLS termination; absent means plain HTTP (and h2c).
     pub tls: Option<TlsConfig>,
 }
@@ -113,6 +117,7 @@ impl Default for ServerConfig {
             send_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
             max_body: 100 * 1024 * 1024,
+            upload_buffer: 1024 * 1024,
             tls: None,
         }
     }

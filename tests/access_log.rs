@@ -158,3 +158,39 @@ async fn a_download_whose_upstream_stalls_is_cut_logged_and_counted() {
         1.0
     );
 }
+
+/// A client that hangs up before its answer still leaves its access line and its metric,
+/// as `499`: abandoned requests (and what they cost upstream) are never invisible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_is_logged_and_counted_as_499() {
+    use tokio::io::AsyncWriteExt;
+    lines();
+    let h = Harness::with(|c| {
+        c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let id = h.sim.add_completed(None);
+    let job = job_path(id);
+    let settings_path = "/v2/extract-settings";
+    for path in [job.as_str(), settings_path] {
+        h.sim
+            .set_fault_for(Fault::Latency(Duration::from_millis(800)), 1);
+        let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+            .await
+            .expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: gw\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(stream);
+        let line = line_for(path).await;
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["complete"], false, "{line}");
+    }
+    for route in ["job", "settings"] {
+        let series = format!(
+            r#"exagate_requests_total{{route="{route}",status="499",cache="{}",client=""}}"#,
+            if route == "job" { "miss" } else { "bypass" }
+        );
+        assert_eq!(h.metric(&series).await, 1.0, "{series}");
+    }
+}

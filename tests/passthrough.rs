@@ -319,4 +319,33 @@ async fn the_upstream_is_told_only_of_the_body_it_gets_and_allowed_headers() {
         .find(|r| r.method == Method::POST)
         .expect("the create");
     assert_eq!(create.body_len, body.len());
+    assert_eq!(
+        create.headers["content-length"],
+        body.len().to_string().as_str()
+    );
+    // A bodiless POST (a reprocess) says so: some servers refuse a POST without a length.
+    let failed = h
+        .sim
+        .add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    let path = format!("/v2/extract/{failed}/reprocess");
+    assert!(h
+        .send(Method::POST, &path, &[], Bytes::new())
+        .await
+        .status
+        .is_success());
+    let reprocess = h
+        .sim
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query == path)
+        .expect("the reprocess");
+    assert_eq!(
+        reprocess
+            .headers
+            .get("content-length")
+            .map(|v| v.as_bytes()),
+        Some(&b"0"[..]),
+        "{:?}",
+        reprocess.headers
+    );
 }

@@ -112,6 +112,8 @@ async fn a_connection_given_up_on_is_closed() {
     .await;
     let mut config = test_config();
     config.upstream.timeout = Duration::from_millis(500);
+    // Uploads past 1 KiB go upstream before they are whole.
+    config.server.upload_buffer = 1024;
     let gw = common::start_gateway_at(&upstream.url(), config).await;
     let url = format!("{}{}", gw.url(), common::job_path(uuid::Uuid::new_v4()));
     let reply = common::send(
@@ -129,10 +131,10 @@ async fn a_connection_given_up_on_is_closed() {
         "a silent call's connection is still open"
     );
 
-    // 4 of 100 bytes, then the client stays, silent, for 4 s: the upstream connection
-    // must go well before the client does (the stall is 0.5 s).
+    // 2 KiB of 4, then the client stays, silent, for 4 s: the upstream connection must
+    // go well before the client does (the stall is 0.5 s).
     let addr = gw.addr;
-    let stalled = tokio::spawn(upload(addr, 100, 4, 1, Duration::from_secs(4)));
+    let stalled = tokio::spawn(upload(addr, 4096, 2048, 1, Duration::from_secs(4)));
     let closed = tokio::time::timeout(Duration::from_millis(2500), closed_rx.recv()).await;
     assert!(
         matches!(closed, Ok(Some(()))),
@@ -294,4 +296,42 @@ async fn a_download_the_client_never_reads_is_ended_at_the_send_timeout() {
         "the HTTP/1 connection that reads nothing is still open"
     );
     drop(held);
+}
+
+/// Uploads are read (up to `server.upload_buffer`) before an upstream slot is taken:
+/// clients that trickle their bodies hold nothing upstream, and lookups go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_uploads_hold_no_upstream_slot() {
+    let sim = start_sim(false).await;
+    let mut config = test_config();
+    config.upstream.max_streams = 4;
+    config.upstream.max_concurrent = 4;
+    config.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let gw = start_gateway(&sim, config).await;
+    // 16 creates that declare 100 bytes and send 4.
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+        let head = "POST /v2/extract HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"ur";
+        stream.write_all(head.as_bytes()).await.expect("write");
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gauge(&gw, "exagate_upstream_streams_in_flight").await, 0.0);
+    assert_eq!(sim.calls(), 0, "a partial upload reached the upstream");
+    let id = sim.add_completed(None);
+    let url = format!("{}{}", gw.url(), common::job_path(id));
+    let reply = common::send(
+        &common::client(),
+        http::Method::GET,
+        &url,
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(reply.status, http::StatusCode::OK);
+    // And a whole create still goes through while they wait.
+    let answer = upload(gw.addr, 200, 200, 1, Duration::ZERO).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(stalled);
 }

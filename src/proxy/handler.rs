@@ -68,8 +68,16 @@ where
             request.uri().path().to_owned(),
         )
     });
-    let mut ex = Exchange::default();
-    let response = dispatch(&gw, request, &mut ex).await;
+    let mut answering = Answering {
+        gw: &gw,
+        ex: Exchange::default(),
+        head,
+        answered: false,
+    };
+    let response = dispatch(&gw, request, &mut answering.ex).await;
+    answering.answered = true;
+    let ex = std::mem::take(&mut answering.ex);
+    let head = answering.head.take();
     record_metrics(&gw, &ex, response.status());
     let Some((started, method, path)) = head else {
         return response;
@@ -83,6 +91,39 @@ where
         exchange: ex,
     };
     Response::from_parts(parts, access_log::log_when_done(body, record))
+}
+
+/// nginx's status for a request whose client went away before it was answered.
+const CLIENT_CLOSED: u16 = 499;
+
+/// A request being answered. Dropped before it is (the client hung up: hyper drops the
+/// request's future), it still gets its metric and its access-log line, as `499`, so
+/// that abandoned requests, and what they cost upstream, are never invisible.
+struct Answering<'a> {
+    gw: &'a Gateway,
+    ex: Exchange,
+    head: Option<(Instant, Method, String)>,
+    answered: bool,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let status = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
+        record_metrics(self.gw, &self.ex, status);
+        if let Some((started, method, path)) = self.head.take() {
+            let record = AccessRecord {
+                started,
+                method,
+                path,
+                status: CLIENT_CLOSED,
+                exchange: std::mem::take(&mut self.ex),
+            };
+            record.emit(0, false);
+        }
+    }
 }
 
 fn record_metrics(gw: &Gateway, ex: &Exchange, status: StatusCode) {

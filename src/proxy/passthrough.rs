@@ -41,17 +41,43 @@ where
     if let Err(e) = check_declared_length(request.headers(), max_body) {
         return refused(e, ex);
     }
+    let (parts, body) = request.into_parts();
+    let relays_body = !matches!(parts.method, Method::GET | Method::HEAD);
+    let body = if relays_body {
+        // Before any token or slot is taken: a client that trickles its body holds
+        // nothing upstream while it does.
+        let buffer = usize::try_from(live.config.server.upload_buffer).unwrap_or(usize::MAX);
+        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+        let stall = live.config.upstream.timeout;
+        match buffer_upload(body, buffer, limit, stall).await {
+            Ok(body) => body,
+            Err(e) => return refused(e, ex),
+        }
+    } else {
+        Body::Empty
+    };
     // The client's own share pays for this call; the token goes back unless it is sent.
     let share = match ex.client.as_ref().map(|c| c.take_share()) {
         Some(Err(e)) => return refused(e, ex),
         Some(Ok(share)) => share,
         None => None,
     };
-    let (parts, body) = request.into_parts();
     let mut out_headers = headers::forward_request(&parts.headers);
     if let Some(base) = base {
         if let Ok(value) = HeaderValue::from_str(&base.to_string()) {
             out_headers.insert(BASE_HEADER, value);
+        }
+    }
+    if relays_body {
+        // A body read whole states its length, zero included: hyper sends none for an
+        // empty body, and some servers refuse a POST without one (411).
+        let whole = match &body {
+            Body::Empty => Some(0),
+            Body::Full(bytes) => Some(bytes.as_ref().map_or(0, bytes::Bytes::len)),
+            Body::Stream(_) => None,
+        };
+        if let Some(len) = whole {
+            out_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
     if matches!(route, Route::Collection) {
@@ -62,14 +88,6 @@ where
             HeaderValue::from_static("identity"),
         );
     }
-    let relays_body = !matches!(parts.method, Method::GET | Method::HEAD);
-    let body = if relays_body {
-        // A body without a declared length is cut off at the limit too.
-        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-        Body::stream(Limited::new(body, limit))
-    } else {
-        Body::Empty
-    };
     // The job id goes upstream in its canonical (lower-case) spelling on every route,
     // as the cached routes send it: the upstream's pattern is lower-case.
     let path_and_query = route::upstream_target(route, &parts.uri);
@@ -197,5 +215,96 @@ fn check_declared_length(headers: &http::HeaderMap, limit: u64) -> Result<(), Ga
             "the request body is larger than server.max_body",
         )),
         _ => Ok(()),
+    }
+}
+
+/// Reads up to `buffer` bytes of an upload before the call is admitted upstream (as
+/// nginx's `proxy_request_buffering`). A body that ends within the buffer goes on whole,
+/// with its length; a longer one goes on as what was read followed by the rest,
+/// streamed (and timed by its stalls like any upload). A body over `max_body`, declared
+/// or not, is a `413`; one that stops arriving for `stall` is a `408`.
+async fn buffer_upload<B>(
+    body: B,
+    buffer: usize,
+    max_body: usize,
+    stall: std::time::Duration,
+) -> Result<Body, GatewayError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::error::BoxError>,
+{
+    let mut body = Box::pin(Limited::new(body, max_body));
+    let mut read = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => {
+                return Err(GatewayError::new(
+                    ErrorKind::RequestTimeout,
+                    "the request body stopped arriving for longer than upstream.timeout",
+                ))
+            }
+            Ok(None) => return Ok(Body::full(read.freeze())),
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(GatewayError::new(
+                    ErrorKind::PayloadTooLarge,
+                    "the request body is larger than server.max_body",
+                ))
+            }
+            Ok(Some(Err(_))) => {
+                return Err(GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "the request body broke off",
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            read.extend_from_slice(&data);
+            if read.len() > buffer {
+                return Ok(Body::stream(Prefixed {
+                    prefix: Some(read.freeze()),
+                    rest: body,
+                }));
+            }
+        }
+    }
+}
+
+/// An upload's buffered start, then the rest of it.
+struct Prefixed<B> {
+    prefix: Option<bytes::Bytes>,
+    rest: std::pin::Pin<Box<B>>,
+}
+
+impl<B> http_body::Body for Prefixed<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(prefix))));
+        }
+        self.rest.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + prefix);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
     }
 }

@@ -75,6 +75,29 @@ impl Progress {
     }
 }
 
+/// Wakes the sender's task when the client's data arrives, noting that the upload no
+/// longer waits on the client.
+struct ClientWaker {
+    progress: Arc<Progress>,
+    inner: std::task::Waker,
+}
+
+impl std::task::Wake for ClientWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.progress.state.compare_exchange(
+            WAITING_ON_CLIENT,
+            SENDING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.inner.wake_by_ref();
+    }
+}
+
 /// A request body on its way upstream, recording its [`Progress`].
 pub struct Upload {
     inner: Body,
@@ -110,7 +133,14 @@ impl http_body::Body for Upload {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        // Waiting on the client lasts only until its data arrives: the waker it will wake
+        // marks the upload as moving again, so that a body whose data is there but that
+        // hyper does not take (the upstream stopped reading) is the upstream's stall.
+        let waker = std::task::Waker::from(Arc::new(ClientWaker {
+            progress: Arc::clone(&self.progress),
+            inner: cx.waker().clone(),
+        }));
+        let poll = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
         match &poll {
             Poll::Ready(Some(Ok(_))) => {
                 // hyper stops polling a body of known length once it says it has ended.
