@@ -239,3 +239,36 @@ async fn a_small_cache_evicts_instead_of_growing() {
     );
     assert!(cache.entry_count() < 40);
 }
+
+/// A scan of made-up ids (each a 404, kept briefly) fills a table of its own: the team's
+/// hot jobs stay cached however long the scan goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_of_unknown_ids_never_evicts_the_hot_jobs() {
+    let h = Harness::with(|c| {
+        c.cache.max_size = 1024 * 1024;
+        c.cache.not_found_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let hot = h.sim.seed_completed(None, 50);
+    for id in &hot {
+        assert_eq!(h.get(&job_path(*id)).await.cache(), "miss");
+    }
+    // About 3,000 404s of ~700 bytes each: twice the whole cache.
+    let ids: Vec<_> = (0..3000).map(|_| job_path(uuid::Uuid::new_v4())).collect();
+    for chunk in ids.chunks(100) {
+        let replies =
+            futures_util::future::join_all(chunk.iter().map(|p| h.get_owned(p.clone()))).await;
+        assert!(replies.iter().all(|r| r.status == StatusCode::NOT_FOUND));
+    }
+    let calls = h.sim.calls();
+    let mut misses = 0;
+    for id in &hot {
+        if h.get(&job_path(*id)).await.cache() != "hit" {
+            misses += 1;
+        }
+    }
+    assert_eq!(misses, 0, "the scan evicted {misses} of 50 hot jobs");
+    assert_eq!(h.sim.calls(), calls);
+    // The 404s are kept too, within their share: a repeated unknown id is a hit.
+    assert_eq!(h.get(&ids[2999]).await.cache(), "hit");
+}

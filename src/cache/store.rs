@@ -58,7 +58,10 @@ pub struct CacheStore {
     /// Answers by key; moka evicts by weight (bytes) and expires per entry. Hashed with
     /// foldhash rather than SipHash: keys are ids the gateway has already validated, the
     /// table is keyed per process, and every hit pays for the hash.
-    cache: Cache<CacheKey, Arc<Answer>, foldhash::fast::RandomState>,
+    cache: Moka,
+    /// Negative answers (404s) in a table of their own, a share of the bound
+    /// ([`NEGATIVE_SHARE`]): a scan of made-up ids fills this one, never evicting jobs.
+    negative: Moka,
     /// Recently read small answers, served without moka's per-read bookkeeping.
     front: Arc<Front>,
     /// Shared by fills (a check and a store), exclusive for invalidations. Hits never
@@ -68,41 +71,59 @@ pub struct CacheStore {
     metrics: Arc<Metrics>,
 }
 
+/// One of the store's moka tables.
+type Moka = Cache<CacheKey, Arc<Answer>, foldhash::fast::RandomState>;
+
+/// The part of `cache.max_size` the negative table gets (the rest is the jobs').
+pub const NEGATIVE_SHARE: u64 = 8;
+
 impl CacheStore {
-    /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`]).
+    /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`]):
+    /// an eighth of it for negative answers, the rest for everything else.
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> CacheStore {
         let front = Arc::new(Front::new());
-        let listener_front = Arc::clone(&front);
-        let listener_metrics = Arc::clone(&metrics);
-        let cache = Cache::builder()
-            .name("exagate")
-            .max_capacity(max_bytes)
-            .eviction_listener(move |key: Arc<CacheKey>, value: Arc<Answer>, cause| {
-                // Whatever moka drops, the front table lets go of too.
-                listener_front.removed(&key, &value);
-                let cause = match cause {
-                    RemovalCause::Expired => "expired",
-                    RemovalCause::Size => "size",
-                    RemovalCause::Explicit => "explicit",
-                    RemovalCause::Replaced => "replaced",
-                };
-                listener_metrics
-                    .evictions
-                    .get_or_create(&CauseLabels { cause })
-                    .inc();
-            })
-            .weigher(|key: &CacheKey, value: &Arc<Answer>| value.weight(key))
-            .expire_after(AnswerExpiry)
-            .support_invalidation_closures()
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        let negative_bytes = max_bytes / NEGATIVE_SHARE;
+        let cache = table("exagate", max_bytes - negative_bytes, &front, &metrics);
+        let negative = table("exagate-negative", negative_bytes, &front, &metrics);
         CacheStore {
             cache,
+            negative,
             front,
             gate: Arc::new(tokio::sync::RwLock::new(())),
             metrics,
         }
     }
+}
 
+/// A moka table bounded at `max_bytes`, expiring per answer, whose removals the front
+/// table and the eviction counters hear of.
+fn table(name: &str, max_bytes: u64, front: &Arc<Front>, metrics: &Arc<Metrics>) -> Moka {
+    let listener_front = Arc::clone(front);
+    let listener_metrics = Arc::clone(metrics);
+    Cache::builder()
+        .name(name)
+        .max_capacity(max_bytes)
+        .eviction_listener(move |key: Arc<CacheKey>, value: Arc<Answer>, cause| {
+            // Whatever moka drops, the front table lets go of too.
+            listener_front.removed(&key, &value);
+            let cause = match cause {
+                RemovalCause::Expired => "expired",
+                RemovalCause::Size => "size",
+                RemovalCause::Explicit => "explicit",
+                RemovalCause::Replaced => "replaced",
+            };
+            listener_metrics
+                .evictions
+                .get_or_create(&CauseLabels { cause })
+                .inc();
+        })
+        .weigher(|key: &CacheKey, value: &Arc<Answer>| value.weight(key))
+        .expire_after(AnswerExpiry)
+        .support_invalidation_closures()
+        .build_with_hasher(foldhash::fast::RandomState::default())
+}
+
+impl CacheStore {
     /// The stored answer, if any and still true at `now`: from the front table when it
     /// holds it, else from moka (and then offered to the front table). The caller's
     /// `now` also dates a hit's `Age`, so a hit reads the clock once.
@@ -119,9 +140,15 @@ impl CacheStore {
                 // Boxed, here and above: moka's read future is 700-odd bytes, and inline it
                 // would size every hit's future (which hyper moves by value) for the rare
                 // read that needs it.
-                let answer = Box::pin(self.cache.get(key)).await?;
-                self.front.offer(key, &answer, epoch, now);
-                Some(answer)
+                match Box::pin(self.cache.get(key)).await {
+                    Some(answer) => {
+                        self.front.offer(key, &answer, epoch, now);
+                        Some(answer)
+                    }
+                    // Negative answers stay out of the front table: a scan must not
+                    // take the slots of hot jobs.
+                    None => Box::pin(self.negative.get(key)).await,
+                }
             }
         }
     }
@@ -146,7 +173,15 @@ impl CacheStore {
             tracing::debug!(key = ?key, "answer not stored: an invalidation came after its fetch began");
             return false;
         }
-        self.cache.insert(key, answer).await;
+        // A key lives in one table at a time: a 404 after a 200 (or the reverse) must
+        // not leave the other answer to be read.
+        let (table, other) = if answer.status == http::StatusCode::NOT_FOUND {
+            (&self.negative, &self.cache)
+        } else {
+            (&self.cache, &self.negative)
+        };
+        other.invalidate(&key).await;
+        table.insert(key, answer).await;
         true
     }
 
@@ -167,13 +202,18 @@ impl CacheStore {
     pub async fn invalidate_all(&self) {
         let _invalidation = self.gate.write().await;
         self.cache.invalidate_all();
+        self.negative.invalidate_all();
         self.front.invalidate();
     }
 
     async fn invalidate(&self, matches: impl Fn(&CacheKey) -> bool + Send + Sync + 'static) {
         let _invalidation = self.gate.write().await;
-        if let Err(e) = self.cache.invalidate_entries_if(move |key, _| matches(key)) {
-            tracing::warn!(error = %e, "could not schedule cache invalidation");
+        let matches = Arc::new(matches);
+        for table in [&self.cache, &self.negative] {
+            let matches = Arc::clone(&matches);
+            if let Err(e) = table.invalidate_entries_if(move |key, _| matches(key)) {
+                tracing::warn!(error = %e, "could not schedule cache invalidation");
+            }
         }
         // After moka's: a reader between the two cannot refill the front with the old
         // answer (see `front`); and the epoch it bumps turns away fills under way.
@@ -182,16 +222,17 @@ impl CacheStore {
 
     /// Number of entries (approximate until pending maintenance runs).
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.entry_count() + self.negative.entry_count()
     }
 
     /// Total weight of the entries, in bytes (approximate, as above).
     pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size()
+        self.cache.weighted_size() + self.negative.weighted_size()
     }
 
     /// Applies pending maintenance so counts are exact (tests, metrics scrapes).
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
+        self.negative.run_pending_tasks().await;
     }
 }
