@@ -339,3 +339,80 @@ async fn refused_requests_do_not_spend_a_clients_share() {
     );
     assert_eq!(h.sim.calls(), 3);
 }
+
+/// The resend after a connection that closed with no answer is the gateway's, paid from
+/// the account's quota: a leading client at its last token does not turn it into an
+/// error for another client waiting on the same fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_is_not_refused_for_want_of_the_leading_clients_share() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = common::RawUpstream::start(|n, mut stream| async move {
+        let Some(head) = common::read_head(&mut stream).await else {
+            return;
+        };
+        if n == 0 {
+            // The request is read, then the connection closes with no answer.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
+        let id = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.rsplit('/').next())
+            .and_then(|id| id.parse::<Uuid>().ok())
+            .unwrap_or_default();
+        let body = common::completed_job_json(id, "http://upstream.invalid");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+    })
+    .await;
+    let mut config = common::test_config();
+    config.clients = vec![
+        ClientConfig {
+            name: "last-token".into(),
+            token_sha256: hash_token("last-secret"),
+            bases: None,
+            workspace: Some(true),
+            // A burst of 1: exactly one token.
+            rate_limit: Some(Rate {
+                count: 1,
+                per: Duration::from_secs(3600),
+            }),
+        },
+        ClientConfig {
+            name: "other".into(),
+            token_sha256: hash_token("other-secret"),
+            bases: None,
+            workspace: Some(true),
+            rate_limit: None,
+        },
+    ];
+    let gw = common::start_gateway_at(&upstream.url(), config).await;
+    let url = format!("{}{}", gw.url(), job_path(Uuid::new_v4()));
+    let c = common::client();
+    let a = common::send(
+        &c,
+        Method::GET,
+        &url,
+        &[("x-api-key", "last-secret")],
+        Bytes::new(),
+    );
+    let b = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        common::send(
+            &c,
+            Method::GET,
+            &url,
+            &[("x-api-key", "other-secret")],
+            Bytes::new(),
+        )
+        .await
+    };
+    let (a, b) = tokio::join!(a, b);
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(b.status, StatusCode::OK, "{:?}", b.body);
+    assert_eq!(upstream.connections(), 2, "sent, then resent once");
+}

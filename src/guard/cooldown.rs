@@ -80,10 +80,22 @@ impl Cooldown {
     }
 }
 
-/// Reads `Retry-After` as whole seconds (the HTTP-date form is accepted as "unknown").
+/// Reads `Retry-After` in either form RFC 9110 allows: whole seconds (a number too
+/// large for 64 bits is "very long", and the cap applies), or an HTTP-date (the time
+/// left until it; a date already past is no wait at all).
 pub fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
     let text = value?.to_str().ok()?.trim();
-    text.parse::<u64>().ok().map(Duration::from_secs)
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            text.parse::<u64>()
+                .map_or(Duration::MAX, Duration::from_secs),
+        );
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -126,8 +138,20 @@ mod tests {
     fn retry_after_parsing() {
         let v = http::HeaderValue::from_static("7");
         assert_eq!(parse_retry_after(Some(&v)), Some(Duration::from_secs(7)));
-        let d = http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
-        assert_eq!(parse_retry_after(Some(&d)), None);
+        let past = http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(parse_retry_after(Some(&past)), Some(Duration::ZERO));
+        let future = http::HeaderValue::from_static("Wed, 21 Oct 2099 07:28:00 GMT");
+        assert!(parse_retry_after(Some(&future)).expect("a date") > Duration::from_secs(86400));
+        let huge = http::HeaderValue::from_static("99999999999999999999999");
+        assert_eq!(parse_retry_after(Some(&huge)), Some(Duration::MAX));
+        for bad in ["soon", "-5", "1.5", ""] {
+            let v = http::HeaderValue::from_static(bad);
+            assert_eq!(parse_retry_after(Some(&v)), None, "{bad}");
+        }
         assert_eq!(parse_retry_after(None), None);
+        // A huge wait is capped, never an overflow.
+        let c = Cooldown::new(Duration::from_secs(60));
+        c.on_too_many(Some(Duration::MAX));
+        assert!(c.closed_for().expect("closed") <= Duration::from_secs(60));
     }
 }

@@ -141,21 +141,22 @@ impl Admission {
         self.tokens.iter_mut().flatten().for_each(Token::spend);
     }
 
-    /// Pays for sending the same call once more (the retry): a new token from every
-    /// bucket this call drew on, or none at all if any bucket is empty. The new tokens
-    /// are settled like the first ones: spent once sent, given back if not.
+    /// Pays for sending the same call once more (the resend after a connection that
+    /// closed with no answer): a new token of the account's quota, which the upstream
+    /// counts, or no resend if it is empty. Not of the caller's share: the resend is the
+    /// gateway's recovery, not the client's request, and a client at its last token must
+    /// not turn a recoverable failure into an error for everyone waiting on the same
+    /// fetch. The new token is settled like the first: spent once sent, given back if not.
     pub fn pay_again(&mut self) -> bool {
-        let [account, share] = &self.tokens;
-        let again = |held: &Option<Token>| held.as_ref().map(Token::take_another).transpose();
-        // A token taken from one bucket goes back if the other is empty (it is dropped).
-        match (again(account), again(share)) {
-            (Ok(account), Ok(share)) => {
-                // What was held paid for the send that went out; the new ones for the next.
+        let [account, _] = &self.tokens;
+        match account.as_ref().map(Token::take_another).transpose() {
+            Ok(again) => {
+                // What was held paid for the send that went out; the new one, the next.
                 self.sent();
-                self.tokens = [account, share];
+                self.tokens = [again, None];
                 true
             }
-            _ => false,
+            Err(_) => false,
         }
     }
 

@@ -72,7 +72,10 @@ async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> Fe
         Some(Ok(share)) => share,
         None => None,
     };
-    let waiter = match gw.flights.join(&key) {
+    // The flight belongs to the epoch read here: a purge or job action from now on makes
+    // later requests start a fetch of their own, and this one store nothing.
+    let epoch = gw.cache.epoch();
+    let waiter = match gw.flights.join(&key, epoch) {
         Join::Follower(waiter) => {
             // Followers cost the upstream nothing: the token goes back.
             drop(share);
@@ -86,7 +89,7 @@ async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> Fe
             // Its own task: the requester hanging up must not cancel the fetch that
             // other requests are waiting on.
             tokio::spawn(async move {
-                let result = fetch(&gw, &key, share).await;
+                let result = fetch(&gw, &key, leader.epoch(), share).await;
                 leader.complete(result);
             });
             waiter
@@ -104,7 +107,7 @@ async fn follow_or_refuse(
     ex: &mut Exchange,
     refused: GatewayError,
 ) -> FetchResult {
-    if let Some(waiter) = gw.flights.follow(key) {
+    if let Some(waiter) = gw.flights.follow(key, gw.cache.epoch()) {
         ex.coalesced = true;
         gw.metrics.coalesced.inc();
         return wait(gw, waiter).await;
@@ -144,10 +147,10 @@ fn timeout() -> GatewayError {
 
 /// One upstream fetch (bounded by `upstream.timeout` inside the client), then the
 /// storing decision.
-async fn fetch(gw: &Gateway, key: &CacheKey, share: Option<Token>) -> FetchResult {
+async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -> FetchResult {
     {
-        // The fill begins here: an invalidation from now on wins over what it fetches.
-        let epoch = gw.cache.epoch();
+        // The fill began with its flight, in `epoch`: an invalidation since wins over
+        // what it fetches.
         // A flight that finished between our cache miss and our joining has already
         // stored its answer: use it rather than spend another upstream call.
         if let Some(answer) = gw.cache.get(key, Instant::now()).await {
