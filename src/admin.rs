@@ -26,7 +26,11 @@ pub struct Admin {
 }
 
 impl Handler for Admin {
-    async fn call(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+    async fn call(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        _peer: std::net::SocketAddr,
+    ) -> Response<Body> {
         self.answer(request).await
     }
 }

@@ -262,6 +262,10 @@ pub struct UpstreamConfig {
     /// Bucket size: how many calls may go at once after a quiet spell. Default: a tenth of
     /// the rate's count (at least 1).
     pub rate_limit_burst: Option<u32>,
+    /// With no `[[clients]]`: each client address's own share of upstream calls (an
+    /// IPv6 address counts by its /64), so that one address scanning made-up ids cannot
+    /// spend the whole account's quota. Unset: no per-address limit.
+    pub per_address_rate_limit: Option<Rate>,
     /// Longest the gateway stops calling the upstream after a 429.
     #[serde(with = "duration")]
     pub max_cooldown: Duration,
@@ -286,6 +290,7 @@ impl Default for UpstreamConfig {
             max_body: 64 * 1024 * 1024,
             rate_limit: None,
             rate_limit_burst: None,
+            per_address_rate_limit: None,
             max_cooldown: Duration::from_secs(60),
             max_concurrent: 64,
             max_streams: 64,
@@ -430,6 +435,11 @@ impl Config {
     /// port can spend the team's quota (warned at startup, said by `check`).
     pub fn open_beyond_loopback(&self) -> bool {
         self.clients.is_empty() && !self.server.listen.ip().is_loopback()
+    }
+
+    /// Open beyond loopback with nothing to stop one address spending the whole quota.
+    pub fn open_without_address_limit(&self) -> bool {
+        self.open_beyond_loopback() && self.upstream.per_address_rate_limit.is_none()
     }
 
     /// Checks the relations a type cannot express. Public so code that builds a config
@@ -668,8 +678,10 @@ pub fn describe(config: &Config) -> Vec<String> {
         u.max_streams,
         d(u.max_cooldown)
     ));
-    lines.push(if config.open_beyond_loopback() {
-        "OPEN: no [[clients]], anyone who reaches the port may spend the team's quota".into()
+    lines.push(if config.open_without_address_limit() {
+        "OPEN: no [[clients]] and no upstream.per_address_rate_limit: anyone who reaches the port may spend the team's whole quota".into()
+    } else if config.open_beyond_loopback() {
+        "OPEN: no [[clients]]; each address may spend its upstream.per_address_rate_limit".into()
     } else if config.clients.is_empty() {
         "open: no [[clients]], anyone on this machine may call".into()
     } else {
@@ -838,5 +850,26 @@ mod tests {
         let o = http_origin("https://gw.example.com/exa/").expect("valid");
         assert_eq!(o.prefix, "/exa");
         assert_eq!(o.authority.as_str(), "gw.example.com");
+    }
+
+    #[test]
+    fn check_says_when_an_open_gateway_has_no_address_limit() {
+        let mut config = Config::defaults();
+        config.server.listen = "0.0.0.0:8080".parse().expect("addr");
+        let said = describe(&config).join("\n");
+        assert!(
+            said.contains("no upstream.per_address_rate_limit"),
+            "{said}"
+        );
+        config.upstream.per_address_rate_limit = Some(Rate {
+            count: 100,
+            per: Duration::from_secs(3600),
+        });
+        let said = describe(&config).join("\n");
+        assert!(
+            !said.contains("no upstream.per_address_rate_limit"),
+            "{said}"
+        );
+        assert!(said.contains("each address may spend"), "{said}");
     }
 }

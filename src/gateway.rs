@@ -54,6 +54,10 @@ pub struct Gateway {
     ready: AtomicBool,
     /// Counters, histograms and gauges for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Each client address's share (`upstream.per_address_rate_limit`), by address
+    /// group; bounded, and an address idle for an hour is forgotten (its bucket would
+    /// have refilled by then at any sensible rate).
+    pub addresses: moka::future::Cache<std::net::IpAddr, Arc<crate::guard::TokenBucket>>,
 }
 
 impl Gateway {
@@ -69,6 +73,10 @@ impl Gateway {
             guard,
             live: ArcSwap::from_pointee(live),
             ready: AtomicBool::new(true),
+            addresses: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
         }))
     }
 
@@ -96,7 +104,13 @@ impl Gateway {
         let stale = old.config.server.public_url != live.config.server.public_url
             || old.config.upstream.url != live.config.upstream.url;
         self.guard.reconfigure(&live.config.upstream);
+        let address_rate_changed = old.config.upstream.per_address_rate_limit
+            != live.config.upstream.per_address_rate_limit;
         self.live.store(Arc::new(live));
+        if address_rate_changed {
+            // Buckets of the old rate: every address starts on the new one.
+            self.addresses.invalidate_all();
+        }
         if stale {
             // Fills under way render with the old config: the invalidation turns them
             // away too.

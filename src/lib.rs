@@ -147,10 +147,15 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
         .map(tls::TlsTerminator::new)
         .transpose()?
         .map(Arc::new);
-    if config.open_beyond_loopback() {
+    if config.open_without_address_limit() {
         tracing::warn!(
             listen = %config.server.listen,
-            "no [[clients]] configured: anyone who can reach this address can spend the team's quota"
+            "no [[clients]] and no upstream.per_address_rate_limit: anyone who can reach this address can spend the team's whole quota"
+        );
+    } else if config.open_beyond_loopback() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "no [[clients]] configured: each address that can reach this one may spend its upstream.per_address_rate_limit"
         );
     }
     let limits = server::ServerLimits::from_config(&config.server);

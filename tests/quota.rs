@@ -241,3 +241,33 @@ async fn a_queued_call_respects_a_cooldown_that_began_while_it_waited() {
         "the queued call reached the upstream during the cooldown"
     );
 }
+
+/// With no `[[clients]]`, `upstream.per_address_rate_limit` gives each client address a
+/// share of its own: one address scanning unknown ids cannot spend the account's quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_spends_only_its_own_share() {
+    let h = Harness::with(|c| {
+        // A burst of 2.
+        c.upstream.per_address_rate_limit = Some(Rate {
+            count: 20,
+            per: Duration::from_secs(3600),
+        });
+    })
+    .await;
+    let kept = h.sim.add_completed(None);
+    assert_eq!(h.get(&job_path(kept)).await.status, StatusCode::OK);
+    assert_eq!(
+        h.get(&job_path(uuid::Uuid::new_v4())).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let scan = h.get(&job_path(uuid::Uuid::new_v4())).await;
+    assert_eq!(scan.error_code(), "quota_exhausted");
+    assert!(
+        String::from_utf8_lossy(&scan.body).contains("per_address_rate_limit"),
+        "{:?}",
+        scan.body
+    );
+    assert_eq!(h.sim.calls(), 2);
+    // What is cached costs nothing and is still served.
+    assert_eq!(h.get(&job_path(kept)).await.cache(), "hit");
+}

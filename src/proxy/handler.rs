@@ -34,6 +34,8 @@ pub struct Exchange {
     pub error: Option<&'static str>,
     /// The calling client, when clients are configured.
     pub client: Option<Arc<Client>>,
+    /// The client's address, when the server knows it (for per-address shares).
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl Default for Exchange {
@@ -46,6 +48,7 @@ impl Default for Exchange {
             coalesced: false,
             error: None,
             client: None,
+            address: None,
         }
     }
 }
@@ -55,6 +58,19 @@ impl Default for Exchange {
 /// Generic over the request body so benchmarks can drive the whole path in-process; the
 /// server passes hyper's `Incoming`.
 pub async fn handle<B>(gw: Arc<Gateway>, request: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    handle_from(gw, request, None).await
+}
+
+/// [`handle`] for a request from `address` (the server's peer).
+pub async fn handle_from<B>(
+    gw: Arc<Gateway>,
+    request: Request<B>,
+    address: Option<std::net::IpAddr>,
+) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -70,7 +86,10 @@ where
     });
     let mut answering = Answering {
         gw: &gw,
-        ex: Exchange::default(),
+        ex: Exchange {
+            address,
+            ..Exchange::default()
+        },
         head,
         answered: false,
     };

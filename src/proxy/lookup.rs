@@ -64,13 +64,13 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
 
 /// Joins the key's flight, starting the fetch if none is under way, and waits for it.
 async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> FetchResult {
-    // A client with a share of its own pays for the fetch it leads, and only for that:
+    // A client (or address) with a share of its own pays for the fetch it leads, and only
+    // for that:
     // its token is taken before it joins, so that a refusal is decided for this request
     // alone and never published to the others waiting on the same flight.
-    let share = match ex.client.as_ref().map(|c| c.take_share()) {
-        Some(Err(refused)) => return follow_or_refuse(gw, &key, ex, refused).await,
-        Some(Ok(share)) => share,
-        None => None,
+    let share = match super::share::take(gw, ex).await {
+        Err(refused) => return follow_or_refuse(gw, &key, ex, refused).await,
+        Ok(share) => share,
     };
     // The flight belongs to the epoch read here: a purge or job action from now on makes
     // later requests start a fetch of their own, and this one store nothing.

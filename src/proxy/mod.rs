@@ -10,5 +10,6 @@ pub mod lookup;
 pub mod passthrough;
 pub mod rewrite;
 pub mod route;
+pub mod share;
 pub mod stall;
 pub mod upstream;

@@ -57,10 +57,9 @@ where
         Body::Empty
     };
     // The client's own share pays for this call; the token goes back unless it is sent.
-    let share = match ex.client.as_ref().map(|c| c.take_share()) {
-        Some(Err(e)) => return refused(e, ex),
-        Some(Ok(share)) => share,
-        None => None,
+    let share = match super::share::take(gw, ex).await {
+        Err(e) => return refused(e, ex),
+        Ok(share) => share,
     };
     let mut out_headers = headers::forward_request(&parts.headers);
     if let Some(base) = base {

@@ -80,6 +80,7 @@ pub trait Handler: Send + Sync + 'static {
     fn call(
         self: Arc<Self>,
         request: Request<Incoming>,
+        peer: std::net::SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send + 'static;
 
     /// Where connections the server closes are counted, by reason (none: not counted).
@@ -93,8 +94,9 @@ impl Handler for Gateway {
     fn call(
         self: Arc<Self>,
         request: Request<Incoming>,
+        peer: std::net::SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
-        handler::handle(self, request)
+        handler::handle_from(self, request, Some(peer.ip()))
     }
 
     fn connections_closed(&self) -> Option<Family<CauseLabels, Counter>> {
@@ -166,12 +168,12 @@ pub async fn serve<H: Handler>(
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
-                None => run_connection(&builder, &supervisor, stream, handler).await,
+                None => run_connection(&builder, &supervisor, stream, peer, handler).await,
                 Some(tls) => {
                     let handshake = tls.accept(stream);
                     match tokio::time::timeout(handshake_timeout, handshake).await {
                         Ok(Ok(stream)) => {
-                            run_connection(&builder, &supervisor, stream, handler).await;
+                            run_connection(&builder, &supervisor, stream, peer, handler).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -202,6 +204,7 @@ async fn run_connection<I, H: Handler>(
     builder: &auto::Builder<TokioExecutor>,
     supervisor: &Arc<Supervisor>,
     io: I,
+    peer: std::net::SocketAddr,
     handler: Arc<H>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -214,7 +217,7 @@ async fn run_connection<I, H: Handler>(
         // the request is abandoned: a connection asked to finish is not closed hard
         // while a response is still on its way.
         let in_flight = conn.request();
-        let response = Arc::clone(&handler).call(request);
+        let response = Arc::clone(&handler).call(request, peer);
         async move {
             let response = response.await;
             let (parts, body) = response.into_parts();
