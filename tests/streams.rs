@@ -335,3 +335,35 @@ async fn trickled_uploads_hold_no_upstream_slot() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(stalled);
 }
+
+/// A forwarded call whose client hangs up before the answer is ended upstream too (a
+/// cached lookup's fetch goes on: others may be waiting on it, and it stores its answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_call_whose_client_left_is_ended_upstream() {
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = RawUpstream::start(move |_, mut stream| {
+        let closed = closed_tx.clone();
+        async move {
+            let _ = common::read_head(&mut stream).await;
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            let _ = closed.send(());
+        }
+    })
+    .await;
+    let gw = common::start_gateway_at(&upstream.url(), test_config()).await;
+    let mut client = TcpStream::connect(gw.addr).await.expect("connect");
+    client
+        .write_all(b"GET /v2/extract-settings HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.connections(), 1);
+    drop(client);
+    // Well before upstream.timeout (2 s) would have ended it.
+    let closed = tokio::time::timeout(Duration::from_millis(1500), closed_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(Some(()))),
+        "the upstream call outlived its client"
+    );
+}
