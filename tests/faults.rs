@@ -320,3 +320,31 @@ async fn a_created_at_at_the_end_of_time_is_served_and_kept() {
     assert_eq!(second.cache(), "hit");
     assert_eq!(h.sim.calls(), 1);
 }
+
+/// A resend the account's quota cannot pay for is answered as what it is, `429
+/// quota_exhausted` with `Retry-After`, not as an unreachable upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_the_quota_cannot_pay_is_a_429() {
+    let upstream = common::RawUpstream::start(|_, mut stream| async move {
+        // Read the request, say nothing, close.
+        let _ = common::read_head(&mut stream).await;
+    })
+    .await;
+    let mut config = common::test_config();
+    config.upstream.rate_limit = Some(exagate::config::Rate {
+        count: 10,
+        per: Duration::from_secs(3600),
+    });
+    config.upstream.rate_limit_burst = Some(1);
+    let gw = common::start_gateway_at(&upstream.url(), config).await;
+    let reply = get_from(&gw, &job_path(uuid::Uuid::new_v4())).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.error_code(), "quota_exhausted");
+    assert!(reply.headers.contains_key("retry-after"));
+    assert_eq!(upstream.connections(), 1);
+}

@@ -128,3 +128,76 @@ async fn fills_that_began_after_an_invalidation_are_stored() {
     // ...and what was stored before the action, of another job, is untouched.
     assert_eq!(h.get(&job_path(other)).await.cache(), "hit");
 }
+
+/// An invalidation turns away fetches of its own job only: a purge or an action on one
+/// job costs another job neither its coalescing nor its stored answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_leaves_other_jobs_fetches_alone() {
+    std::env::set_var("EXAGATE_TEST_ADMIN_TOKEN_OTHER", "other-purge-9d2");
+    let h = Harness::with(|c| {
+        c.upstream.timeout = Duration::from_secs(5);
+        c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.admin.token_env = "EXAGATE_TEST_ADMIN_TOKEN_OTHER".into();
+    })
+    .await;
+    let other = h
+        .sim
+        .add_job(None, Some("failed"), OffsetDateTime::now_utc());
+    for round in 0..2 {
+        let slow = h.sim.add_completed(None);
+        let fill = slow_fill(&h, job_path(slow)).await;
+        if round == 0 {
+            let purged = h
+                .admin_send(
+                    Method::DELETE,
+                    &format!("/cache/{other}"),
+                    &[("authorization", "Bearer other-purge-9d2")],
+                )
+                .await;
+            assert_eq!(purged.status, StatusCode::OK);
+        } else {
+            assert!(reprocess(&h, other).await.status.is_success());
+        }
+        // Joins the fetch under way (no second upstream call) ...
+        let joined = h.get(&job_path(slow)).await;
+        assert_eq!(joined.status, StatusCode::OK);
+        assert_eq!(fill.await.expect("fill").status, StatusCode::OK);
+        assert_eq!(h.sim.calls_to(&job_path(slow)), 1, "round {round}");
+        // ... which stored its answer.
+        assert_eq!(h.get(&job_path(slow)).await.cache(), "hit", "round {round}");
+    }
+    assert_eq!(h.metric("exagate_cache_fills_discarded_total").await, 0.0);
+}
+
+/// A job action whose client hangs up before the answer still drops the job's entries
+/// once the upstream has acted on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_action_whose_client_hung_up_still_invalidates() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::new().await;
+    let id = h
+        .sim
+        .add_job(None, Some("failed"), OffsetDateTime::now_utc());
+    assert_eq!(h.get(&job_path(id)).await.json()["state"], "failed");
+    assert_eq!(h.get(&job_path(id)).await.cache(), "hit");
+    h.sim
+        .set_fault_for(Fault::Latency(Duration::from_millis(800)), 1);
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /v2/extract/{id}/reprocess HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    // The upstream acts on it at 0.8 s; the gateway drops the job then.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = h.get(&job_path(id)).await;
+    assert_ne!(
+        after.json()["state"],
+        "failed",
+        "the reprocessed job is still served as failed ({})",
+        after.cache()
+    );
+}

@@ -83,7 +83,9 @@ async fn an_upload_the_upstream_stops_reading_is_504() {
     })
     .await;
     let mut config = test_config();
-    config.upstream.timeout = Duration::from_millis(800);
+    // Not shorter: with the other tests of this file moving tens of MiB on two cores, the
+    // test's own client can stall for most of a second.
+    config.upstream.timeout = Duration::from_secs(2);
     config.server.max_body = 128 * 1024 * 1024;
     let gw = common::start_gateway_at(&upstream.url(), config).await;
     // Far more than the socket buffers hold: the upload stops moving upstream.
@@ -366,4 +368,55 @@ async fn a_forwarded_call_whose_client_left_is_ended_upstream() {
         matches!(closed, Ok(Some(()))),
         "the upstream call outlived its client"
     );
+}
+
+/// A large cached answer to a client whose HTTP/2 window stays shut is ended at
+/// `server.send_timeout` too (it would otherwise be held, evicted or not, for as long as
+/// the client likes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_nobody_reads_is_ended_at_the_send_timeout() {
+    let sim = start_sim(false).await;
+    sim.set_padding(400 * 1024);
+    let mut config = test_config();
+    config.server.send_timeout = Duration::from_millis(600);
+    config.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let gw = start_gateway(&sim, config).await;
+    let id = sim.add_completed(None);
+    let path = common::job_path(id);
+    let whole = common::send(
+        &common::client(),
+        http::Method::GET,
+        &format!("{}{path}", gw.url()),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert!(whole.body.len() > 300 * 1024, "{}", whole.body.len());
+    let stream = TcpStream::connect(gw.addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let request = http::Request::get(format!("http://gw{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("a head");
+        assert_eq!(response.headers()["x-cache"], "hit");
+        held.push(response);
+    }
+    let mut ended = 0.0;
+    for _ in 0..50 {
+        ended = gauge(&gw, "exagate_send_timeouts_total").await;
+        if ended >= 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ended, 5.0, "large answers nobody reads were held");
+    drop(held);
 }

@@ -48,7 +48,8 @@ fn remaining(value: &Answer, at: Instant) -> Duration {
 ///
 /// An invalidation (a job action, a purge, a reload that changes links) wins over every
 /// fill that began before it, not only over what is stored when it runs: a fill reads
-/// the invalidation epoch (the front table's, one counter for both) when it begins, and
+/// the invalidation epoch of its job (a stripe of [`STRIPES`] counters, chosen by the
+/// job's id, plus a counter that only emptying the whole cache bumps) when it begins, and
 /// stores its answer only if no invalidation has come since. The check and the store are
 /// one step under `gate`, which every invalidation takes exclusively, so an invalidation
 /// either sees the stored answer (and drops it) or the fill sees the invalidation (and
@@ -67,12 +68,21 @@ pub struct CacheStore {
     /// Shared by fills (a check and a store), exclusive for invalidations. Hits never
     /// touch it.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Invalidations of the jobs whose id falls in each stripe: an invalidation turns
+    /// away only fills of its stripe (of its job, or the few that share the stripe), so
+    /// one job's purge or action costs no other job its fetch or its coalescing.
+    stripes: Arc<[std::sync::atomic::AtomicU64]>,
+    /// Bumped when everything is dropped (a purge of all, a reload that moves links).
+    everything: Arc<std::sync::atomic::AtomicU64>,
     /// Counts the fills an invalidation overtook.
     metrics: Arc<Metrics>,
 }
 
 /// One of the store's moka tables.
 type Moka = Cache<CacheKey, Arc<Answer>, foldhash::fast::RandomState>;
+
+/// Invalidation stripes: one invalidation turns away the fills of one in this many jobs.
+pub const STRIPES: usize = 1024;
 
 /// The part of `cache.max_size` the negative table gets (the rest is the jobs').
 pub const NEGATIVE_SHARE: u64 = 8;
@@ -90,8 +100,18 @@ impl CacheStore {
             negative,
             front,
             gate: Arc::new(tokio::sync::RwLock::new(())),
+            stripes: (0..STRIPES)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            everything: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             metrics,
         }
+    }
+
+    fn stripe(&self, job: Uuid) -> &std::sync::atomic::AtomicU64 {
+        // Ids are random (v4) or at least spread; a collision only costs a fill.
+        let index = (job.as_u128() as usize) % STRIPES;
+        &self.stripes[index]
     }
 }
 
@@ -153,11 +173,14 @@ impl CacheStore {
         }
     }
 
-    /// The invalidation epoch, read when a fill begins and handed to [`insert`].
+    /// The invalidation epoch of `job`, read when a fill of it begins and handed to
+    /// [`insert`] (and, by the flights, to know which fetch a request may join).
     ///
     /// [`insert`]: Self::insert
-    pub fn epoch(&self) -> u64 {
-        self.front.epoch()
+    pub fn epoch(&self, job: Uuid) -> u64 {
+        // Both counters only grow: their sum changes exactly when either does.
+        self.everything.load(std::sync::atomic::Ordering::Acquire)
+            + self.stripe(job).load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stores an answer whose `expires_at` is set (others are ignored), unless an
@@ -168,7 +191,7 @@ impl CacheStore {
             return false;
         }
         let _fill = self.gate.read().await;
-        if self.front.epoch() != since {
+        if self.epoch(key.job().job) != since {
             self.metrics.fills_discarded.inc();
             tracing::debug!(key = ?key, "answer not stored: an invalidation came after its fetch began");
             return false;
@@ -190,12 +213,12 @@ impl CacheStore {
     pub async fn invalidate_job(&self, job: Uuid) {
         // One predicate covers the job and its chunk windows; moka guarantees `get` never
         // returns an entry it matches, even before the background removal has run.
-        self.invalidate(move |key| key.job().job == job).await;
+        self.invalidate(job, move |key| key.job().job == job).await;
     }
 
     /// Drops one job and its chunk windows in one scope (an operator's purge).
     pub async fn invalidate_scoped(&self, job: super::JobKey) {
-        self.invalidate(move |key| *key.job() == job).await;
+        self.invalidate(job.job, move |key| *key.job() == job).await;
     }
 
     /// Drops everything.
@@ -203,10 +226,16 @@ impl CacheStore {
         let _invalidation = self.gate.write().await;
         self.cache.invalidate_all();
         self.negative.invalidate_all();
+        self.everything
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.front.invalidate();
     }
 
-    async fn invalidate(&self, matches: impl Fn(&CacheKey) -> bool + Send + Sync + 'static) {
+    async fn invalidate(
+        &self,
+        job: Uuid,
+        matches: impl Fn(&CacheKey) -> bool + Send + Sync + 'static,
+    ) {
         let _invalidation = self.gate.write().await;
         let matches = Arc::new(matches);
         for table in [&self.cache, &self.negative] {
@@ -215,8 +244,11 @@ impl CacheStore {
                 tracing::warn!(error = %e, "could not schedule cache invalidation");
             }
         }
-        // After moka's: a reader between the two cannot refill the front with the old
-        // answer (see `front`); and the epoch it bumps turns away fills under way.
+        // The job's stripe turns away its fills under way. The front table's epoch, after
+        // moka's invalidation: a reader between the two cannot refill the front with the
+        // old answer (see `front`).
+        self.stripe(job)
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.front.invalidate();
     }
 

@@ -147,17 +147,14 @@ impl Admission {
     /// gateway's recovery, not the client's request, and a client at its last token must
     /// not turn a recoverable failure into an error for everyone waiting on the same
     /// fetch. The new token is settled like the first: spent once sent, given back if not.
-    pub fn pay_again(&mut self) -> bool {
+    /// `Err` says how long until the account has a token.
+    pub fn pay_again(&mut self) -> Result<(), Duration> {
         let [account, _] = &self.tokens;
-        match account.as_ref().map(Token::take_another).transpose() {
-            Ok(again) => {
-                // What was held paid for the send that went out; the new one, the next.
-                self.sent();
-                self.tokens = [again, None];
-                true
-            }
-            Err(_) => false,
-        }
+        let again = account.as_ref().map(Token::take_another).transpose()?;
+        // What was held paid for the send that went out; the new one, the next.
+        self.sent();
+        self.tokens = [again, None];
+        Ok(())
     }
 
     /// Keeps the slot alone (the tokens are settled) for as long as the caller holds it.

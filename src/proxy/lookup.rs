@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::handler::Exchange;
+use super::stall::{Sending, Slices};
 use super::upstream::Fetched;
 use crate::body::Body;
 use crate::cache::answer::XCache;
@@ -42,7 +43,7 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
     let now = Instant::now();
     if let Some(answer) = gw.cache.get(&key, now).await {
         ex.cache = XCache::Hit;
-        return answer.respond(head, XCache::Hit, now);
+        return paced(gw, answer.respond(head, XCache::Hit, now));
     }
     ex.cache = XCache::Miss;
     // Boxed: a miss waits on the upstream anyway, and its state inline would make every
@@ -53,7 +54,7 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
             if !ex.coalesced {
                 ex.upstream_time = Some(Duration::from_micros(u64::from(answer.upstream_micros)));
             }
-            answer.respond(head, XCache::Miss, now)
+            paced(gw, answer.respond(head, XCache::Miss, now))
         }
         Err(e) => {
             ex.error = Some(e.kind.code());
@@ -74,7 +75,7 @@ async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> Fe
     };
     // The flight belongs to the epoch read here: a purge or job action from now on makes
     // later requests start a fetch of their own, and this one store nothing.
-    let epoch = gw.cache.epoch();
+    let epoch = gw.cache.epoch(key.job().job);
     let waiter = match gw.flights.join(&key, epoch) {
         Join::Follower(waiter) => {
             // Followers cost the upstream nothing: the token goes back.
@@ -107,7 +108,7 @@ async fn follow_or_refuse(
     ex: &mut Exchange,
     refused: GatewayError,
 ) -> FetchResult {
-    if let Some(waiter) = gw.flights.follow(key, gw.cache.epoch()) {
+    if let Some(waiter) = gw.flights.follow(key, gw.cache.epoch(key.job().job)) {
         ex.coalesced = true;
         gw.metrics.coalesced.inc();
         return wait(gw, waiter).await;
@@ -136,6 +137,34 @@ async fn wait(gw: &Gateway, waiter: Waiter<FetchResult>) -> FetchResult {
         )),
         Err(_) => Err(timeout()),
     }
+}
+
+/// Answers above this are sent in slices under `server.send_timeout` (a few job bodies
+/// are this large; chunk windows can be much larger).
+const PACED_ABOVE: usize = 256 * 1024;
+
+/// The slice a large answer is handed to hyper in.
+const PACE: usize = 64 * 1024;
+
+/// A large answer, sent in slices and ended if the client reads nothing of it for
+/// `server.send_timeout` (a client that opens HTTP/2 streams with a window of 0 could
+/// otherwise pin any number of large bodies, evicted entries included, beyond
+/// `cache.max_size`). Small answers, nearly all hits, go as they are.
+fn paced(gw: &Gateway, response: Response<Body>) -> Response<Body> {
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        Body::Full(Some(bytes)) if bytes.len() > PACED_ABOVE => {
+            let send_timeout = gw.peek().config.server.send_timeout;
+            Body::stream(Sending::new(
+                Body::stream(Slices::new(bytes, PACE)),
+                None,
+                send_timeout,
+                gw.metrics.send_timeouts.clone(),
+            ))
+        }
+        body => body,
+    };
+    Response::from_parts(parts, body)
 }
 
 fn timeout() -> GatewayError {

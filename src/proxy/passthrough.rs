@@ -18,6 +18,7 @@ use crate::body::Body;
 use crate::cache::answer::XCache;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{Gateway, Live};
+use crate::proxy::upstream::Failure;
 
 /// Forwards a request as it is (with the key) and streams the answer back.
 pub async fn forward<B>(
@@ -91,34 +92,46 @@ where
     // as the cached routes send it: the upstream's pattern is lower-case.
     let path_and_query = route::upstream_target(route, &parts.uri);
     let started = Instant::now();
-    let result = live
-        .upstream
-        .send(
-            route.name(),
-            parts.method.clone(),
-            &path_and_query,
-            out_headers,
-            body,
-            share,
-        )
-        .await;
+    let call = {
+        let (live, method) = (Arc::clone(&live), parts.method.clone());
+        let name = route.name();
+        async move {
+            live.upstream
+                .send(name, method, &path_and_query, out_headers, body, share)
+                .await
+        }
+    };
+    let result = match route {
+        // The action may change the job (a reprocess revives a failed one): once it is
+        // under way it runs to its end on a task of its own, and the job's entries are
+        // dropped after it, even if the client hangs up meanwhile. Dropping them with
+        // the client's request would leave the old job cached for up to a day.
+        Route::JobAction(job) => {
+            let (gw, job) = (Arc::clone(gw), *job);
+            let action = tokio::spawn(async move {
+                let result = call.await;
+                if action_may_have_changed(&result) {
+                    // Also turns away every fill of the job that began before now.
+                    gw.cache.invalidate_job(job).await;
+                }
+                result
+            });
+            match action.await {
+                Ok(result) => result,
+                Err(_) => Err(Failure {
+                    error: GatewayError::new(ErrorKind::Internal, "the job action failed"),
+                    sent: true,
+                }),
+            }
+        }
+        _ => call.await,
+    };
     let sent = match &result {
         Ok(_) => true,
         Err(failure) => failure.sent,
     };
     if sent {
         ex.upstream_time = Some(started.elapsed());
-    }
-    if let Route::JobAction(job) = route {
-        // The action may have changed the job (a reprocess revives a failed one): drop
-        // what is held, and with it every fill that began before now (see the store).
-        // Not when it never reached the upstream, or the upstream turned it down.
-        let turned_down = result
-            .as_ref()
-            .is_ok_and(|(r, _)| r.status().is_client_error());
-        if sent && !turned_down {
-            gw.cache.invalidate_job(*job).await;
-        }
     }
     let (response, slot) = match result {
         Ok(answer) => answer,
@@ -142,6 +155,17 @@ where
         .headers_mut()
         .insert("x-cache", HeaderValue::from_static(XCache::Bypass.as_str()));
     response
+}
+
+/// Whether a job action may have changed the job: it reached the upstream, and the
+/// upstream did not turn it down (a 4xx changes nothing).
+fn action_may_have_changed(
+    result: &Result<(Response<Incoming>, crate::guard::Slot), Failure>,
+) -> bool {
+    match result {
+        Ok((response, _)) => !response.status().is_client_error(),
+        Err(failure) => failure.sent,
+    }
 }
 
 /// Whether a body comes with a `Content-Encoding` other than identity (which the
@@ -239,7 +263,7 @@ where
             Err(_) => {
                 return Err(GatewayError::new(
                     ErrorKind::RequestTimeout,
-                    "the request body stopped arriving for longer than upstream.timeout",
+                    "the request body stopped arriving for longer than upstream.timeout (before any upstream call)",
                 ))
             }
             Ok(None) => return Ok(Body::full(read.freeze())),

@@ -268,8 +268,8 @@ pub struct Sending {
 
 /// Where a forwarded body stands.
 enum Held {
-    /// On its way: the upstream body, and the slot it holds until it is dropped.
-    Sending { body: Body, _slot: Slot },
+    /// On its way: the body, and the upstream slot it holds (if any) until it is dropped.
+    Sending { body: Body, _slot: Option<Slot> },
     /// Sent whole.
     Done,
     /// Ended by the watchdog.
@@ -296,7 +296,7 @@ impl SendState {
 
 impl Sending {
     /// Wraps `body`, keeping `slot` until it ends, and starts its watchdog.
-    pub fn new(body: Body, slot: Slot, send_timeout: Duration, ended: Counter) -> Sending {
+    pub fn new(body: Body, slot: Option<Slot>, send_timeout: Duration, ended: Counter) -> Sending {
         let state = Arc::new(SendState {
             held: std::sync::Mutex::new(Held::Sending { body, _slot: slot }),
             origin: Instant::now(),
@@ -386,5 +386,49 @@ impl http_body::Body for Sending {
             Held::Done => SizeHint::with_exact(0),
             Held::Cut => SizeHint::default(),
         }
+    }
+}
+
+/// A body already in memory, handed out in slices of at most `piece` bytes (zero-copy
+/// views of one `Bytes`). A large answer given to hyper whole would sit in an HTTP/2
+/// stream's send buffer, out of [`Sending`]'s reach, for as long as the client keeps its
+/// window shut; in slices, hyper takes only what the window lets it send.
+pub struct Slices {
+    rest: Bytes,
+    piece: usize,
+}
+
+impl Slices {
+    /// `bytes` in slices of `piece` bytes.
+    pub fn new(bytes: Bytes, piece: usize) -> Slices {
+        Slices {
+            rest: bytes,
+            piece: piece.max(1),
+        }
+    }
+}
+
+impl http_body::Body for Slices {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let take = self.rest.len().min(self.piece);
+        let slice = self.rest.split_to(take);
+        Poll::Ready(Some(Ok(Frame::data(slice))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
     }
 }

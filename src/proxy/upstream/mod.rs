@@ -244,9 +244,18 @@ impl UpstreamClient {
             let resend = match (&again, resent) {
                 (Some(parts), false)
                     if nothing_came_back(&e, &capture)
-                        && tokio::time::Instant::now() < deadline
-                        && admission.pay_again() =>
+                        && tokio::time::Instant::now() < deadline =>
                 {
+                    if let Err(wait) = admission.pay_again() {
+                        // Resendable, but the quota has no token for it: say that (with
+                        // when to come back), not that the upstream is unreachable.
+                        admission.sent();
+                        return Err(Failure::sent(crate::guard::rate_limited(
+                            ErrorKind::QuotaExhausted,
+                            "the upstream closed the connection without an answer, and the quota (upstream.rate_limit) has no token to send the request again",
+                            wait,
+                        )));
+                    }
                     Some(parts.clone())
                 }
                 _ => None,
@@ -322,7 +331,7 @@ impl UpstreamClient {
     pub fn streamed(&self, body: Incoming, slot: Slot, send_timeout: Duration) -> Body {
         Body::stream(Sending::new(
             self.stalling(body),
-            slot,
+            Some(slot),
             send_timeout,
             self.metrics.send_timeouts.clone(),
         ))
