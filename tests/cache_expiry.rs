@@ -272,3 +272,40 @@ async fn a_scan_of_unknown_ids_never_evicts_the_hot_jobs() {
     // The 404s are kept too, within their share: a repeated unknown id is a hit.
     assert_eq!(h.get(&ids[2999]).await.cache(), "hit");
 }
+
+/// The same for a scan of one job's chunk windows (a job has any number of them): they
+/// have a share of their own, and the hot jobs stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_of_chunk_windows_never_evicts_the_hot_jobs() {
+    let h = Harness::with(|c| c.cache.max_size = 1024 * 1024).await;
+    let hot = h.sim.seed_completed(None, 50);
+    for id in &hot {
+        assert_eq!(h.get(&job_path(*id)).await.cache(), "miss");
+    }
+    let scanned = hot[0];
+    // ~2,000 windows of 1-20 chunks, several KiB each: far past the whole cache.
+    let windows: Vec<_> = (1..=2000)
+        .map(|n| {
+            format!(
+                "/v2/extract/{scanned}/chunks?start={}&end={}",
+                n % 80 + 1,
+                n % 80 + 1 + n / 80
+            )
+        })
+        .collect();
+    for chunk in windows.chunks(100) {
+        let replies =
+            futures_util::future::join_all(chunk.iter().map(|p| h.get_owned(p.clone()))).await;
+        assert!(
+            replies.iter().all(|r| r.status == StatusCode::OK),
+            "a window failed"
+        );
+    }
+    let mut misses = 0;
+    for id in &hot {
+        if h.get(&job_path(*id)).await.cache() != "hit" {
+            misses += 1;
+        }
+    }
+    assert_eq!(misses, 0, "the window scan evicted {misses} of 50 hot jobs");
+}

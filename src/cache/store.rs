@@ -60,6 +60,9 @@ pub struct CacheStore {
     /// foldhash rather than SipHash: keys are ids the gateway has already validated, the
     /// table is keyed per process, and every hit pays for the hash.
     cache: Moka,
+    /// Chunk windows in a table of their own, a share of the bound ([`CHUNKS_SHARE`]):
+    /// a job has any number of windows, and a scan of them must never evict jobs.
+    chunks: Moka,
     /// Negative answers (404s) in a table of their own, a share of the bound
     /// ([`NEGATIVE_SHARE`]): a scan of made-up ids fills this one, never evicting jobs.
     negative: Moka,
@@ -84,19 +87,27 @@ type Moka = Cache<CacheKey, Arc<Answer>, foldhash::fast::RandomState>;
 /// Invalidation stripes: one invalidation turns away the fills of one in this many jobs.
 pub const STRIPES: usize = 1024;
 
+/// The part of `cache.max_size` the chunk windows' table gets.
+pub const CHUNKS_SHARE: u64 = 4;
+
 /// The part of `cache.max_size` the negative table gets (the rest is the jobs').
 pub const NEGATIVE_SHARE: u64 = 8;
 
 impl CacheStore {
     /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`]):
-    /// an eighth of it for negative answers, the rest for everything else.
+    /// an eighth of it for negative answers, a quarter for chunk windows, the rest (five
+    /// eighths) for jobs.
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> CacheStore {
         let front = Arc::new(Front::new());
         let negative_bytes = max_bytes / NEGATIVE_SHARE;
-        let cache = table("exagate", max_bytes - negative_bytes, &front, &metrics);
+        let chunks_bytes = max_bytes / CHUNKS_SHARE;
+        let jobs_bytes = max_bytes - negative_bytes - chunks_bytes;
+        let cache = table("exagate", jobs_bytes, &front, &metrics);
+        let chunks = table("exagate-chunks", chunks_bytes, &front, &metrics);
         let negative = table("exagate-negative", negative_bytes, &front, &metrics);
         CacheStore {
             cache,
+            chunks,
             negative,
             front,
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -105,6 +116,14 @@ impl CacheStore {
                 .collect(),
             everything: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             metrics,
+        }
+    }
+
+    /// The table a positive answer for `key` lives in.
+    fn positive(&self, key: &CacheKey) -> &Moka {
+        match key {
+            CacheKey::Job(_) => &self.cache,
+            CacheKey::Chunks(..) => &self.chunks,
         }
     }
 
@@ -152,7 +171,7 @@ impl CacheStore {
             Lookup::Hit { answer, touch } => {
                 if touch {
                     // Keeps moka's eviction policy aware that this key is hot.
-                    let _ = Box::pin(self.cache.get(key)).await;
+                    let _ = Box::pin(self.positive(key).get(key)).await;
                 }
                 Some(answer)
             }
@@ -160,7 +179,7 @@ impl CacheStore {
                 // Boxed, here and above: moka's read future is 700-odd bytes, and inline it
                 // would size every hit's future (which hyper moves by value) for the rare
                 // read that needs it.
-                match Box::pin(self.cache.get(key)).await {
+                match Box::pin(self.positive(key).get(key)).await {
                     Some(answer) => {
                         self.front.offer(key, &answer, epoch, now);
                         Some(answer)
@@ -199,9 +218,9 @@ impl CacheStore {
         // A key lives in one table at a time: a 404 after a 200 (or the reverse) must
         // not leave the other answer to be read.
         let (table, other) = if answer.status == http::StatusCode::NOT_FOUND {
-            (&self.negative, &self.cache)
+            (&self.negative, self.positive(&key))
         } else {
-            (&self.cache, &self.negative)
+            (self.positive(&key), &self.negative)
         };
         other.invalidate(&key).await;
         table.insert(key, answer).await;
@@ -225,6 +244,7 @@ impl CacheStore {
     pub async fn invalidate_all(&self) {
         let _invalidation = self.gate.write().await;
         self.cache.invalidate_all();
+        self.chunks.invalidate_all();
         self.negative.invalidate_all();
         self.everything
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -238,7 +258,7 @@ impl CacheStore {
     ) {
         let _invalidation = self.gate.write().await;
         let matches = Arc::new(matches);
-        for table in [&self.cache, &self.negative] {
+        for table in [&self.cache, &self.chunks, &self.negative] {
             let matches = Arc::clone(&matches);
             if let Err(e) = table.invalidate_entries_if(move |key, _| matches(key)) {
                 tracing::warn!(error = %e, "could not schedule cache invalidation");
@@ -254,17 +274,18 @@ impl CacheStore {
 
     /// Number of entries (approximate until pending maintenance runs).
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count() + self.negative.entry_count()
+        self.cache.entry_count() + self.chunks.entry_count() + self.negative.entry_count()
     }
 
     /// Total weight of the entries, in bytes (approximate, as above).
     pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size() + self.negative.weighted_size()
+        self.cache.weighted_size() + self.chunks.weighted_size() + self.negative.weighted_size()
     }
 
     /// Applies pending maintenance so counts are exact (tests, metrics scrapes).
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
+        self.chunks.run_pending_tasks().await;
         self.negative.run_pending_tasks().await;
     }
 }
