@@ -276,11 +276,14 @@ async fn one_clients_refusal_never_reaches_another_client() {
             }
         }
     }
-    assert_eq!(
-        b_statuses.keys().copied().collect::<Vec<_>>(),
-        [200],
-        "B got other answers than 200: {b_statuses:?}"
+    // B's own requests are never refused (a slow CI machine may still time one out:
+    // that is not the defect this looks for).
+    assert!(
+        !b_statuses.contains_key(&429),
+        "B got A's refusal: {b_statuses:?}"
     );
+    let b_ok = b_statuses.get(&200).copied().unwrap_or(0);
+    assert!(b_ok >= 300 * 8 * 95 / 100, "B's answers: {b_statuses:?}");
     // The check can fail: A really was refused, when it found no fetch to join.
     assert!(a_refused > 0, "A was never refused");
 }

@@ -160,6 +160,8 @@ async fn calls_beyond_max_concurrent_wait_then_get_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_refusal_gives_its_token_back() {
     let h = Harness::with(|c| {
+        // A 2 s wait for the slot, a 3 s call: margins a loaded machine cannot eat.
+        c.upstream.timeout = Duration::from_secs(4);
         c.upstream.max_concurrent = 1;
         c.upstream.rate_limit = Some(Rate {
             count: 10,
@@ -169,11 +171,11 @@ async fn a_busy_refusal_gives_its_token_back() {
     })
     .await;
     h.sim
-        .set_fault_for(Fault::Latency(Duration::from_millis(1500)), 1);
+        .set_fault_for(Fault::Latency(Duration::from_millis(3000)), 1);
     let slow = h.get_owned(job_path(h.sim.add_completed(None)));
     let busy = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // Waits half of upstream.timeout (1 s) for the one slot, then gives up.
+        // Waits half of upstream.timeout (2 s) for the one slot, then gives up.
         h.get(&job_path(h.sim.add_completed(None))).await
     };
     let (slow, busy) = tokio::join!(slow, busy);
