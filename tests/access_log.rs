@@ -144,17 +144,8 @@ async fn a_download_whose_upstream_stalls_is_cut_logged_and_counted() {
     assert_eq!(received, 1024);
     let line = line_for(&path).await;
     assert_eq!(line["complete"], false, "{line}");
-    let metrics = common::send(
-        &common::client(),
-        Method::GET,
-        &format!("{}/metrics", gw.admin_url().expect("admin")),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&metrics.body);
     assert_eq!(
-        common::metric_value(&text, "exagate_upstream_body_stalls_total"),
+        common::metric_of(&gw, "exagate_upstream_body_stalls_total").await,
         1.0
     );
 }

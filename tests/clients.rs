@@ -348,7 +348,6 @@ async fn refused_requests_do_not_spend_a_clients_share() {
 /// error for another client waiting on the same fetch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_is_not_refused_for_want_of_the_leading_clients_share() {
-    use tokio::io::AsyncWriteExt;
     let upstream = common::RawUpstream::start(|n, mut stream| async move {
         let Some(head) = common::read_head(&mut stream).await else {
             return;
@@ -358,18 +357,7 @@ async fn a_resend_is_not_refused_for_want_of_the_leading_clients_share() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             return;
         }
-        let id = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.rsplit('/').next())
-            .and_then(|id| id.parse::<Uuid>().ok())
-            .unwrap_or_default();
-        let body = common::completed_job_json(id, "http://upstream.invalid");
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(answer.as_bytes()).await;
+        common::answer_job(&mut stream, &head).await;
     })
     .await;
     let mut config = common::test_config();

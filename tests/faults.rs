@@ -218,19 +218,6 @@ async fn get_from(gw: &exagate::RunningGateway, path: &str) -> common::Reply {
     .await
 }
 
-async fn metric_of(gw: &exagate::RunningGateway, series: &str) -> f64 {
-    let url = format!("{}/metrics", gw.admin_url().expect("admin on"));
-    let text = common::send(
-        &common::client(),
-        http::Method::GET,
-        &url,
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    common::metric_value(&String::from_utf8_lossy(&text.body), series)
-}
-
 /// Part of an answer came back before the connection broke: the upstream saw the
 /// request, so it is never sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +238,7 @@ async fn a_request_answered_in_part_is_not_resent() {
     assert_eq!(reply.error_code(), "upstream_unreachable");
     assert_eq!(upstream.connections(), 1, "the request was sent twice");
     assert_eq!(
-        metric_of(
+        common::metric_of(
             &gw,
             r#"exagate_upstream_requests_total{route="job",status="error"}"#
         )
@@ -264,7 +251,6 @@ async fn a_request_answered_in_part_is_not_resent() {
 /// sent once more, and both sends are counted and paid for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_no_answer_at_all_is_resent_once_counted_and_paid() {
-    use tokio::io::AsyncWriteExt;
     let upstream = common::RawUpstream::start(|n, mut stream| async move {
         let Some(head) = common::read_head(&mut stream).await else {
             return;
@@ -273,19 +259,7 @@ async fn a_request_with_no_answer_at_all_is_resent_once_counted_and_paid() {
             // Read the request, say nothing, close.
             return;
         }
-        let id = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.rsplit('/').next())
-            .and_then(|id| id.parse::<uuid::Uuid>().ok())
-            .unwrap_or_default();
-        let body = common::completed_job_json(id, "http://upstream.invalid");
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(answer.as_bytes()).await;
-        let _ = stream.shutdown().await;
+        common::answer_job(&mut stream, &head).await;
     })
     .await;
     let gw = in_front_of(&upstream).await;
@@ -294,8 +268,8 @@ async fn a_request_with_no_answer_at_all_is_resent_once_counted_and_paid() {
     assert_eq!(upstream.connections(), 2);
     let error = r#"exagate_upstream_requests_total{route="job",status="error"}"#;
     let ok = r#"exagate_upstream_requests_total{route="job",status="200"}"#;
-    assert_eq!(metric_of(&gw, error).await, 1.0);
-    assert_eq!(metric_of(&gw, ok).await, 1.0);
+    assert_eq!(common::metric_of(&gw, error).await, 1.0);
+    assert_eq!(common::metric_of(&gw, ok).await, 1.0);
     // The bucket of two paid for both sends: the next cold job is refused.
     let next = get_from(&gw, &job_path(uuid::Uuid::new_v4())).await;
     assert_eq!(next.error_code(), "quota_exhausted");

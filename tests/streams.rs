@@ -100,18 +100,8 @@ async fn an_upload_the_upstream_stops_reading_is_504() {
 /// would otherwise wait on the client for as long as the client stays).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_given_up_on_is_closed() {
-    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let upstream = RawUpstream::start(move |_, mut stream| {
-        let closed = closed_tx.clone();
-        async move {
-            let _ = common::read_head(&mut stream).await;
-            // Say nothing; note when the gateway hangs up.
-            let mut rest = Vec::new();
-            let _ = stream.read_to_end(&mut rest).await;
-            let _ = closed.send(());
-        }
-    })
-    .await;
+    // Says nothing; notes when the gateway hangs up.
+    let (upstream, mut closed_rx) = common::silent_upstream().await;
     let mut config = test_config();
     config.upstream.timeout = Duration::from_millis(500);
     // Uploads past 1 KiB go upstream before they are whole.
@@ -145,20 +135,6 @@ async fn a_connection_given_up_on_is_closed() {
     assert!(stalled.await.expect("upload").starts_with("HTTP/1.1 408"));
 }
 
-/// The value of `series` on the gateway's admin listener.
-async fn gauge(gw: &exagate::RunningGateway, series: &str) -> f64 {
-    let url = format!("{}/metrics", gw.admin_url().expect("admin on"));
-    let reply = common::send(
-        &common::client(),
-        http::Method::GET,
-        &url,
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await;
-    common::metric_value(&String::from_utf8_lossy(&reply.body), series)
-}
-
 /// Downloads hold a slot of their own bound (`upstream.max_streams`) until their body
 /// is done, so slow transfers never take the lookups' slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,18 +152,7 @@ async fn downloads_hold_their_own_slots_to_the_end_and_never_starve_lookups() {
             tokio::time::sleep(Duration::from_secs(30)).await;
             return;
         }
-        let id = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.rsplit('/').next())
-            .and_then(|id| id.parse::<uuid::Uuid>().ok())
-            .unwrap_or_default();
-        let body = common::completed_job_json(id, "http://upstream.invalid");
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(answer.as_bytes()).await;
+        common::answer_job(&mut stream, &head).await;
     })
     .await;
     let mut config = test_config();
@@ -206,7 +171,10 @@ async fn downloads_hold_their_own_slots_to_the_end_and_never_starve_lookups() {
     // Two downloads under way: their heads are in, their bodies are not done.
     let first = download().await.expect("a head");
     let second = download().await.expect("a head");
-    assert_eq!(gauge(&gw, "exagate_upstream_streams_in_flight").await, 2.0);
+    assert_eq!(
+        common::metric_of(&gw, "exagate_upstream_streams_in_flight").await,
+        2.0
+    );
     // A third waits half of upstream.timeout, then is refused...
     let third = download().await.expect("an answer");
     assert_eq!(third.status(), http::StatusCode::SERVICE_UNAVAILABLE);
@@ -227,7 +195,7 @@ async fn downloads_hold_their_own_slots_to_the_end_and_never_starve_lookups() {
     drop((first, second));
     // Dropped by their clients: the slots come back.
     for _ in 0..50 {
-        if gauge(&gw, "exagate_upstream_streams_in_flight").await == 0.0 {
+        if common::metric_of(&gw, "exagate_upstream_streams_in_flight").await == 0.0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -276,10 +244,13 @@ async fn a_download_the_client_never_reads_is_ended_at_the_send_timeout() {
         assert_eq!(response.status(), http::StatusCode::OK);
         held.push(response);
     }
-    assert_eq!(gauge(&gw, "exagate_upstream_streams_in_flight").await, 6.0);
+    assert_eq!(
+        common::metric_of(&gw, "exagate_upstream_streams_in_flight").await,
+        6.0
+    );
     let mut released = false;
     for _ in 0..60 {
-        if gauge(&gw, "exagate_upstream_streams_in_flight").await == 0.0 {
+        if common::metric_of(&gw, "exagate_upstream_streams_in_flight").await == 0.0 {
             released = true;
             break;
         }
@@ -289,7 +260,7 @@ async fn a_download_the_client_never_reads_is_ended_at_the_send_timeout() {
         released,
         "downloads nobody reads still hold their upstream calls"
     );
-    assert!(gauge(&gw, "exagate_send_timeouts_total").await >= 5.0);
+    assert!(common::metric_of(&gw, "exagate_send_timeouts_total").await >= 5.0);
     // The HTTP/1 connection itself is closed (its socket was full).
     let mut sink = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), h1.read_to_end(&mut sink)).await;
@@ -319,7 +290,10 @@ async fn trickled_uploads_hold_no_upstream_slot() {
         stalled.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gauge(&gw, "exagate_upstream_streams_in_flight").await, 0.0);
+    assert_eq!(
+        common::metric_of(&gw, "exagate_upstream_streams_in_flight").await,
+        0.0
+    );
     assert_eq!(sim.calls(), 0, "a partial upload reached the upstream");
     let id = sim.add_completed(None);
     let url = format!("{}{}", gw.url(), common::job_path(id));
@@ -342,17 +316,7 @@ async fn trickled_uploads_hold_no_upstream_slot() {
 /// cached lookup's fetch goes on: others may be waiting on it, and it stores its answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_call_whose_client_left_is_ended_upstream() {
-    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let upstream = RawUpstream::start(move |_, mut stream| {
-        let closed = closed_tx.clone();
-        async move {
-            let _ = common::read_head(&mut stream).await;
-            let mut rest = Vec::new();
-            let _ = stream.read_to_end(&mut rest).await;
-            let _ = closed.send(());
-        }
-    })
-    .await;
+    let (upstream, mut closed_rx) = common::silent_upstream().await;
     let gw = common::start_gateway_at(&upstream.url(), test_config()).await;
     let mut client = TcpStream::connect(gw.addr).await.expect("connect");
     client
@@ -411,7 +375,7 @@ async fn a_large_answer_nobody_reads_is_ended_at_the_send_timeout() {
     }
     let mut ended = 0.0;
     for _ in 0..50 {
-        ended = gauge(&gw, "exagate_send_timeouts_total").await;
+        ended = common::metric_of(&gw, "exagate_send_timeouts_total").await;
         if ended >= 5.0 {
             break;
         }

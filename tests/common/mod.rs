@@ -203,9 +203,15 @@ impl Harness {
     /// The value of one metric series from `/metrics`, e.g.
     /// `exagate_requests_total{route="job",status="200",cache="hit",client=""}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = String::from_utf8(self.admin_get("/metrics").await.body.to_vec()).expect("utf8");
-        metric_value(&text, series)
+        metric_of(&self.gateway, series).await
     }
+}
+
+/// The value of one metric series on `gw`'s admin listener (which must be on).
+pub async fn metric_of(gw: &RunningGateway, series: &str) -> f64 {
+    let url = format!("{}/metrics", gw.admin_url().expect("admin listener on"));
+    let reply = send(&client(), Method::GET, &url, &[], Bytes::new()).await;
+    metric_value(&String::from_utf8_lossy(&reply.body), series)
 }
 
 /// Finds `series` in a Prometheus text exposition; 0 when absent (a counter not yet
@@ -358,6 +364,43 @@ impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An upstream that reads each request head, never answers, and reports on the returned
+/// channel each time the gateway closes such a connection.
+pub async fn silent_upstream() -> (RawUpstream, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = RawUpstream::start(move |_, mut stream| {
+        let closed = closed_tx.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let _ = read_head(&mut stream).await;
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            let _ = closed.send(());
+        }
+    })
+    .await;
+    (upstream, closed_rx)
+}
+
+/// Answers the request whose `head` was read from `stream` with the completed job its
+/// path names (a nil id if it names none), then closes the connection.
+pub async fn answer_job(stream: &mut tokio::net::TcpStream, head: &str) {
+    use tokio::io::AsyncWriteExt;
+    let id = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.rsplit('/').next())
+        .and_then(|id| id.parse::<uuid::Uuid>().ok())
+        .unwrap_or_default();
+    let body = completed_job_json(id, "http://upstream.invalid");
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Reads one request head (to the blank line) from `stream`; `None` at end of stream.
