@@ -157,7 +157,8 @@ impl Admission {
         Ok(())
     }
 
-    /// Keeps the slot alone (the tokens are settled) for as long as the caller holds it.
+    /// The call was sent and answered: its tokens are used, and the slot alone is kept
+    /// for as long as the caller holds it.
     pub fn into_slot(mut self) -> Slot {
         self.sent();
         self.slot

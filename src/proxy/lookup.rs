@@ -43,7 +43,7 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
     let now = Instant::now();
     if let Some(answer) = gw.cache.get(&key, now).await {
         ex.cache = XCache::Hit;
-        return paced(gw, answer.respond(head, XCache::Hit, now));
+        return respond(gw, &answer, head, XCache::Hit, now);
     }
     ex.cache = XCache::Miss;
     // Boxed: a miss waits on the upstream anyway, and its state inline would make every
@@ -54,7 +54,7 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
             if !ex.coalesced {
                 ex.upstream_time = Some(Duration::from_micros(u64::from(answer.upstream_micros)));
             }
-            paced(gw, answer.respond(head, XCache::Miss, now))
+            respond(gw, &answer, head, XCache::Miss, now)
         }
         Err(e) => {
             ex.error = Some(e.kind.code());
@@ -150,10 +150,21 @@ const PACE: usize = 64 * 1024;
 /// `server.send_timeout` (a client that opens HTTP/2 streams with a window of 0 could
 /// otherwise pin any number of large bodies, evicted entries included, beyond
 /// `cache.max_size`). Small answers, nearly all hits, go as they are.
-fn paced(gw: &Gateway, response: Response<Body>) -> Response<Body> {
+fn respond(
+    gw: &Gateway,
+    answer: &Answer,
+    head: bool,
+    cache: XCache,
+    now: Instant,
+) -> Response<Body> {
+    let response = answer.respond(head, cache, now);
+    // Decided on the length first: the hit path of a small answer does no more.
+    if head || answer.body.len() <= PACED_ABOVE {
+        return response;
+    }
     let (parts, body) = response.into_parts();
     let body = match body {
-        Body::Full(Some(bytes)) if bytes.len() > PACED_ABOVE => {
+        Body::Full(Some(bytes)) => {
             let send_timeout = gw.peek().config.server.send_timeout;
             Body::stream(Sending::new(
                 Body::stream(Slices::new(bytes, PACE)),

@@ -102,6 +102,9 @@ impl std::task::Wake for ClientWaker {
 pub struct Upload {
     inner: Body,
     progress: Arc<Progress>,
+    /// The waker handed to the client's body, kept while the sender's waker is the same
+    /// (it is, poll after poll): one allocation per upload, not per poll.
+    waker: Option<(std::task::Waker, std::task::Waker)>,
 }
 
 impl Upload {
@@ -120,6 +123,7 @@ impl Upload {
         let upload = Upload {
             inner,
             progress: Arc::clone(&progress),
+            waker: None,
         };
         (upload, progress)
     }
@@ -136,11 +140,19 @@ impl http_body::Body for Upload {
         // Waiting on the client lasts only until its data arrives: the waker it will wake
         // marks the upload as moving again, so that a body whose data is there but that
         // hyper does not take (the upstream stopped reading) is the upstream's stall.
-        let waker = std::task::Waker::from(Arc::new(ClientWaker {
-            progress: Arc::clone(&self.progress),
-            inner: cx.waker().clone(),
-        }));
-        let poll = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
+        let this = &mut *self;
+        if !matches!(&this.waker, Some((sender, _)) if sender.will_wake(cx.waker())) {
+            this.waker = None;
+        }
+        let progress = &this.progress;
+        let (_, ours) = this.waker.get_or_insert_with(|| {
+            let ours = std::task::Waker::from(Arc::new(ClientWaker {
+                progress: Arc::clone(progress),
+                inner: cx.waker().clone(),
+            }));
+            (cx.waker().clone(), ours)
+        });
+        let poll = Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(ours));
         match &poll {
             Poll::Ready(Some(Ok(_))) => {
                 // hyper stops polling a body of known length once it says it has ended.

@@ -218,7 +218,6 @@ impl UpstreamClient {
             let elapsed = started.elapsed().as_secs_f64();
             let e = match outcome {
                 Ok(response) => {
-                    admission.sent();
                     let status = response.status().as_u16().to_string();
                     self.metrics.upstream_call(route, status, elapsed);
                     self.after_answer(&response);
@@ -228,7 +227,7 @@ impl UpstreamClient {
                     admission.sent();
                     // Given up on: end the connection rather than leave its task holding
                     // the socket (and any upload) until the upstream lets go.
-                    if let Some(tally) = tally_of(&capture) {
+                    if let Connection::Http1(tally) = connection_of(&capture) {
                         tally.abort();
                     }
                     self.metrics.upstream_call(route, "timeout".into(), elapsed);
@@ -449,28 +448,38 @@ impl From<Failure> for GatewayError {
 /// Whether a failed request may be sent again: nothing of an answer came back on its
 /// connection (HTTP/1), or the upstream refused the stream unprocessed (HTTP/2).
 fn nothing_came_back(e: &hyper_util::client::legacy::Error, capture: &CaptureConnection) -> bool {
-    let metadata = capture.connection_metadata();
-    let Some(connected) = metadata.as_ref() else {
-        return false;
-    };
-    if connected.is_negotiated_h2() {
-        return refused_stream(e);
+    match connection_of(capture) {
+        Connection::Http1(tally) => tally.silent_since_write(),
+        Connection::Http2 => refused_stream(e),
+        Connection::Unknown => false,
     }
-    drop(metadata);
-    tally_of(capture).is_some_and(|t| t.silent_since_write())
 }
 
-/// The tally of the connection a request went out on, for HTTP/1 connections (an h2
-/// connection carries other requests too: it is never aborted for one of them).
-fn tally_of(capture: &CaptureConnection) -> Option<ReadTally> {
+/// What a request went out on.
+enum Connection {
+    /// An HTTP/1 connection, with its tally (and off switch).
+    Http1(ReadTally),
+    /// An HTTP/2 connection: it carries other requests too, so it is never aborted for
+    /// one of them, and its tally says nothing about one stream.
+    Http2,
+    /// None yet (the request never got a connection).
+    Unknown,
+}
+
+fn connection_of(capture: &CaptureConnection) -> Connection {
     let metadata = capture.connection_metadata();
-    let connected = metadata.as_ref()?;
+    let Some(connected) = metadata.as_ref() else {
+        return Connection::Unknown;
+    };
     if connected.is_negotiated_h2() {
-        return None;
+        return Connection::Http2;
     }
     let mut extras = http::Extensions::new();
     connected.get_extras(&mut extras);
-    extras.get::<ReadTally>().cloned()
+    extras
+        .get::<ReadTally>()
+        .cloned()
+        .map_or(Connection::Unknown, Connection::Http1)
 }
 
 /// An HTTP/2 `REFUSED_STREAM`: the server promises it did not process the request.
