@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::Method;
 use http_body::{Frame, SizeHint};
 
-use super::handler::Exchange;
+use super::exchange::Exchange;
 use crate::body::Body;
 use crate::error::BoxError;
 

@@ -1,57 +1,21 @@
 //! The request's entry point: route it, dispatch it, write its access-log line.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 
 use super::access_log::{self, AccessRecord};
+use super::exchange::Exchange;
 use super::route::{self, Route};
 use super::{lookup, passthrough};
-use crate::auth::Client;
 use crate::body::Body;
 use crate::cache::answer::XCache;
 use crate::cache::JobKey;
 use crate::error::BoxError;
 use crate::gateway::Gateway;
 use crate::metrics::{CauseLabels, ClientLabel, RequestLabels};
-
-/// What happened to one request, filled in along its way, for the access log.
-#[derive(Debug)]
-pub struct Exchange {
-    /// Route label.
-    pub route: &'static str,
-    /// The `x-cache` outcome.
-    pub cache: XCache,
-    /// The upstream's status, when one was involved.
-    pub upstream_status: Option<StatusCode>,
-    /// Time spent on the upstream call this request made (none for hits and waiters).
-    pub upstream_time: Option<Duration>,
-    /// Answered by another request's upstream call.
-    pub coalesced: bool,
-    /// The gateway's error code, when it answered with one.
-    pub error: Option<&'static str>,
-    /// The calling client, when clients are configured.
-    pub client: Option<Arc<Client>>,
-    /// The client's address, when the server knows it (for per-address shares).
-    pub address: Option<std::net::IpAddr>,
-}
-
-impl Default for Exchange {
-    fn default() -> Self {
-        Exchange {
-            route: "none",
-            cache: XCache::Bypass,
-            upstream_status: None,
-            upstream_time: None,
-            coalesced: false,
-            error: None,
-            client: None,
-            address: None,
-        }
-    }
-}
 
 /// Handles one request end to end. Never fails: every error is an answer.
 ///

@@ -11,7 +11,7 @@ use http::{Response, StatusCode};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::handler::Exchange;
+use super::exchange::Exchange;
 use super::stall::{Sending, Slices};
 use super::upstream::Fetched;
 use crate::body::Body;

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use uuid::Uuid;
 
-use super::handler::Exchange;
+use super::exchange::Exchange;
 use super::headers;
 use super::route::{self, Route, BASE_HEADER};
 use crate::body::Body;

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::handler::Exchange;
+use super::exchange::Exchange;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::guard::{rate_limited, Token, TokenBucket};
