@@ -137,8 +137,10 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Where `/metrics`, `/healthz`, `/readyz` and the purge routes listen; unset turns
-    /// the admin listener off.
+    /// Where `/metrics`, `/healthz`, `/readyz` and the purge routes listen; `"off"` (as
+    /// Caddy's `admin off`) turns the admin listener off (`None`). Absent from the file it
+    /// is `127.0.0.1:9090`, like every other default.
+    #[serde(with = "listen_or_off")]
     pub listen: Option<SocketAddr>,
     /// Environment variable holding the bearer token that purging requires; while it is
     /// unset, purging is refused.
@@ -151,6 +153,34 @@ impl Default for AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             token_env: "EXAGATE_ADMIN_TOKEN".to_string(),
         }
+    }
+}
+
+/// `admin.listen`: an address, or `"off"`. Written back as `"off"` too, so a config
+/// printed and read again keeps the listener off (an absent key would mean the default).
+mod listen_or_off {
+    use std::net::SocketAddr;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        text.trim().parse().map(Some).map_err(|_| {
+            D::Error::custom(format!(
+                "{text:?} is neither an address (ip:port, such as \"127.0.0.1:9090\") nor \"off\""
+            ))
+        })
     }
 }
 
@@ -701,7 +731,10 @@ pub fn describe(config: &Config) -> Vec<String> {
             "admin routes (/metrics, /healthz, /readyz, purge) on {addr}; purging needs ${}",
             config.admin.token_env
         ),
-        None => "no admin listener".into(),
+        None => {
+            "admin listener off (admin.listen = \"off\"): no /metrics, /healthz, /readyz or purge"
+                .into()
+        }
     });
     lines.push(format!(
         "on SIGTERM: unready at once, serving {} more, then {} for in-flight requests",

@@ -199,6 +199,8 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert("x-cache", HeaderValue::from_static(cache));
+        // Never stored by the gateway, so by no cache after it either.
+        headers.insert(header::CACHE_CONTROL, crate::proxy::headers::NO_STORE);
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }

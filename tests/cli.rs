@@ -413,3 +413,109 @@ async fn access_lines_reach_the_log_file_while_the_gateway_runs() {
     }
     panic!("no access line for {path} within 2 s; the log holds:\n{seen}");
 }
+
+/// `exagate check` on a config whose `[admin]` table is `admin` (the key in a file).
+fn check_admin(dir: &std::path::Path, admin: &str) -> (bool, String) {
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
+    let config = dir.join("admin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\napi_key_file = \"{}\"\n[admin]\n{admin}\n",
+            key_file.display()
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_says_what_admin_listen_off_and_commented_out_mean() {
+    let dir = tempdir();
+    let (ok, off) = check_admin(dir.path(), "listen = \"off\"");
+    assert!(ok, "{off}");
+    assert!(off.contains("admin listener off"), "{off}");
+    // The effective config it prints reads back as off, not as the default.
+    assert!(off.contains("listen = \"off\""), "{off}");
+    let (ok, commented) = check_admin(dir.path(), "# listen = \"127.0.0.1:9090\"");
+    assert!(ok, "{commented}");
+    assert!(
+        commented.contains("admin routes (/metrics, /healthz, /readyz, purge) on 127.0.0.1:9090"),
+        "commenting out is the default, and check says so: {commented}"
+    );
+    let (ok, bad) = check_admin(dir.path(), "listen = \"nowhere\"");
+    assert!(!ok);
+    assert!(
+        bad.contains("admin.listen") || bad.contains("listen"),
+        "{bad}"
+    );
+    assert!(
+        bad.contains("\"off\""),
+        "the error names the way to turn it off: {bad}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_with_the_admin_off_run_side_by_side() {
+    let sim = start_sim(false).await;
+    let id = sim.add_completed(None);
+    let c = client();
+    let mut running = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempdir();
+        let port = free_port();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
+        let config = dir.path().join("config.toml");
+        // No admin port given: with the listener on, both would take 127.0.0.1:9090.
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+                 [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"off\"\n",
+                sim.url(),
+                key_file.display()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn exagate");
+        running.push((KillOnDrop(child), port));
+        dirs.push(dir);
+    }
+    for (gateway, port) in &mut running {
+        wait_listening(*port).await;
+        let reply = send(
+            &c,
+            Method::GET,
+            &format!("http://127.0.0.1:{port}/v2/extract/{id}"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            gateway.0.try_wait().expect("wait").is_none(),
+            "both gateways keep running"
+        );
+    }
+}

@@ -12,6 +12,7 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use super::key::CacheKey;
 use super::policy::JobState;
 use crate::body::Body;
+use crate::proxy::headers;
 
 /// The `x-cache` outcome of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +123,13 @@ impl Answer {
         upstream_headers: &HeaderMap,
         body: Bytes,
         job_state: Option<JobState>,
-        expires_at: Option<Instant>,
+        lifetime: Option<Duration>,
         upstream_time: Duration,
     ) -> Answer {
+        // One clock read dates the answer and its expiry, so the `max-age` it is sent
+        // with is its lifetime exactly, not a hair less.
+        let fetched_at = Instant::now();
+        let expires_at = lifetime.map(|ttl| fetched_at + ttl);
         let stored = expires_at.is_some();
         let mut headers = crate::proxy::headers::buffered_response(upstream_headers, stored);
         let content_type = ContentType::from_header(headers.remove(header::CONTENT_TYPE), stored);
@@ -139,7 +144,7 @@ impl Answer {
             headers: (!headers.is_empty()).then(|| Box::new(headers)),
             body,
             job_state,
-            fetched_at: Instant::now(),
+            fetched_at,
             expires_at,
             upstream_micros: u32::try_from(upstream_time.as_micros()).unwrap_or(u32::MAX),
         }
@@ -170,7 +175,7 @@ impl Answer {
         let headers = response.headers_mut();
         match &self.headers {
             Some(extra) => headers.clone_from(extra),
-            None => headers.reserve(4),
+            None => headers.reserve(6),
         }
         if let Some(content_type) = self.content_type.header() {
             headers.insert(header::CONTENT_TYPE, content_type);
@@ -181,9 +186,26 @@ impl Answer {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
         }
         headers.insert(X_CACHE, cache.header());
-        if cache == XCache::Hit {
-            let age_secs = now.saturating_duration_since(self.fetched_at).as_secs();
-            headers.insert(header::AGE, age(age_secs));
+        match self.expires_at {
+            Some(expires_at) => {
+                // `max-age` is the entry's whole lifetime and `Age` what has gone of it,
+                // both in whole seconds, so that what a downstream cache computes as left
+                // (`max-age - Age`) is the entry's own time left, rounded down: never
+                // beyond its expiry. `Age` is thus the true age rounded up or down.
+                let lifetime = expires_at
+                    .saturating_duration_since(self.fetched_at)
+                    .as_secs();
+                let left = expires_at.saturating_duration_since(now).as_secs();
+                let age_secs = lifetime.saturating_sub(left);
+                headers.insert(header::CACHE_CONTROL, headers::private_max_age(lifetime));
+                headers.insert(header::VARY, headers::VARY_SCOPE);
+                if cache == XCache::Hit || age_secs > 0 {
+                    headers.insert(header::AGE, age(age_secs));
+                }
+            }
+            None => {
+                headers.insert(header::CACHE_CONTROL, headers::NO_STORE);
+            }
         }
         response
     }

@@ -200,7 +200,7 @@ mod tests {
             &HeaderMap::new(),
             Bytes::from(vec![b' '; body]),
             None,
-            Some(Instant::now() + lives),
+            Some(lives),
             Duration::ZERO,
         ))
     }

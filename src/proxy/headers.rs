@@ -11,7 +11,7 @@
 //! headers stop at each hop (RFC 9110 §7.6.1). Responses: a stored answer keeps only what stays true for every
 //! later reader; an answer passed through keeps all its end-to-end headers.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers meaningful only on one connection.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -73,16 +73,38 @@ pub fn forward_request(client: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The upstream's headers to send to the client on a streamed response.
+/// The upstream's headers to send to the client on an answer the gateway does not store,
+/// marked `no-store` ([`NO_STORE`]).
 pub fn forward_response(upstream: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len() + 1);
+    let mut out = HeaderMap::with_capacity(upstream.len() + 2);
     for (name, value) in upstream {
         if !hop_by_hop(name, &listed) {
             out.append(name.clone(), value.clone());
         }
     }
+    out.insert(header::CACHE_CONTROL, NO_STORE);
     out
+}
+
+/// `Cache-Control` of every answer the gateway does not store itself: pass-through
+/// answers, errors, its own refusals. The upstream's own `Cache-Control` is replaced:
+/// these answers were made with the team's key, for one scope and one client, so no
+/// cache between the apps and the gateway may keep them and hand them to another.
+pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+/// `Vary` of a stored answer: the scope headers pick the entry, so an app's own HTTP
+/// cache that calls one gateway for several bases keeps them apart too.
+pub const VARY_SCOPE: HeaderValue =
+    HeaderValue::from_static("x-exabase-base-id, x-exabase-workspace-id");
+
+/// `Cache-Control` of a stored answer that stays true for `max_age` seconds (counted,
+/// as `Age` is, from when the gateway fetched it). `private`: only the calling app's own
+/// cache may keep it, never one shared between apps, which would mix bases and clients.
+pub fn private_max_age(max_age: u64) -> HeaderValue {
+    // Into `Bytes` without a copy: one allocation per answer sent.
+    let text = format!("private, max-age={max_age}");
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or(NO_STORE)
 }
 
 /// Headers kept with a buffered answer. A stored answer is replayed to other clients for
@@ -106,7 +128,6 @@ pub fn buffered_response(upstream: &HeaderMap, stored: bool) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn only_the_allow_list_is_forwarded() {

@@ -255,8 +255,8 @@ fn job_answer(live: &Live, asked: Uuid, fetched: Fetched) -> Result<Answer, Gate
         StatusCode::NOT_FOUND => (None, None, live.policy.for_not_found()),
         _ => (None, None, Decision::Skip(NoCacheReason::Status)),
     };
-    let expires_at = expiry(fetched.status, decision);
-    Ok(answer(fetched, body, state, expires_at))
+    let lifetime = lifetime(fetched.status, decision);
+    Ok(answer(fetched, body, state, lifetime))
 }
 
 /// Builds the answer for a chunks window: stored only while the job itself is cached as
@@ -266,7 +266,7 @@ async fn chunks_answer(
     job: &JobKey,
     fetched: Fetched,
 ) -> Result<Answer, GatewayError> {
-    let mut expires_at = None;
+    let mut lifetime = None;
     if fetched.status == StatusCode::OK {
         if serde_json::from_slice::<serde::de::IgnoredAny>(&fetched.body).is_err() {
             return Err(GatewayError::new(
@@ -276,18 +276,20 @@ async fn chunks_answer(
         }
         match gw.cache.get(&CacheKey::Job(*job), Instant::now()).await {
             Some(parent) if parent.job_state == Some(JobState::Completed) => {
-                expires_at = parent.expires_at;
+                lifetime = parent
+                    .expires_at
+                    .map(|at| at.saturating_duration_since(Instant::now()));
             }
             _ => not_stored(fetched.status, NoCacheReason::JobNotCompleted),
         }
     }
-    Ok(answer(fetched, None, None, expires_at))
+    Ok(answer(fetched, None, None, lifetime))
 }
 
-/// When a decision says the answer stops being true; `None` for not stored.
-fn expiry(status: StatusCode, decision: Decision) -> Option<Instant> {
+/// How long a decision says the answer stays true; `None` for not stored.
+fn lifetime(status: StatusCode, decision: Decision) -> Option<Duration> {
     match decision {
-        Decision::Store(ttl) => Some(Instant::now() + ttl),
+        Decision::Store(ttl) => Some(ttl),
         Decision::Skip(reason) => {
             not_stored(status, reason);
             None
@@ -309,14 +311,14 @@ fn answer(
     fetched: Fetched,
     body: Option<bytes::Bytes>,
     job_state: Option<JobState>,
-    expires_at: Option<Instant>,
+    lifetime: Option<Duration>,
 ) -> Answer {
     Answer::new(
         fetched.status,
         &fetched.headers,
         body.unwrap_or(fetched.body),
         job_state,
-        expires_at,
+        lifetime,
         fetched.elapsed,
     )
 }
