@@ -36,7 +36,12 @@ async fn sim_job_body(size: usize) -> Bytes {
     let fetched = gw
         .live()
         .upstream
-        .get_buffered("job", &format!("/v2/extract/{job}"), None, None)
+        .get_buffered(
+            "job",
+            &format!("/v2/extract/{job}"),
+            exagate::cache::Scope::Workspace,
+            None,
+        )
         .await
         .expect("the simulator answers");
     assert_eq!(fetched.status, 200, "fetching the job body");
@@ -58,9 +63,9 @@ fn route_and_key(c: &mut Criterion) {
             b.iter(|| {
                 let route =
                     route::route(&Method::GET, std::hint::black_box(path)).expect("a job route");
-                let base = route::parse_base(std::hint::black_box(headers)).expect("base");
+                let scope = route::parse_scope(std::hint::black_box(headers)).expect("scope");
                 match route {
-                    Route::Job(job) => CacheKey::Job(JobKey { base, job }),
+                    Route::Job(job) => CacheKey::Job(JobKey { scope, job }),
                     other => panic!("not a job route: {other:?}"),
                 }
             })

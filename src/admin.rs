@@ -16,7 +16,7 @@ use crate::body::Body;
 use crate::cache::JobKey;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
-use crate::proxy::route::{parse_base, parse_job_id};
+use crate::proxy::route::{parse_job_id, parse_scope};
 use crate::server::Handler;
 
 /// The admin routes, over the gateway they report on.
@@ -66,8 +66,8 @@ impl Admin {
             (&Method::DELETE, p) if p.starts_with("/cache/") => {
                 let purge = self.authorize(&request).and_then(|()| {
                     let job = parse_job_id(&p["/cache/".len()..])?;
-                    let base = parse_base(request.headers())?;
-                    Ok(JobKey { base, job })
+                    let scope = parse_scope(request.headers())?;
+                    Ok(JobKey { scope, job })
                 });
                 match purge {
                     Ok(key) => {

@@ -14,6 +14,7 @@ use http::header::{HeaderMap, AUTHORIZATION};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::cache::Scope;
 use crate::config::ClientConfig;
 use crate::error::{ErrorKind, GatewayError};
 use crate::guard::{rate_limited, Token, TokenBucket};
@@ -42,20 +43,32 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// `403` unless this client may use `base` (`None`: the workspace scope).
-    pub fn may_use(&self, base: Option<Uuid>) -> Result<(), GatewayError> {
-        let allowed = match base {
-            None => self.workspace,
-            Some(base) => self.bases.as_ref().is_none_or(|b| b.contains(&base)),
+    /// `403` unless this client may use `scope`.
+    ///
+    /// The legacy header (`X-Exabase-Workspace-Id`) needs both rights: the API may read
+    /// it as a base of that id, or ignore it and run the call in the parent workspace, and
+    /// no one here knows which, so a client restricted to bases must not reach the
+    /// workspace through it, nor a client without that base reach it.
+    pub fn may_use(&self, scope: Scope) -> Result<(), GatewayError> {
+        let may_use_base = |id: &Uuid| self.bases.as_ref().is_none_or(|b| b.contains(id));
+        let allowed = match scope {
+            Scope::Workspace => self.workspace,
+            Scope::Base(base) => may_use_base(&base),
+            Scope::Legacy(id) => self.workspace && may_use_base(&id),
         };
         if allowed {
             Ok(())
         } else {
             Err(GatewayError::new(
                 ErrorKind::Forbidden,
-                match base {
-                    None => "this client may not call without a base (X-Exabase-Base-Id)",
-                    Some(_) => "this client may not use that base",
+                match scope {
+                    Scope::Workspace => {
+                        "this client may not call without a base (X-Exabase-Base-Id)"
+                    }
+                    Scope::Base(_) => "this client may not use that base",
+                    Scope::Legacy(_) => {
+                        "this client may not use X-Exabase-Workspace-Id: it needs the workspace and that base"
+                    }
                 },
             ))
         }
@@ -247,19 +260,25 @@ mod tests {
         let b: Uuid = "9a1b2c3d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
             .parse()
             .expect("uuid");
-        assert!(billing.may_use(Some(a)).is_ok());
+        assert!(billing.may_use(Scope::Base(a)).is_ok());
         assert_eq!(
-            billing.may_use(Some(b)).expect_err("b").kind,
+            billing.may_use(Scope::Base(b)).expect_err("b").kind,
             ErrorKind::Forbidden
         );
         assert_eq!(
-            billing.may_use(None).expect_err("ws").kind,
+            billing.may_use(Scope::Workspace).expect_err("ws").kind,
+            ErrorKind::Forbidden
+        );
+        // The legacy header might land in the workspace: a client without it may not.
+        assert_eq!(
+            billing.may_use(Scope::Legacy(a)).expect_err("legacy").kind,
             ErrorKind::Forbidden
         );
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("ops-token"));
         let ops = t.identify(&h).expect("ok").expect("client");
-        assert!(ops.may_use(None).is_ok() && ops.may_use(Some(b)).is_ok());
+        assert!(ops.may_use(Scope::Workspace).is_ok() && ops.may_use(Scope::Base(b)).is_ok());
+        assert!(ops.may_use(Scope::Legacy(b)).is_ok());
     }
 
     #[test]

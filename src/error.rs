@@ -33,6 +33,10 @@ pub enum ErrorKind {
     InvalidJobId,
     /// `X-Exabase-Base-Id` is not a UUID (or is repeated).
     InvalidBaseId,
+    /// `X-Exabase-Workspace-Id` is not a UUID (or is repeated).
+    InvalidWorkspaceId,
+    /// Both scope headers at once: which scope is meant is not for the gateway to guess.
+    ConflictingScope,
     /// Some other malformed request.
     BadRequest,
     /// The gateway does not serve this path.
@@ -71,6 +75,8 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidJobId => "invalid_job_id",
             ErrorKind::InvalidBaseId => "invalid_base_id",
+            ErrorKind::InvalidWorkspaceId => "invalid_workspace_id",
+            ErrorKind::ConflictingScope => "conflicting_scope_headers",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -94,6 +100,8 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidJobId
             | ErrorKind::InvalidBaseId
+            | ErrorKind::InvalidWorkspaceId
+            | ErrorKind::ConflictingScope
             | ErrorKind::BadRequest
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
@@ -115,9 +123,11 @@ impl ErrorKind {
     /// The HTTP status this kind is answered with.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::InvalidJobId | ErrorKind::InvalidBaseId | ErrorKind::BadRequest => {
-                StatusCode::BAD_REQUEST
-            }
+            ErrorKind::InvalidJobId
+            | ErrorKind::InvalidBaseId
+            | ErrorKind::InvalidWorkspaceId
+            | ErrorKind::ConflictingScope
+            | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -231,6 +241,8 @@ mod tests {
         let kinds = [
             ErrorKind::InvalidJobId,
             ErrorKind::InvalidBaseId,
+            ErrorKind::InvalidWorkspaceId,
+            ErrorKind::ConflictingScope,
             ErrorKind::BadRequest,
             ErrorKind::NotFound,
             ErrorKind::MethodNotAllowed,

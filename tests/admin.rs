@@ -231,3 +231,39 @@ async fn purge_is_off_without_the_token_variable() {
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(reply.error_code(), "forbidden");
 }
+
+#[tokio::test]
+async fn a_purge_names_its_scope_by_either_header() {
+    std::env::set_var("EXAGATE_TEST_ADMIN_TOKEN_LEGACY", "purge-legacy-4e2");
+    let h = with_admin("EXAGATE_TEST_ADMIN_TOKEN_LEGACY").await;
+    let ws: uuid::Uuid = "0c2d8a4e-5b6f-4a70-8b1c-2d3e4f506172"
+        .parse()
+        .expect("uuid");
+    let legacy = (
+        "x-exabase-workspace-id",
+        "0c2d8a4e-5b6f-4a70-8b1c-2d3e4f506172",
+    );
+    let id = h.sim.add_completed(Some(exagate::sim::legacy_scope(ws)));
+    let job = job_path(id);
+    let headers = [legacy];
+    let get = || h.send(Method::GET, &job, &headers, Default::default());
+    assert_eq!(get().await.cache(), "miss");
+    assert_eq!(get().await.cache(), "hit");
+    let token = ("authorization", "Bearer purge-legacy-4e2");
+    // Without the header the purge is of the workspace's entry, not this one.
+    let path = format!("/cache/{id}");
+    let other_scope = h.admin_send(Method::DELETE, &path, &[token]).await;
+    assert_eq!(other_scope.status, StatusCode::OK);
+    assert_eq!(get().await.cache(), "hit");
+    let both = h
+        .admin_send(
+            Method::DELETE,
+            &path,
+            &[token, legacy, ("x-exabase-base-id", legacy.1)],
+        )
+        .await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST);
+    let ok = h.admin_send(Method::DELETE, &path, &[token, legacy]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(get().await.cache(), "miss");
+}

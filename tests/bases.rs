@@ -77,3 +77,128 @@ async fn upper_case_base_is_the_same_scope() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.cache(), "hit");
 }
+
+/// `X-Exabase-Workspace-Id`, the API's earlier name for the scope header.
+const LEGACY: &str = "x-exabase-workspace-id";
+
+async fn get_legacy(h: &Harness, id: &str, path: &str) -> common::Reply {
+    h.send(http::Method::GET, path, &[(LEGACY, id)], Default::default())
+        .await
+}
+
+#[tokio::test]
+async fn the_legacy_workspace_header_is_a_scope_of_its_own() {
+    let h = Harness::new().await;
+    let a = Uuid::parse_str(BASE_A).expect("uuid");
+    // One job in each of the three scopes an id can name, all with the same job id's
+    // neighbours: the legacy scope of A, the base A, the workspace.
+    let legacy_job = h.sim.add_completed(Some(exagate::sim::legacy_scope(a)));
+    let base_job = h.sim.add_completed(Some(a));
+    let ws_job = h.sim.add_completed(None);
+
+    let first = get_legacy(&h, BASE_A, &job_path(legacy_job)).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.cache(), "miss");
+    assert_eq!(
+        get_legacy(&h, BASE_A, &job_path(legacy_job)).await.cache(),
+        "hit"
+    );
+    // The same job asked as base A, or in the workspace, is not the legacy entry.
+    let as_base = h.get_in(a, &job_path(legacy_job)).await;
+    assert_eq!(
+        (as_base.status, as_base.cache()),
+        (StatusCode::NOT_FOUND, "miss")
+    );
+    let in_ws = h.get(&job_path(legacy_job)).await;
+    assert_eq!(
+        (in_ws.status, in_ws.cache()),
+        (StatusCode::NOT_FOUND, "miss")
+    );
+    // And the base's and the workspace's cached jobs are not served to the legacy header.
+    assert_eq!(
+        h.get_in(a, &job_path(base_job)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(h.get(&job_path(ws_job)).await.status, StatusCode::OK);
+    for other in [base_job, ws_job] {
+        let reply = get_legacy(&h, BASE_A, &job_path(other)).await;
+        assert_eq!(
+            (reply.status, reply.cache()),
+            (StatusCode::NOT_FOUND, "miss")
+        );
+    }
+
+    // Upstream, the header went as it came (canonical form), and only it.
+    let legacy_calls: Vec<_> = h
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.headers.contains_key(LEGACY))
+        .collect();
+    assert_eq!(
+        legacy_calls.len(),
+        3,
+        "one call each for the three legacy lookups"
+    );
+    for call in &legacy_calls {
+        assert_eq!(call.headers[LEGACY], BASE_A);
+        assert!(!call.headers.contains_key("x-exabase-base-id"));
+    }
+}
+
+#[tokio::test]
+async fn the_legacy_header_is_forwarded_on_pass_through_routes() {
+    let h = Harness::new().await;
+    let a = Uuid::parse_str(BASE_A).expect("uuid");
+    let job = h.sim.add_completed(Some(exagate::sim::legacy_scope(a)));
+    let upper = BASE_A.to_uppercase();
+    for path in [
+        format!("{}/chunks", job_path(job)),
+        format!("{}/download", job_path(job)),
+        "/v2/extract".to_string(),
+    ] {
+        let reply = get_legacy(&h, &upper, &path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+    }
+    let list = get_legacy(&h, BASE_A, "/v2/extract").await.json();
+    assert!(
+        list.to_string().contains(&job.to_string()),
+        "the list is the legacy scope's: {list}"
+    );
+    let seen = h.sim.requests();
+    assert!(seen.len() >= 4);
+    for call in seen {
+        assert_eq!(call.headers[LEGACY], BASE_A, "{}", call.path_and_query);
+    }
+}
+
+#[tokio::test]
+async fn a_bad_or_doubled_scope_header_is_a_400_that_costs_nothing() {
+    let h = Harness::new().await;
+    let id = job_path(Uuid::new_v4());
+    let bad = get_legacy(&h, "not-a-uuid", &id).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.error_code(), "invalid_workspace_id");
+    let twice = h
+        .send(
+            http::Method::GET,
+            &id,
+            &[(LEGACY, BASE_A), (LEGACY, BASE_B)],
+            Default::default(),
+        )
+        .await;
+    assert_eq!(twice.error_code(), "invalid_workspace_id");
+    for path in [id.clone(), "/v2/extract".to_string()] {
+        let both = h
+            .send(
+                http::Method::GET,
+                &path,
+                &[(LEGACY, BASE_A), ("x-exabase-base-id", BASE_B)],
+                Default::default(),
+            )
+            .await;
+        assert_eq!(both.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(both.error_code(), "conflicting_scope_headers");
+    }
+    assert_eq!(h.sim.calls(), 0);
+}

@@ -407,3 +407,44 @@ async fn a_resend_is_not_refused_for_want_of_the_leading_clients_share() {
     assert_eq!(b.status, StatusCode::OK, "{:?}", b.body);
     assert_eq!(upstream.connections(), 2, "sent, then resent once");
 }
+
+// The legacy scope header may be read upstream as the base of that id or ignored (the
+// call then runs in the workspace): using it takes both rights, so it is no way for a
+// client restricted to a base into the workspace.
+#[tokio::test]
+async fn the_legacy_scope_header_needs_the_workspace_and_the_base() {
+    let h = harness().await;
+    let a: Uuid = BASE_A.parse().expect("uuid");
+    let job = h.sim.add_completed(Some(exagate::sim::legacy_scope(a)));
+    let legacy = ("x-exabase-workspace-id", BASE_A);
+    let billing = h
+        .send(
+            Method::GET,
+            &job_path(job),
+            &[("x-api-key", "billing-secret"), legacy],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(billing.status, StatusCode::FORBIDDEN);
+    assert_eq!(billing.error_code(), "forbidden");
+    assert_eq!(h.sim.calls(), 0);
+    let ops = h
+        .send(
+            Method::GET,
+            &job_path(job),
+            &[("x-api-key", "ops-secret"), legacy],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(ops.status, StatusCode::OK);
+    // Cached now; the restricted client still may not read it.
+    let again = h
+        .send(
+            Method::GET,
+            &job_path(job),
+            &[("x-api-key", "billing-secret"), legacy],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::FORBIDDEN);
+}

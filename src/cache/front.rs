@@ -189,7 +189,7 @@ mod tests {
 
     fn key() -> CacheKey {
         CacheKey::Job(JobKey {
-            base: None,
+            scope: crate::cache::Scope::Workspace,
             job: Uuid::new_v4(),
         })
     }

@@ -11,6 +11,6 @@ pub mod store;
 
 pub use answer::Answer;
 pub use flight::{Flights, Join};
-pub use key::{CacheKey, JobKey};
+pub use key::{CacheKey, JobKey, Scope};
 pub use policy::{CachePolicy, Decision, JobState, NoCacheReason};
 pub use store::CacheStore;

@@ -139,8 +139,8 @@ where
         Err(e) => return refuse(e, ex),
     };
     ex.route = route.name();
-    let base = match route::parse_base(request.headers()) {
-        Ok(base) => base,
+    let scope = match route::parse_scope(request.headers()) {
+        Ok(scope) => scope,
         Err(e) => return refuse(e, ex),
     };
     // Who is calling, and may they use this scope: decided before the cache is consulted,
@@ -148,7 +148,7 @@ where
     let live = gw.peek();
     match live.clients.identify(request.headers()) {
         Ok(Some(client)) => {
-            let allowed = client.may_use(base);
+            let allowed = client.may_use(scope);
             ex.client = Some(client);
             if let Err(e) = allowed {
                 return refuse(e, ex);
@@ -160,9 +160,9 @@ where
     drop(live);
     let head = request.method() == Method::HEAD;
     match route {
-        Route::Job(job) => lookup::job(gw, JobKey { base, job }, head, ex).await,
+        Route::Job(job) => lookup::job(gw, JobKey { scope, job }, head, ex).await,
         Route::Chunks(job) => match route::chunk_window(request.uri().query().unwrap_or("")) {
-            Ok(window) => lookup::chunks(gw, JobKey { base, job }, &window, head, ex).await,
+            Ok(window) => lookup::chunks(gw, JobKey { scope, job }, &window, head, ex).await,
             Err(e) => refuse(e, ex),
         },
         Route::Download(_)
@@ -172,6 +172,6 @@ where
         // Boxed: its state (an upstream request and response in flight) is the largest
         // of any route, and inline it would size every request's future, hits included,
         // which hyper then moves around by value.
-        | Route::Settings => Box::pin(passthrough::forward(gw, request, &route, base, ex)).await,
+        | Route::Settings => Box::pin(passthrough::forward(gw, request, &route, scope, ex)).await,
     }
 }

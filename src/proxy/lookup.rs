@@ -209,7 +209,7 @@ async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -
         };
         let fetched = live
             .upstream
-            .get_buffered(route, &path, job.base, share)
+            .get_buffered(route, &path, job.scope, share)
             .await?;
         let answer = match key {
             CacheKey::Job(k) => job_answer(&live, k.job, fetched)?,

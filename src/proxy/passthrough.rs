@@ -5,15 +5,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cache::Scope;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use uuid::Uuid;
 
 use super::exchange::Exchange;
 use super::headers;
-use super::route::{self, Route, BASE_HEADER};
+use super::route::{self, Route};
 use crate::body::Body;
 use crate::cache::answer::XCache;
 use crate::error::{ErrorKind, GatewayError};
@@ -25,7 +25,7 @@ pub async fn forward<B>(
     gw: &Arc<Gateway>,
     request: Request<B>,
     route: &Route,
-    base: Option<Uuid>,
+    scope: Scope,
     ex: &mut Exchange,
 ) -> Response<Body>
 where
@@ -63,10 +63,8 @@ where
         Ok(share) => share,
     };
     let mut out_headers = headers::forward_request(&parts.headers);
-    if let Some(base) = base {
-        if let Ok(value) = HeaderValue::from_str(&base.to_string()) {
-            out_headers.insert(BASE_HEADER, value);
-        }
+    if let Some((name, value)) = route::scope_header(scope) {
+        out_headers.insert(name, value);
     }
     if relays_body {
         // A body read whole states its length, zero included: hyper sends none for an

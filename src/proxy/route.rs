@@ -3,13 +3,18 @@
 //! The gateway is not an open door to the rest of the API: anything not listed here is a
 //! 404 from the gateway itself and costs no upstream call.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use uuid::Uuid;
+
+use crate::cache::Scope;
 
 use crate::error::{ErrorKind, GatewayError};
 
 /// The header selecting a base (sandboxed scope).
 pub const BASE_HEADER: &str = "x-exabase-base-id";
+
+/// The API's earlier name for the scope header ([`Scope::Legacy`]).
+pub const WORKSPACE_HEADER: &str = "x-exabase-workspace-id";
 
 /// A recognised request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,18 +292,63 @@ fn decode_hyphenated(bytes: &[u8]) -> Option<Uuid> {
     (bad & 0x80 == 0).then(|| Uuid::from_bytes(out))
 }
 
+/// The request's scope from its scope headers: neither is the workspace;
+/// `X-Exabase-Base-Id` a base; `X-Exabase-Workspace-Id` the legacy scope. Each must be
+/// one UUID, and both at once is a `400`.
+pub fn parse_scope(headers: &HeaderMap) -> Result<Scope, GatewayError> {
+    let base = parse_base(headers)?;
+    let legacy = parse_uuid_header(
+        headers,
+        WORKSPACE_HEADER,
+        ErrorKind::InvalidWorkspaceId,
+        "X-Exabase-Workspace-Id must be a single UUID",
+    )?;
+    match (base, legacy) {
+        (None, None) => Ok(Scope::Workspace),
+        (Some(base), None) => Ok(Scope::Base(base)),
+        (None, Some(id)) => Ok(Scope::Legacy(id)),
+        (Some(_), Some(_)) => Err(GatewayError::new(
+            ErrorKind::ConflictingScope,
+            "send X-Exabase-Base-Id or X-Exabase-Workspace-Id (its earlier name), not both",
+        )),
+    }
+}
+
+/// The header that puts an upstream call in `scope`, its UUID hyphenated as parsed.
+pub fn scope_header(scope: Scope) -> Option<(HeaderName, HeaderValue)> {
+    let (name, id) = match scope {
+        Scope::Workspace => return None,
+        Scope::Base(id) => (BASE_HEADER, id),
+        Scope::Legacy(id) => (WORKSPACE_HEADER, id),
+    };
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut text);
+    let value = HeaderValue::from_str(text).ok()?;
+    Some((HeaderName::from_static(name), value))
+}
+
 /// Reads `X-Exabase-Base-Id`: absent is the workspace scope; present must be one UUID.
 pub fn parse_base(headers: &HeaderMap) -> Result<Option<Uuid>, GatewayError> {
-    let mut values = headers.get_all(BASE_HEADER).iter();
+    parse_uuid_header(
+        headers,
+        BASE_HEADER,
+        ErrorKind::InvalidBaseId,
+        "X-Exabase-Base-Id must be a single UUID",
+    )
+}
+
+/// One hyphenated UUID in header `name`, or none; anything else is `kind`.
+fn parse_uuid_header(
+    headers: &HeaderMap,
+    name: &'static str,
+    kind: ErrorKind,
+    message: &'static str,
+) -> Result<Option<Uuid>, GatewayError> {
+    let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
-    let invalid = || {
-        GatewayError::new(
-            ErrorKind::InvalidBaseId,
-            "X-Exabase-Base-Id must be a single UUID",
-        )
-    };
+    let invalid = || GatewayError::new(kind, message);
     if values.next().is_some() {
         return Err(invalid());
     }

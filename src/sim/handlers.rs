@@ -33,6 +33,7 @@ const MAX_LIST_LIMIT: usize = 100;
 const DEFAULT_LIST_LIMIT: usize = 20;
 
 const BASE_HEADER: &str = "x-exabase-base-id";
+const WORKSPACE_HEADER: &str = "x-exabase-workspace-id";
 const KEY_HEADER: &str = "x-api-key";
 const JOB_NOT_FOUND: &str = "Extraction job not found";
 
@@ -193,12 +194,26 @@ fn route(inner: &Inner, parts: &Parts, body: &ReqBody) -> Response<SimBody> {
     if !key_ok {
         return message(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
-    let scope = match parts.headers.get(BASE_HEADER) {
-        None => None,
-        Some(v) => match v.to_str().ok().and_then(parse_id) {
+    let scope = match (
+        parts.headers.get(BASE_HEADER),
+        parts.headers.get(WORKSPACE_HEADER),
+    ) {
+        (None, None) => None,
+        (Some(v), None) => match v.to_str().ok().and_then(parse_id) {
             Some(base) => Some(base),
             None => return message(StatusCode::BAD_REQUEST, "X-Exabase-Base-Id must be a UUID"),
         },
+        // Played as a scope of its own (see `legacy_scope`).
+        (None, Some(v)) => match v.to_str().ok().and_then(parse_id) {
+            Some(id) => Some(super::legacy_scope(id)),
+            None => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    "X-Exabase-Workspace-Id must be a UUID",
+                )
+            }
+        },
+        (Some(_), Some(_)) => return message(StatusCode::BAD_REQUEST, "two scope headers"),
     };
     let Some((route, allowed)) = resolve(parts.uri.path()) else {
         return message(StatusCode::NOT_FOUND, "Not Found");

@@ -347,6 +347,16 @@ impl Simulator {
 
 /// Runs a simulator for external load tools until Ctrl-C.
 ///
+/// The scope the simulator serves for `X-Exabase-Workspace-Id: id`, the API's earlier
+/// name for the scope header: a scope of its own, apart from the workspace and from the
+/// base `id` (whether the real API still honours it is unknown; playing it as distinct
+/// is what lets tests show the gateway never mixes it with either). Pass it where the
+/// `add_*` methods take a base.
+pub fn legacy_scope(id: Uuid) -> Uuid {
+    // Any fixed bijection that never maps an id to itself.
+    Uuid::from_u128(id.as_u128() ^ 0x5eed_0000_0000_0000_0000_0000_0000_5eed)
+}
+
 /// Starts it with `opts`, adds `jobs` completed jobs in the workspace scope,
 /// prints its URL and then every job id to stdout, one per line, and shuts it
 /// down on Ctrl-C.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cache::Scope;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -15,7 +16,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use uuid::Uuid;
 
 use super::stall::{Progress, Sending, Stalling, Upload};
 use crate::body::Body;
@@ -343,7 +343,7 @@ impl UpstreamClient {
         &self,
         route: &'static str,
         path_and_query: &str,
-        base: Option<Uuid>,
+        scope: Scope,
         share: Option<Token>,
     ) -> Result<Fetched, GatewayError> {
         let started = Instant::now();
@@ -354,10 +354,8 @@ impl UpstreamClient {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        if let Some(base) = base {
-            let value = HeaderValue::from_str(&base.to_string())
-                .map_err(|_| GatewayError::new(ErrorKind::Internal, "base id header"))?;
-            headers.insert(super::route::BASE_HEADER, value);
+        if let Some((name, value)) = super::route::scope_header(scope) {
+            headers.insert(name, value);
         }
         let (response, _slot) = self
             .call(
