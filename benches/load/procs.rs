@@ -9,11 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use http::{HeaderMap, HeaderValue};
+
 use crate::BoxError;
 
 /// The key the simulator accepts; the gateway gets it from `EXABASE_API_KEY`, nginx from
 /// its config. A throwaway value for a loopback-only simulator.
 pub const SIM_KEY: &str = "sim-key";
+
+/// The headers of a call straight to the simulator: its key.
+pub fn sim_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-api-key", HeaderValue::from_static(SIM_KEY));
+    headers
+}
 
 /// A child process, stopped (SIGTERM, then SIGKILL after 5 s) when dropped, so that a
 /// failing scenario does not leave servers behind.
