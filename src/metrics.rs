@@ -56,12 +56,37 @@ pub struct CauseLabels {
     pub cause: &'static str,
 }
 
+/// Labels of `exagate_upstream_calls_saved_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SavedLabels {
+    /// `hit` (answered from the cache) or `coalesced` (by another request's call).
+    pub reason: &'static str,
+}
+
 /// Labels with a single `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `ok` or `error`.
     pub result: &'static str,
 }
+
+/// The label values of the families with a fixed set of them. Their series are created
+/// at zero when the gateway starts: Prometheus sees each from the first scrape, so a
+/// `rate()` or an alert on `increase()` counts the first event too, and a dashboard
+/// shows 0 rather than "no data".
+pub const EVICTION_CAUSES: [&str; 4] = ["expired", "size", "explicit", "replaced"];
+/// See [`EVICTION_CAUSES`].
+pub const REFUSAL_CAUSES: [&str; 3] = ["quota_exhausted", "upstream_rate_limited", "upstream_busy"];
+/// See [`EVICTION_CAUSES`].
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
+/// See [`EVICTION_CAUSES`] (the server's `Reason`s).
+pub const CLOSE_CAUSES: [&str; 5] = [
+    "head_timeout",
+    "idle",
+    "goodbye_timeout",
+    "shutdown",
+    "send_timeout",
+];
 
 /// Every metric the gateway keeps.
 pub struct Metrics {
@@ -76,6 +101,10 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     /// Requests answered by another request's upstream call.
     pub coalesced: Counter,
+    /// Requests answered without the upstream call they would otherwise have cost, by
+    /// reason; the two series are held directly (a hit pays no label lookup).
+    saved_hit: Counter,
+    saved_coalesced: Counter,
     /// Streamed upstream bodies cut after `upstream.timeout` without a byte.
     pub upstream_body_stalls: Counter,
     /// Forwarded responses ended because the client read nothing for `server.send_timeout`.
@@ -141,6 +170,22 @@ impl Metrics {
             "Requests answered by another request's upstream call",
             coalesced.clone(),
         );
+        let calls_saved = Family::<SavedLabels, Counter>::default();
+        registry.register(
+            "upstream_calls_saved",
+            "Requests answered without the upstream call they would otherwise have cost (hit: from the cache; coalesced: by another request's call)",
+            calls_saved.clone(),
+        );
+        // Both series exist from the start, so a dashboard's rate() has them before the
+        // first hit.
+        let saved_hit = calls_saved
+            .get_or_create(&SavedLabels { reason: "hit" })
+            .clone();
+        let saved_coalesced = calls_saved
+            .get_or_create(&SavedLabels {
+                reason: "coalesced",
+            })
+            .clone();
         let upstream_body_stalls = Counter::default();
         registry.register(
             "upstream_body_stalls",
@@ -221,6 +266,18 @@ impl Metrics {
             "1 when taking traffic, 0 when draining",
             ready.clone(),
         );
+        for cause in EVICTION_CAUSES {
+            let _ = evictions.get_or_create(&CauseLabels { cause });
+        }
+        for cause in REFUSAL_CAUSES {
+            let _ = refusals.get_or_create(&CauseLabels { cause });
+        }
+        for cause in CLOSE_CAUSES {
+            let _ = connections_closed.get_or_create(&CauseLabels { cause });
+        }
+        for result in RELOAD_RESULTS {
+            let _ = reloads.get_or_create(&ResultLabels { result });
+        }
         let open_job_hits = requests
             .get_or_create(&RequestLabels {
                 route: "job",
@@ -236,6 +293,8 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             coalesced,
+            saved_hit,
+            saved_coalesced,
             upstream_body_stalls,
             send_timeouts,
             fills_discarded,
@@ -272,6 +331,16 @@ impl Metrics {
             self.open_job_hits.inc();
         } else {
             self.requests.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Counts one request answered without an upstream call of its own: from the cache
+    /// (`hit`) or by another request's call (`coalesced`).
+    pub fn call_saved(&self, hit: bool) {
+        if hit {
+            self.saved_hit.inc();
+        } else {
+            self.saved_coalesced.inc();
         }
     }
 

@@ -54,6 +54,18 @@ async fn counters_and_gauges_follow_a_known_sequence() {
     assert_eq!(h.metric(&series("job", 400, "bypass")).await, 0.0);
     assert_eq!(h.metric(&series("none", 400, "bypass")).await, 1.0);
     assert_eq!(h.metric("exagate_coalesced_requests_total").await, 19.0);
+    // 24 requests went to the gateway for 3 upstream calls: 2 hits and 19 followers
+    // saved a call (the 400 never needed one).
+    assert_eq!(
+        h.metric("exagate_upstream_calls_saved_total{reason=\"hit\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        h.metric("exagate_upstream_calls_saved_total{reason=\"coalesced\"}")
+            .await,
+        19.0
+    );
     assert_eq!(
         h.metric("exagate_upstream_requests_total{route=\"job\",status=\"200\"}")
             .await,

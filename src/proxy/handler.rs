@@ -117,7 +117,17 @@ fn record_metrics(gw: &Gateway, ex: &Exchange, status: StatusCode) {
         cache: ex.cache.as_str(),
         client: ClientLabel(ex.client.as_ref().map(|c| Arc::clone(&c.name))),
     });
-    if let Some(code @ ("quota_exhausted" | "upstream_rate_limited" | "upstream_busy")) = ex.error {
+    // A hit, or a request answered by another's fetch, would have cost a call without
+    // the gateway.
+    if ex.cache == XCache::Hit {
+        m.call_saved(true);
+    } else if ex.coalesced {
+        m.call_saved(false);
+    }
+    if let Some(code) = ex
+        .error
+        .filter(|code| crate::metrics::REFUSAL_CAUSES.contains(code))
+    {
         m.refusals.get_or_create(&CauseLabels { cause: code }).inc();
     }
 }

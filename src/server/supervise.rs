@@ -407,6 +407,18 @@ mod tests {
         send: Duration::from_secs(60),
     };
     const SERVE: Option<(Verdict, Reason)> = None;
+
+    #[test]
+    fn every_reason_has_a_series_from_the_start() {
+        let reasons: Vec<Reason> = (0..=u8::MAX).filter_map(Reason::from_u8).collect();
+        assert_eq!(reasons.len(), crate::metrics::CLOSE_CAUSES.len());
+        for reason in reasons {
+            assert!(
+                crate::metrics::CLOSE_CAUSES.contains(&reason.as_str()),
+                "{reason:?}"
+            );
+        }
+    }
     const HEAD_TIMEOUT: Option<(Verdict, Reason)> = Some((Verdict::Abort, Reason::HeadTimeout));
 
     fn tracked(now: Instant) -> Tracked {
