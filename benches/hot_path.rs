@@ -41,6 +41,7 @@ async fn sim_job_body(size: usize) -> Bytes {
             &format!("/v2/extract/{job}"),
             exagate::cache::Scope::Workspace,
             None,
+            gw.live().upstream.deadline(),
         )
         .await
         .expect("the simulator answers");

@@ -57,7 +57,7 @@ impl Admin {
             }
             (&Method::DELETE, "/cache") => match self.authorize(&request) {
                 Ok(()) => {
-                    gw.cache.invalidate_all().await;
+                    gw.purge_all().await;
                     tracing::info!("cache purged (everything)");
                     json(StatusCode::OK, r#"{"purged":"all"}"#)
                 }
@@ -71,7 +71,7 @@ impl Admin {
                 });
                 match purge {
                     Ok(key) => {
-                        gw.cache.invalidate_scoped(key).await;
+                        gw.purge_job(key, false).await;
                         tracing::info!(job = %key, "cache purged (one job)");
                         let body = serde_json::json!({ "purged": key.job.to_string() });
                         json(StatusCode::OK, &body.to_string())

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth::Clients;
-use crate::cache::{Answer, CacheKey, CachePolicy, CacheStore, Flights};
+use crate::cache::{Answer, CacheKey, CachePolicy, CacheStore, Flights, JobKey};
 use crate::config::Config;
 use crate::error::{BoxError, GatewayError};
 use crate::guard::{Lane, UpstreamGuard};
@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::rewrite::LinkRewriter;
 use crate::proxy::upstream::UpstreamClient;
 use crate::secret::ApiKey;
+use crate::shared::Shared;
 
 /// What a fetch hands to every request that waited on it.
 pub type FetchResult = Result<Arc<Answer>, GatewayError>;
@@ -48,8 +49,12 @@ pub struct Gateway {
     pub flights: Arc<Flights<CacheKey, FetchResult>>,
     /// Quota, 429 cooldown and concurrency slots in front of the upstream.
     pub guard: Arc<UpstreamGuard>,
+    /// The tier shared with the other replicas (`[shared]`), when configured.
+    pub shared: Option<Arc<Shared>>,
     /// The current config-derived state.
     live: ArcSwap<Live>,
+    /// The config the process started with: what restart-only settings still are.
+    boot: Arc<Config>,
     /// False once draining starts: `/readyz` fails so load balancers stop sending.
     ready: AtomicBool,
     /// Counters, histograms and gauges for `/metrics`.
@@ -63,14 +68,37 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the state from a validated config and the loaded key.
     pub fn new(config: &Config, key: ApiKey) -> Result<Arc<Gateway>, BoxError> {
-        let guard = Arc::new(UpstreamGuard::new(&config.upstream));
         let metrics = Arc::new(Metrics::new());
+        let shared = match &config.shared {
+            Some(sc) => {
+                let (url, _) = sc.url()?;
+                let shared = Shared::new(
+                    sc,
+                    &url,
+                    &config.upstream.url,
+                    &key,
+                    config.upstream.timeout,
+                    Arc::clone(&metrics),
+                )?;
+                Some(shared)
+            }
+            None => None,
+        };
+        let guard = Arc::new(UpstreamGuard::with_shared(
+            &config.upstream,
+            shared
+                .as_ref()
+                .zip(config.shared.as_ref())
+                .map(|(s, c)| (Arc::clone(s), c.max_replicas)),
+        ));
         let live = Live::build(config.clone(), key, &guard, &metrics, None)?;
         Ok(Arc::new(Gateway {
             cache: CacheStore::new(config.cache.max_size, Arc::clone(&metrics)),
             metrics,
             flights: Flights::new(),
             guard,
+            shared,
+            boot: Arc::new(config.clone()),
             live: ArcSwap::from_pointee(live),
             ready: AtomicBool::new(true),
             addresses: moka::future::Cache::builder()
@@ -97,7 +125,9 @@ impl Gateway {
     pub async fn reload(&self, config: Config, key: ApiKey) -> Result<Vec<String>, BoxError> {
         let old = self.live();
         let live = Live::build(config, key, &self.guard, &self.metrics, Some(&old.clients))?;
-        let warnings = restart_only_changes(&old.config, &live.config);
+        // Against what runs (the config the process started with), not the last file
+        // loaded: a restart-only change is named on every reload until a restart.
+        let warnings = restart_only_changes(&self.boot, &live.config);
         // Stored answers carry links rewritten to the old public URL, or came from
         // another upstream: neither is true any more. (After the swap, so a fetch that
         // starts from here on renders with the new config.)
@@ -120,6 +150,29 @@ impl Gateway {
         Ok(warnings)
     }
 
+    /// Drops one job's answers here, in Redis and on every other replica (an operator's
+    /// purge, or a job action that may have changed it). Here, a job action drops the
+    /// job in every scope (`any_scope`), which costs little and is safe whatever scope
+    /// the action ran in.
+    pub async fn purge_job(&self, key: JobKey, any_scope: bool) {
+        if any_scope {
+            self.cache.invalidate_job(key.job).await;
+        } else {
+            self.cache.invalidate_scoped(key).await;
+        }
+        if let Some(shared) = &self.shared {
+            shared.invalidate_job(key).await;
+        }
+    }
+
+    /// Empties the cache here, in Redis and on every other replica.
+    pub async fn purge_all(&self) {
+        self.cache.invalidate_all().await;
+        if let Some(shared) = &self.shared {
+            shared.invalidate_all().await;
+        }
+    }
+
     /// Whether the gateway should receive traffic.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
@@ -138,8 +191,9 @@ impl Gateway {
             .set(i64::try_from(self.cache.entry_count()).unwrap_or(i64::MAX));
         m.cache_bytes
             .set(i64::try_from(self.cache.weighted_size()).unwrap_or(i64::MAX));
-        m.quota_tokens
-            .set(self.guard.bucket.available().unwrap_or(-1.0));
+        let (tokens, burst) = self.guard.quota_gauges().unwrap_or((-1.0, -1.0));
+        m.quota_tokens.set(tokens);
+        m.quota_burst.set(burst);
         m.cooldown_seconds.set(
             self.guard
                 .cooldown
@@ -202,5 +256,37 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         old.server.tls.is_some() != new.server.tls.is_some(),
     );
     check("log.format", old.log.format != new.log.format);
+    let (o, n) = (&old.server, &new.server);
+    check(
+        "server.header_read_timeout",
+        o.header_read_timeout != n.header_read_timeout,
+    );
+    check("server.idle_timeout", o.idle_timeout != n.idle_timeout);
+    check("server.send_timeout", o.send_timeout != n.send_timeout);
+    check(
+        "server.max_header_bytes",
+        o.max_header_bytes != n.max_header_bytes,
+    );
+    check(
+        "server.shutdown_timeout",
+        o.shutdown_timeout != n.shutdown_timeout,
+    );
+    let shared = |c: &Config| {
+        c.shared.as_ref().map(|s| {
+            (
+                s.redis_url.clone(),
+                s.redis_url_env.clone(),
+                s.namespace.clone(),
+                s.timeout,
+                s.max_replicas,
+            )
+        })
+    };
+    check("[shared]", shared(old) != shared(new));
+    check(
+        "[state]",
+        old.state.dir != new.state.dir
+            || old.state.snapshot_interval != new.state.snapshot_interval,
+    );
     changed
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod shared;
 pub mod sim;
 pub mod telemetry;
 pub mod tls;
@@ -140,6 +141,9 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
     let addr = public.local_addr()?;
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
     let gateway = Gateway::new(&config, key)?;
+    if let Some(shared) = &gateway.shared {
+        shared.start(Arc::downgrade(&gateway));
+    }
     let tls = config
         .server
         .tls

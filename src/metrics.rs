@@ -63,6 +63,24 @@ pub struct SavedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `exagate_shared_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SharedLabels {
+    /// What was asked of Redis (`lookup`, `get`, `store`, `quota`, ...).
+    pub op: &'static str,
+    /// `ok`, `hit`, `miss`, `error`, `timeout`, `skipped`, ...
+    pub result: &'static str,
+}
+
+/// Labels of `exagate_quota_decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    /// `shared` (on Redis) or `local` (this process's bucket).
+    pub mode: &'static str,
+    /// `allowed` or `refused`.
+    pub result: &'static str,
+}
+
 /// Labels with a single `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -120,12 +138,31 @@ pub struct Metrics {
     pub refusals: Family<CauseLabels, Counter>,
     /// Config reloads, by result.
     pub reloads: Family<ResultLabels, Counter>,
+    /// Redis commands of the shared tier, by operation and result.
+    pub shared_requests: Family<SharedLabels, Counter>,
+    /// Redis command latency.
+    pub shared_seconds: Histogram,
+    /// 1 while the shared tier is in use, 0 while this process is on its own.
+    pub shared_mode: Gauge,
+    /// Requests that waited for another replica's fetch.
+    pub lock_waits: Counter,
+    /// Locks taken over after their holder let go without an answer, or died.
+    pub lock_takeovers: Counter,
+    /// Invalidations sent to the other replicas.
+    pub invalidations_sent: Counter,
+    /// Invalidations received from the other replicas.
+    pub invalidations_received: Counter,
+    /// Quota decisions, by mode and result.
+    pub quota_decisions: Family<QuotaLabels, Counter>,
     /// Cache entries (set at scrape time).
     pub cache_entries: Gauge,
     /// Cache weight in bytes (set at scrape time).
     pub cache_bytes: Gauge,
     /// Tokens left in the quota bucket; -1 when no limit (set at scrape time).
     pub quota_tokens: Gauge<f64, AtomicU64>,
+    /// The most tokens the quota bucket holds (its burst); -1 when no limit (set at
+    /// scrape time).
+    pub quota_burst: Gauge<f64, AtomicU64>,
     /// Seconds until the 429 cooldown reopens; 0 when open (set at scrape time).
     pub cooldown_seconds: Gauge<f64, AtomicU64>,
     /// Upstream calls in flight for lookups (set at scrape time).
@@ -224,6 +261,55 @@ impl Metrics {
         );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("config_reloads", "Configuration reloads", reloads.clone());
+        let shared_requests = Family::<SharedLabels, Counter>::default();
+        registry.register(
+            "shared_requests",
+            "Redis commands of the shared tier, by operation and result",
+            shared_requests.clone(),
+        );
+        // 0.1 ms .. ~3 s.
+        let shared_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
+        registry.register(
+            "shared_command_seconds",
+            "Redis command latency of the shared tier",
+            shared_seconds.clone(),
+        );
+        let shared_mode = Gauge::default();
+        registry.register(
+            "shared_mode",
+            "1 while the shared tier (Redis) is in use, 0 while this process is on its own",
+            shared_mode.clone(),
+        );
+        let lock_waits = Counter::default();
+        registry.register(
+            "shared_lock_waits",
+            "Requests that waited for another replica's fetch of the same answer",
+            lock_waits.clone(),
+        );
+        let lock_takeovers = Counter::default();
+        registry.register(
+            "shared_lock_takeovers",
+            "Coalescing locks taken after their holder let go without an answer or died",
+            lock_takeovers.clone(),
+        );
+        let invalidations_sent = Counter::default();
+        registry.register(
+            "shared_invalidations_sent",
+            "Invalidations sent to the other replicas",
+            invalidations_sent.clone(),
+        );
+        let invalidations_received = Counter::default();
+        registry.register(
+            "shared_invalidations_received",
+            "Invalidations received from the other replicas",
+            invalidations_received.clone(),
+        );
+        let quota_decisions = Family::<QuotaLabels, Counter>::default();
+        registry.register(
+            "quota_decisions",
+            "Upstream quota decisions, by mode (shared on Redis, or local) and result",
+            quota_decisions.clone(),
+        );
         let cache_entries = Gauge::default();
         registry.register(
             "cache_entries",
@@ -241,6 +327,12 @@ impl Metrics {
             "quota_tokens",
             "Tokens left in the upstream quota bucket (-1: no limit)",
             quota_tokens.clone(),
+        );
+        let quota_burst = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "quota_burst",
+            "The most tokens the upstream quota bucket holds (-1: no limit)",
+            quota_burst.clone(),
         );
         let cooldown_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -302,9 +394,18 @@ impl Metrics {
             evictions,
             refusals,
             reloads,
+            shared_requests,
+            shared_seconds,
+            shared_mode,
+            lock_waits,
+            lock_takeovers,
+            invalidations_sent,
+            invalidations_received,
+            quota_decisions,
             cache_entries,
             cache_bytes,
             quota_tokens,
+            quota_burst,
             cooldown_seconds,
             upstream_in_flight,
             upstream_streams_in_flight,
@@ -342,6 +443,21 @@ impl Metrics {
         } else {
             self.saved_coalesced.inc();
         }
+    }
+
+    /// Counts one Redis command of the shared tier.
+    pub fn shared_op(&self, op: &'static str, result: &'static str) {
+        self.shared_requests
+            .get_or_create(&SharedLabels { op, result })
+            .inc();
+    }
+
+    /// Counts one quota decision.
+    pub fn quota_decision(&self, mode: &'static str, allowed: bool) {
+        let result = if allowed { "allowed" } else { "refused" };
+        self.quota_decisions
+            .get_or_create(&QuotaLabels { mode, result })
+            .inc();
     }
 
     /// Counts one upstream call.

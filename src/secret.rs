@@ -98,6 +98,21 @@ impl ApiKey {
         &self.header
     }
 
+    /// A fingerprint of this key in `context` (the shared tier passes the upstream URL):
+    /// SHA-256 over a fixed label, the context and the key, of which the first 16 bytes
+    /// are kept. It tells keys apart and reveals nothing about any of them.
+    pub fn fingerprint(&self, context: &str) -> [u8; 16] {
+        let mut input = Vec::with_capacity(64 + context.len() + self.header.len());
+        input.extend_from_slice(b"exagate shared-tier fingerprint v1\0");
+        input.extend_from_slice(context.as_bytes());
+        input.push(0);
+        input.extend_from_slice(self.header.as_bytes());
+        let digest = crate::auth::sha256(&input);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
+    }
+
     /// Where the key came from.
     pub fn source(&self) -> &KeySource {
         &self.source

@@ -279,3 +279,36 @@ async fn a_purge_names_its_scope_by_either_header() {
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(get().await.cache(), "miss");
 }
+
+// A refused fetch saves no call: the requests that joined it share its refusal, and are
+// neither "coalesced" nor "saved".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_shared_by_a_flight_save_nothing() {
+    let h = Harness::with(|c| {
+        c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.upstream.rate_limit = Some(exagate::config::Rate {
+            count: 1,
+            per: Duration::from_secs(3600),
+        });
+    })
+    .await;
+    let spend = h.sim.add_completed(None);
+    assert_eq!(h.get(&job_path(spend)).await.status, StatusCode::OK);
+    let cold = h.sim.add_completed(None);
+    let path = job_path(cold);
+    let replies = join_all((0..20).map(|_| h.get(&path))).await;
+    assert!(replies
+        .iter()
+        .all(|r| r.status == StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(h.metric("exagate_coalesced_requests_total").await, 0.0);
+    assert_eq!(
+        h.metric("exagate_upstream_calls_saved_total{reason=\"coalesced\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        h.metric("exagate_guard_refusals_total{cause=\"quota_exhausted\"}")
+            .await,
+        20.0
+    );
+}

@@ -186,6 +186,7 @@ fn every_alert_has_unit_tests_and_the_alerts_asked_for_exist() {
         "ExagateNotReady",
         "ExagateReloadFailing",
         "ExagateCacheEvictingBySize",
+        "ExagateBadGatewayAnswers",
     ] {
         assert!(names.contains(needed), "no alert {needed} in {names:?}");
     }

@@ -61,6 +61,8 @@ async fn a_reprocess_during_a_fill_is_not_undone_by_it() {
     let filled = fill.await.expect("fill task");
     assert_eq!(filled.status, StatusCode::OK);
     assert_eq!(filled.json()["state"], "failed");
+    // Not stored, so it tells the caches after the gateway not to keep it either.
+    assert_eq!(filled.headers["cache-control"], "no-store");
     // ...and stores nothing: later polls never see the failed job again.
     let after = h.get(&job_path(id)).await;
     assert_ne!(
@@ -100,7 +102,12 @@ async fn a_purge_during_a_fill_is_not_undone_by_it() {
             !fill.is_finished(),
             "the old fetch ended first: the check proved nothing"
         );
-        assert_eq!(fill.await.expect("fill task").status, StatusCode::OK);
+        let filled = fill.await.expect("fill task");
+        assert_eq!(filled.status, StatusCode::OK);
+        assert_eq!(
+            filled.headers["cache-control"], "no-store",
+            "{path}: a purged answer must not live on downstream"
+        );
     }
     // Neither overtaken fill stored its answer (what the cache holds now is from the
     // fetches that began after each purge).

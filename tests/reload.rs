@@ -339,6 +339,36 @@ async fn settings_that_need_a_restart_are_named() {
     let text = warnings.join("; ");
     assert!(text.contains("server.listen"), "{text}");
     assert!(text.contains("cache.max_size"), "{text}");
+    // A later reload that changes something else still names what does not run yet:
+    // the comparison is with the running process, not with the file loaded last.
+    let moved = free_port();
+    write_config(
+        &config,
+        &sim,
+        moved,
+        &key_file,
+        "[cache]\nmax_size = \"1GiB\"\nfailed_ttl = \"5s\"\n",
+    );
+    let text = gw.reload().await.expect("accepted").join("; ");
+    assert!(
+        text.contains("server.listen") && text.contains("cache.max_size"),
+        "{text}"
+    );
+    // Connection timeouts are set when the listener starts: named too.
+    write_config(&config, &sim, port, &key_file, "");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let timed = text.replace(
+        "drain_delay = \"0s\"\n",
+        "drain_delay = \"0s\"\nidle_timeout = \"3s\"\nheader_read_timeout = \"2s\"\n",
+    );
+    assert_ne!(text, timed);
+    std::fs::write(&config, timed).expect("write config");
+    let text = gw.reload().await.expect("accepted").join("; ");
+    assert!(!text.contains("server.listen"), "back to what runs: {text}");
+    assert!(
+        text.contains("server.idle_timeout") && text.contains("server.header_read_timeout"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

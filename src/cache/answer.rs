@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::envelope::Envelope;
 use super::key::CacheKey;
 use super::policy::JobState;
 use crate::body::Body;
@@ -71,6 +72,9 @@ pub struct Answer {
     /// How long the upstream took, in microseconds, for the access log of the request
     /// that fetched it (32 bits: 70 minutes, far past any timeout; every entry carries it).
     pub upstream_micros: u32,
+    /// Read from the shared tier or a snapshot rather than fetched by this process: it
+    /// cost no upstream call, and is answered as a hit.
+    pub restored: bool,
 }
 
 /// An answer's `Content-Type`: JSON (nearly every answer) costs nothing to keep.
@@ -147,7 +151,68 @@ impl Answer {
             fetched_at,
             expires_at,
             upstream_micros: u32::try_from(upstream_time.as_micros()).unwrap_or(u32::MAX),
+            restored: false,
         }
+    }
+
+    /// An answer read back from an envelope (the shared tier, a snapshot), with `body`
+    /// (the envelope's, or that body rewritten for this gateway). It keeps its age and
+    /// its expiry; `None` once expired at `now_ms`.
+    pub fn restored(envelope: &Envelope, body: Bytes, now_ms: u64) -> Option<Answer> {
+        let left = envelope.left(now_ms)?;
+        let now = Instant::now();
+        let fetched_at = now.checked_sub(envelope.age(now_ms)).unwrap_or(now);
+        let content_type = envelope
+            .content_type
+            .clone()
+            .and_then(|v| HeaderValue::from_maybe_shared(v).ok());
+        Some(Answer {
+            status: envelope.status,
+            content_type: ContentType::from_header(content_type, true),
+            headers: None,
+            body: Bytes::copy_from_slice(&body),
+            job_state: envelope.job_state,
+            fetched_at,
+            expires_at: Some(now + left),
+            upstream_micros: 0,
+            restored: true,
+        })
+    }
+
+    /// The same answer, as one that is not stored: what the requests of a fill that an
+    /// invalidation overtook get, so no cache after the gateway keeps what it dropped.
+    pub fn unstored(&self) -> Answer {
+        Answer {
+            status: self.status,
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            job_state: self.job_state,
+            fetched_at: self.fetched_at,
+            expires_at: None,
+            upstream_micros: self.upstream_micros,
+            restored: self.restored,
+        }
+    }
+
+    /// This stored answer as an envelope, dated against `now` and `now_ms` (the same
+    /// moment on both clocks); `None` for an answer that is not stored or has expired.
+    pub fn envelope(&self, now: Instant, now_ms: u64) -> Option<Envelope> {
+        let expires_at = self.expires_at?;
+        let left = expires_at.checked_duration_since(now)?;
+        let age = now.saturating_duration_since(self.fetched_at);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Some(Envelope {
+            status: self.status,
+            content_type: self
+                .content_type
+                .header()
+                .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            job_state: self.job_state,
+            fetched_at: now_ms.saturating_sub(ms(age)),
+            expires_at: now_ms.saturating_add(ms(left)),
+            body: self.body.clone(),
+        })
     }
 
     /// What this entry costs the cache, in bytes: body, headers, key and a fixed overhead.

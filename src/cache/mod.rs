@@ -1,8 +1,10 @@
 //! The cache: what is stored under which key (`key`), for how long (`policy`), where
 //! (`store`, with a small `front` table before it for hot reads), and how concurrent
-//! misses share one upstream call (`flight`).
+//! misses share one upstream call (`flight`); `envelope` is a stored answer as bytes, for
+//! the shared tier and snapshots.
 
 pub mod answer;
+pub mod envelope;
 pub mod flight;
 pub mod front;
 pub mod key;
@@ -10,6 +12,7 @@ pub mod policy;
 pub mod store;
 
 pub use answer::Answer;
+pub use envelope::Envelope;
 pub use flight::{Flights, Join};
 pub use key::{CacheKey, JobKey, Scope};
 pub use policy::{CachePolicy, Decision, JobState, NoCacheReason};

@@ -101,6 +101,12 @@ impl TokenBucket {
             .is_some()
     }
 
+    /// The most tokens it holds (`None`: unlimited), for metrics.
+    pub fn capacity(&self) -> Option<f64> {
+        let guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().map(|s| s.burst)
+    }
+
     /// Tokens available now (`None`: unlimited), for metrics.
     pub fn available(&self) -> Option<f64> {
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);

@@ -73,6 +73,14 @@ impl Cooldown {
         state.until = Some(state.until.map_or(until, |u| u.max(until)));
     }
 
+    /// Another replica saw the 429 (the shared tier says the gate is closed for `wait`):
+    /// closed here too, for as long, with no change to this process's own backoff.
+    pub fn close_for(&self, wait: Duration) {
+        let mut state = self.lock();
+        let until = Instant::now() + wait.min(state.max.max(FIRST_BACKOFF));
+        state.until = Some(state.until.map_or(until, |u| u.max(until)));
+    }
+
     /// The upstream answered something other than 429: the backoff starts over.
     pub fn on_success(&self) {
         let mut state = self.lock();

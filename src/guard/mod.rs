@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::UpstreamConfig;
+use crate::config::{Rate, UpstreamConfig};
 use crate::error::{ErrorKind, GatewayError};
+use crate::shared::quota::Verdict;
+use crate::shared::Shared;
 pub use bucket::TokenBucket;
 pub use cooldown::Cooldown;
 pub use token::Token;
@@ -26,8 +28,11 @@ pub use token::Token;
 pub struct UpstreamGuard {
     /// Closed for a while after the upstream answers 429.
     pub cooldown: Cooldown,
-    /// The account's quota (`upstream.rate_limit`), if one is set.
+    /// The account's quota (`upstream.rate_limit`), if one is set; with `[shared]`, this
+    /// process's share of it (`rate_limit / max_replicas`), spent only while Redis is away.
     pub bucket: Arc<TokenBucket>,
+    /// The shared tier, whose quota and 429 gate are the account's, across replicas.
+    shared: Option<SharedQuota>,
     /// Slots for cached lookups' calls (`upstream.max_concurrent`).
     lookups: Pool,
     /// Slots for forwarded calls, held to the end of their bodies (`upstream.max_streams`).
@@ -148,9 +153,12 @@ impl Admission {
     /// not turn a recoverable failure into an error for everyone waiting on the same
     /// fetch. The new token is settled like the first: spent once sent, given back if not.
     /// `Err` says how long until the account has a token.
-    pub fn pay_again(&mut self) -> Result<(), Duration> {
+    pub async fn pay_again(&mut self) -> Result<(), Duration> {
         let [account, _] = &self.tokens;
-        let again = account.as_ref().map(Token::take_another).transpose()?;
+        let again = match account {
+            Some(token) => Some(token.take_another().await?),
+            None => None,
+        };
         // What was held paid for the send that went out; the new one, the next.
         self.sent();
         self.tokens = [again, None];
@@ -165,12 +173,64 @@ impl Admission {
     }
 }
 
+/// The shared quota's side of the guard.
+struct SharedQuota {
+    shared: Arc<Shared>,
+    /// The account's rate and burst, as configured (the reloaded values).
+    rate: std::sync::Mutex<(Option<Rate>, Option<u32>)>,
+    /// Replicas the local share divides the quota among.
+    max_replicas: u32,
+    /// Tokens the shared quota had left at its last decision (-1: none yet).
+    left: std::sync::atomic::AtomicI64,
+}
+
+impl SharedQuota {
+    fn rate(&self) -> (Option<Rate>, Option<u32>) {
+        *self
+            .rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// This process's share of `rate` (and `burst`) when it is one of `replicas`.
+fn local_share(
+    rate: Option<Rate>,
+    burst: Option<u32>,
+    replicas: u32,
+) -> (Option<Rate>, Option<u32>) {
+    let replicas = replicas.max(1);
+    let rate = rate.map(|r| Rate {
+        count: (r.count / replicas).max(1),
+        per: r.per,
+    });
+    let burst = burst.map(|b| (b / replicas).max(1));
+    (rate, burst)
+}
+
 impl UpstreamGuard {
-    /// A guard configured from `[upstream]`.
+    /// A guard configured from `[upstream]`, alone.
     pub fn new(config: &UpstreamConfig) -> UpstreamGuard {
+        UpstreamGuard::with_shared(config, None)
+    }
+
+    /// A guard configured from `[upstream]`, whose quota and 429 gate are shared with the
+    /// other replicas through `shared` (with `max_replicas` of them).
+    pub fn with_shared(
+        config: &UpstreamConfig,
+        shared: Option<(Arc<Shared>, u32)>,
+    ) -> UpstreamGuard {
+        let replicas = shared.as_ref().map_or(1, |(_, n)| *n);
+        let (rate, burst) = local_share(config.rate_limit, config.rate_limit_burst, replicas);
         UpstreamGuard {
             cooldown: Cooldown::new(config.max_cooldown),
-            bucket: Arc::new(TokenBucket::new(config.rate_limit, config.rate_limit_burst)),
+            bucket: Arc::new(TokenBucket::new(rate, burst)),
+            shared: shared.map(|(shared, max_replicas)| SharedQuota {
+                shared,
+                rate: std::sync::Mutex::new((config.rate_limit, config.rate_limit_burst)),
+                max_replicas,
+                left: std::sync::atomic::AtomicI64::new(-1),
+            }),
             lookups: Pool::new(
                 config.max_concurrent,
                 "too many upstream calls in flight (upstream.max_concurrent)",
@@ -187,8 +247,16 @@ impl UpstreamGuard {
     /// from now on (slots in use beyond a lowered count are retired as they come back).
     pub fn reconfigure(&self, config: &UpstreamConfig) {
         self.cooldown.set_max(config.max_cooldown);
-        self.bucket
-            .reconfigure(config.rate_limit, config.rate_limit_burst);
+        let replicas = self.shared.as_ref().map_or(1, |s| s.max_replicas);
+        let (rate, burst) = local_share(config.rate_limit, config.rate_limit_burst, replicas);
+        self.bucket.reconfigure(rate, burst);
+        if let Some(shared) = &self.shared {
+            *shared
+                .rate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                (config.rate_limit, config.rate_limit_burst);
+        }
         self.lookups.resize(config.max_concurrent);
         self.streams.resize(config.max_streams);
     }
@@ -216,17 +284,7 @@ impl UpstreamGuard {
         wait: Duration,
     ) -> Result<Admission, GatewayError> {
         self.check_cooldown()?;
-        let account = if self.bucket.is_limited() {
-            Some(Token::take(&self.bucket).map_err(|wait| {
-                rate_limited(
-                    ErrorKind::QuotaExhausted,
-                    "the gateway's upstream quota (upstream.rate_limit) is used up",
-                    wait,
-                )
-            })?)
-        } else {
-            None
-        };
+        let account = self.account_token().await?;
         let tokens = [account, share];
         let pool = match lane {
             Lane::Lookup => &self.lookups,
@@ -235,6 +293,88 @@ impl UpstreamGuard {
         let slot = pool.slot(wait).await?;
         self.check_cooldown()?;
         Ok(Admission { slot, tokens })
+    }
+
+    /// A token of the account's quota (none when there is no quota): from the shared
+    /// tier while it answers, else from this process's bucket. The shared tier also holds
+    /// the 429 gate that any replica's 429 closes.
+    async fn account_token(&self) -> Result<Option<Token>, GatewayError> {
+        let spent = |wait| {
+            rate_limited(
+                ErrorKind::QuotaExhausted,
+                "the gateway's upstream quota (upstream.rate_limit) is used up",
+                wait,
+            )
+        };
+        if let Some(quota) = &self.shared {
+            let (rate, burst) = quota.rate();
+            let metrics = quota.shared.metrics();
+            match quota.shared.take(rate, burst).await {
+                Ok(Verdict::Allowed(left)) => {
+                    quota.left.store(left, Ordering::Relaxed);
+                    metrics.quota_decision("shared", true);
+                    return Ok(
+                        rate.map(|_| Token::shared(&quota.shared, rate, burst, &self.bucket))
+                    );
+                }
+                Ok(Verdict::Spent(wait)) => {
+                    quota.left.store(0, Ordering::Relaxed);
+                    metrics.quota_decision("shared", false);
+                    return Err(spent(wait));
+                }
+                Ok(Verdict::Closed(wait)) => {
+                    // Another replica's 429: this one's gate closes for as long, so it
+                    // holds even if Redis goes away now.
+                    metrics.quota_decision("shared", false);
+                    self.cooldown.close_for(wait);
+                    return Err(rate_limited(
+                        ErrorKind::UpstreamRateLimited,
+                        "the upstream answered 429; calls resume after its cooldown",
+                        wait,
+                    ));
+                }
+                Err(_) => {
+                    if self.bucket.is_limited() {
+                        let taken = Token::take(&self.bucket);
+                        metrics.quota_decision("local", taken.is_ok());
+                        return taken.map(Some).map_err(spent);
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        if self.bucket.is_limited() {
+            Token::take(&self.bucket).map(Some).map_err(spent)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The quota's tokens left and its burst, for the gauges (`None`: no quota). With the
+    /// shared tier in use, the account's as of its last decision (the burst until the
+    /// first); else this process's bucket.
+    pub fn quota_gauges(&self) -> Option<(f64, f64)> {
+        if let Some(quota) = self.shared.as_ref().filter(|q| q.shared.usable()) {
+            let (rate, burst) = quota.rate();
+            let (_, burst) = crate::shared::quota::interval(rate, burst);
+            rate?;
+            let left = quota.left.load(Ordering::Relaxed);
+            let left = if left < 0 {
+                f64::from(burst)
+            } else {
+                left as f64
+            };
+            return Some((left, f64::from(burst)));
+        }
+        Some((self.bucket.available()?, self.bucket.capacity()?))
+    }
+
+    /// An upstream 429 here: the gate closes for every replica too.
+    pub fn on_too_many(&self, retry_after: Option<Duration>) {
+        self.cooldown.on_too_many(retry_after);
+        if let (Some(quota), Some(wait)) = (&self.shared, self.cooldown.closed_for()) {
+            quota.shared.close_gate(wait);
+        }
     }
 
     /// Upstream calls in flight now, of one lane.

@@ -10,13 +10,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::TokenBucket;
+use crate::config::Rate;
+use crate::shared::Shared;
 
 /// One token of one bucket.
 pub struct Token {
     /// Where it came from (and goes back to).
-    bucket: Arc<TokenBucket>,
+    source: Source,
     /// Set once the request it paid for was sent: then it is gone for good.
     spent: bool,
+}
+
+/// The bucket a token is of.
+enum Source {
+    /// This process's bucket.
+    Local(Arc<TokenBucket>),
+    /// The account's quota on the shared tier (at this rate and burst), with the local
+    /// share to fall back on if Redis is away when the token is needed again.
+    Shared {
+        shared: Arc<Shared>,
+        rate: Option<Rate>,
+        burst: Option<u32>,
+        fallback: Arc<TokenBucket>,
+    },
 }
 
 impl Token {
@@ -24,14 +40,49 @@ impl Token {
     pub fn take(bucket: &Arc<TokenBucket>) -> Result<Token, Duration> {
         bucket.try_take()?;
         Ok(Token {
-            bucket: Arc::clone(bucket),
+            source: Source::Local(Arc::clone(bucket)),
             spent: false,
         })
     }
 
+    /// A token the shared quota gave (given back there if unused).
+    pub fn shared(
+        shared: &Arc<Shared>,
+        rate: Option<Rate>,
+        burst: Option<u32>,
+        fallback: &Arc<TokenBucket>,
+    ) -> Token {
+        Token {
+            source: Source::Shared {
+                shared: Arc::clone(shared),
+                rate,
+                burst,
+                fallback: Arc::clone(fallback),
+            },
+            spent: false,
+        }
+    }
+
     /// Another token from the same bucket (a resent request pays again).
-    pub fn take_another(&self) -> Result<Token, Duration> {
-        Token::take(&self.bucket)
+    pub async fn take_another(&self) -> Result<Token, Duration> {
+        match &self.source {
+            Source::Local(bucket) => Token::take(bucket),
+            Source::Shared {
+                shared,
+                rate,
+                burst,
+                fallback,
+            } => match shared.take(*rate, *burst).await {
+                Ok(crate::shared::quota::Verdict::Allowed(_)) => {
+                    Ok(Token::shared(shared, *rate, *burst, fallback))
+                }
+                Ok(
+                    crate::shared::quota::Verdict::Spent(wait)
+                    | crate::shared::quota::Verdict::Closed(wait),
+                ) => Err(wait),
+                Err(_) => Token::take(fallback),
+            },
+        }
     }
 
     /// The request was sent: the token is used.
@@ -42,8 +93,17 @@ impl Token {
 
 impl Drop for Token {
     fn drop(&mut self) {
-        if !self.spent {
-            self.bucket.give_back();
+        if self.spent {
+            return;
+        }
+        match &self.source {
+            Source::Local(bucket) => bucket.give_back(),
+            Source::Shared {
+                shared,
+                rate,
+                burst,
+                ..
+            } => shared.refund(*rate, *burst),
         }
     }
 }

@@ -118,10 +118,13 @@ fn record_metrics(gw: &Gateway, ex: &Exchange, status: StatusCode) {
         client: ClientLabel(ex.client.as_ref().map(|c| Arc::clone(&c.name))),
     });
     // A hit, or a request answered by another's fetch, would have cost a call without
-    // the gateway.
+    // the gateway. Not a request that was refused (a refusal shared by the requests that
+    // joined a refused fetch saved nothing), and not one whose client left first.
+    let answered = ex.error.is_none() && status.as_u16() != CLIENT_CLOSED;
     if ex.cache == XCache::Hit {
         m.call_saved(true);
-    } else if ex.coalesced {
+    } else if ex.coalesced && answered {
+        m.coalesced.inc();
         m.call_saved(false);
     }
     if let Some(code) = ex

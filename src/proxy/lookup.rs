@@ -16,11 +16,13 @@ use super::stall::{Sending, Slices};
 use super::upstream::Fetched;
 use crate::body::Body;
 use crate::cache::answer::XCache;
+use crate::cache::envelope::now_ms;
 use crate::cache::flight::Waiter;
-use crate::cache::{Answer, CacheKey, Decision, JobKey, JobState, Join, NoCacheReason};
+use crate::cache::{Answer, CacheKey, Decision, Envelope, JobKey, JobState, Join, NoCacheReason};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{FetchResult, Gateway, Live};
 use crate::guard::Token;
+use crate::shared::tier::Found;
 
 /// `GET`/`HEAD /v2/extract/{id}`.
 pub async fn job(gw: &Arc<Gateway>, key: JobKey, head: bool, ex: &mut Exchange) -> Response<Body> {
@@ -49,6 +51,11 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
     // Boxed: a miss waits on the upstream anyway, and its state inline would make every
     // hit's future as large as a miss's.
     match Box::pin(fetch_shared(gw, key, ex)).await {
+        Ok(answer) if answer.restored => {
+            // From the shared tier: no upstream call was made for it.
+            ex.cache = XCache::Hit;
+            respond(gw, &answer, head, XCache::Hit, now)
+        }
         Ok(answer) => {
             ex.upstream_status = Some(answer.status);
             if !ex.coalesced {
@@ -81,7 +88,6 @@ async fn fetch_shared(gw: &Arc<Gateway>, key: CacheKey, ex: &mut Exchange) -> Fe
             // Followers cost the upstream nothing: the token goes back.
             drop(share);
             ex.coalesced = true;
-            gw.metrics.coalesced.inc();
             waiter
         }
         Join::Leader(leader) => {
@@ -110,14 +116,12 @@ async fn follow_or_refuse(
 ) -> FetchResult {
     if let Some(waiter) = gw.flights.follow(key, gw.cache.epoch(key.job().job)) {
         ex.coalesced = true;
-        gw.metrics.coalesced.inc();
         return wait(gw, waiter).await;
     }
     match gw.cache.get(key, Instant::now()).await {
         Some(answer) => {
             // Another request's call stored it a moment ago.
             ex.coalesced = true;
-            gw.metrics.coalesced.inc();
             Ok(answer)
         }
         None => Err(refused),
@@ -185,42 +189,120 @@ fn timeout() -> GatewayError {
     )
 }
 
-/// One upstream fetch (bounded by `upstream.timeout` inside the client), then the
-/// storing decision.
+/// One fill: the shared tier first (with `[shared]`), then one upstream fetch (bounded by
+/// `upstream.timeout` from here, any wait for another replica's fetch included), then
+/// the storing decision, here and in the shared tier.
 async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -> FetchResult {
-    {
-        // The fill began with its flight, in `epoch`: an invalidation since wins over
-        // what it fetches.
-        // A flight that finished between our cache miss and our joining has already
-        // stored its answer: use it rather than spend another upstream call.
-        if let Some(answer) = gw.cache.get(key, Instant::now()).await {
-            return Ok(answer);
-        }
-        let job = key.job();
-        let path = match key {
-            CacheKey::Job(k) => format!("/v2/extract/{}", k.job),
-            CacheKey::Chunks(k, q) if q.is_empty() => format!("/v2/extract/{}/chunks", k.job),
-            CacheKey::Chunks(k, q) => format!("/v2/extract/{}/chunks?{q}", k.job),
-        };
-        let live = gw.live();
-        let route = match key {
-            CacheKey::Job(_) => "job",
-            CacheKey::Chunks(..) => "chunks",
-        };
-        let fetched = live
-            .upstream
-            .get_buffered(route, &path, job.scope, share)
-            .await?;
-        let answer = match key {
-            CacheKey::Job(k) => job_answer(&live, k.job, fetched)?,
-            CacheKey::Chunks(k, _) => chunks_answer(gw, k, fetched).await?,
-        };
-        let answer = Arc::new(answer);
-        gw.cache
-            .insert(key.clone(), Arc::clone(&answer), epoch)
-            .await;
-        Ok(answer)
+    // The fill began with its flight, in `epoch`: an invalidation since wins over what it
+    // fetches. A flight that finished between our cache miss and our joining has already
+    // stored its answer: use it rather than spend another upstream call.
+    if let Some(answer) = gw.cache.get(key, Instant::now()).await {
+        return Ok(answer);
     }
+    let live = gw.live();
+    let deadline = live.upstream.deadline();
+    let mut lock = None;
+    if let Some(shared) = gw.shared.as_ref().filter(|s| s.usable()) {
+        match shared.find_or_lock(key, deadline).await {
+            Found::Hit(envelope) => match restored(&live, key, &envelope) {
+                Some(answer) => return Ok(keep(gw, key, Arc::new(answer), epoch).await),
+                None => {
+                    tracing::warn!(job = %key.job(), "the shared tier held an unusable answer: fetching it")
+                }
+            },
+            Found::Fetch(held) => lock = Some(held),
+            Found::TimedOut => return Err(timeout()),
+            Found::Unavailable => {}
+        }
+    }
+    let result = fetch_upstream(gw, &live, key, share, deadline).await;
+    let (result, original) = match result {
+        Ok((answer, original)) => (Ok(keep(gw, key, answer, epoch).await), Some(original)),
+        Err(e) => (Err(e), None),
+    };
+    if let (Some(shared), Some(lock)) = (&gw.shared, lock) {
+        // Only what this replica would store goes to Redis, with the upstream's own body
+        // (each replica rewrites links to its own public URL); anything else lets the
+        // lock go for the next replica to try.
+        let envelope = match (&result, original) {
+            (Ok(answer), Some(original)) => shared_envelope(answer, original),
+            _ => None,
+        };
+        shared.store(key, envelope, lock);
+    }
+    result
+}
+
+/// Stores `answer` if it is to be stored and no invalidation overtook its fill; an
+/// answer that was to be stored but was not is handed on as unstored (`no-store`).
+async fn keep(gw: &Gateway, key: &CacheKey, answer: Arc<Answer>, epoch: u64) -> Arc<Answer> {
+    if answer.expires_at.is_none()
+        || gw
+            .cache
+            .insert(key.clone(), Arc::clone(&answer), epoch)
+            .await
+    {
+        return answer;
+    }
+    Arc::new(answer.unstored())
+}
+
+/// The upstream's answer for `key`, and its body as the upstream sent it.
+async fn fetch_upstream(
+    gw: &Gateway,
+    live: &Live,
+    key: &CacheKey,
+    share: Option<Token>,
+    deadline: tokio::time::Instant,
+) -> Result<(Arc<Answer>, bytes::Bytes), GatewayError> {
+    let job = key.job();
+    let path = match key {
+        CacheKey::Job(k) => format!("/v2/extract/{}", k.job),
+        CacheKey::Chunks(k, q) if q.is_empty() => format!("/v2/extract/{}/chunks", k.job),
+        CacheKey::Chunks(k, q) => format!("/v2/extract/{}/chunks?{q}", k.job),
+    };
+    let route = match key {
+        CacheKey::Job(_) => "job",
+        CacheKey::Chunks(..) => "chunks",
+    };
+    let fetched = live
+        .upstream
+        .get_buffered(route, &path, job.scope, share, deadline)
+        .await?;
+    let original = fetched.body.clone();
+    let answer = match key {
+        CacheKey::Job(k) => job_answer(live, k.job, fetched)?,
+        CacheKey::Chunks(k, _) => chunks_answer(gw, k, fetched).await?,
+    };
+    Ok((Arc::new(answer), original))
+}
+
+/// A stored answer as the shared tier keeps it: dated, with the upstream's body.
+fn shared_envelope(answer: &Answer, original: bytes::Bytes) -> Option<Envelope> {
+    let mut envelope = answer.envelope(Instant::now(), now_ms())?;
+    envelope.body = original;
+    Some(envelope)
+}
+
+/// An answer read from the shared tier, made this replica's: a job's links rewritten to
+/// its own public URL (and checked to be the job asked for). `None` if it is unusable.
+fn restored(live: &Live, key: &CacheKey, envelope: &Envelope) -> Option<Answer> {
+    let body = match key {
+        CacheKey::Job(k) if envelope.status == StatusCode::OK => {
+            let (body, facts) = live.rewriter.rewrite_job(&envelope.body).ok()?;
+            let same = facts
+                .id
+                .as_deref()
+                .and_then(|id| Uuid::try_parse(id).ok())
+                .is_some_and(|id| id == k.job);
+            if !same {
+                return None;
+            }
+            body
+        }
+        _ => envelope.body.clone(),
+    };
+    Answer::restored(envelope, body, now_ms())
 }
 
 /// Builds the answer for a job lookup: a 200 is validated and rewritten, a 404 kept

@@ -110,7 +110,8 @@ where
                 let result = call.await;
                 if action_may_have_changed(&result) {
                     // Also turns away every fill of the job that began before now.
-                    gw.cache.invalidate_job(job).await;
+                    gw.purge_job(crate::cache::JobKey { scope, job }, true)
+                        .await;
                 }
                 result
             });

@@ -245,7 +245,7 @@ impl UpstreamClient {
                     if nothing_came_back(&e, &capture)
                         && tokio::time::Instant::now() < deadline =>
                 {
-                    if let Err(wait) = admission.pay_again() {
+                    if let Err(wait) = admission.pay_again().await {
                         // Resendable, but the quota has no token for it: say that (with
                         // when to come back), not that the upstream is unreachable.
                         admission.sent();
@@ -309,7 +309,7 @@ impl UpstreamClient {
                 ?retry_after,
                 "upstream answered 429: pausing upstream calls"
             );
-            self.guard.cooldown.on_too_many(retry_after);
+            self.guard.on_too_many(retry_after);
         } else {
             self.guard.cooldown.on_success();
         }
@@ -336,18 +336,24 @@ impl UpstreamClient {
         ))
     }
 
+    /// `upstream.timeout` from now: the deadline of a lookup's fetch.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout
+    }
+
     /// GETs a JSON resource and reads it whole (bounded by `upstream.max_body`), asking for
-    /// an uncompressed body so it can be parsed and rewritten. `upstream.timeout` covers
-    /// the wait for a slot, the answer and its body.
+    /// an uncompressed body so it can be parsed and rewritten. `deadline` (by default
+    /// `upstream.timeout` from now: [`deadline`](Self::deadline)) covers the wait for a
+    /// slot, the answer and its body.
     pub async fn get_buffered(
         &self,
         route: &'static str,
         path_and_query: &str,
         scope: Scope,
         share: Option<Token>,
+        deadline: tokio::time::Instant,
     ) -> Result<Fetched, GatewayError> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut headers = HeaderMap::with_capacity(4);
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(

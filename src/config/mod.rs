@@ -13,6 +13,9 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod shared;
+pub use shared::{redact_url, SharedConfig, StateConfig, UrlSource};
+
 /// A problem with the configuration file; the message names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +61,11 @@ pub struct Config {
     /// Who may call; empty means the gateway is open.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<ClientConfig>,
+    /// The tier replicas share on Redis; `None`: this process is on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedConfig>,
+    /// What is kept on disk across restarts.
+    pub state: StateConfig,
 }
 
 /// `[server]`
@@ -414,6 +422,10 @@ struct RawConfig {
     admin: AdminConfig,
     #[serde(default)]
     clients: Vec<ClientConfig>,
+    #[serde(default)]
+    shared: Option<SharedConfig>,
+    #[serde(default)]
+    state: StateConfig,
 }
 
 impl From<RawConfig> for Config {
@@ -425,6 +437,8 @@ impl From<RawConfig> for Config {
             log: raw.log,
             admin: raw.admin,
             clients: raw.clients,
+            shared: raw.shared,
+            state: raw.state,
         }
     }
 }
@@ -561,6 +575,10 @@ impl Config {
                 ));
             }
         }
+        if let Some(shared) = &self.shared {
+            shared.validate().map_err(|(key, m)| invalid(key, m))?;
+        }
+        self.state.validate().map_err(|(key, m)| invalid(key, m))?;
         let mut names = std::collections::HashSet::new();
         let mut hashes = std::collections::HashSet::new();
         for client in &self.clients {

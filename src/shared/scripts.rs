@@ -1,0 +1,92 @@
+//! The Lua scripts the shared tier runs on Redis: each is one atomic step, on Redis's
+//! own clock (`TIME`), so replicas with skewed clocks still agree. Every key a script
+//! touches is passed in `KEYS`. Times are integer milliseconds throughout (Lua numbers
+//! are doubles: exact up to 2^53).
+
+/// An answer, or the coalescing lock for it, or how long another replica's lock has left.
+///
+/// KEYS: the job's hash, the answer's lock. ARGV: the field, a lock token, the lock's
+/// TTL (ms), and "1" to ignore a value (a corrupt one the caller could not read).
+/// Returns `{1, value}`, `{2, now_ms}` (locked by the caller: fetch, then store), or
+/// `{0, lock_pttl}` (another replica is fetching it: wait).
+pub const FIND_OR_LOCK: &str = r"
+if ARGV[4] ~= '1' then
+  local v = redis.call('HGET', KEYS[1], ARGV[1])
+  if v then return {1, v} end
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  local t = redis.call('TIME')
+  return {2, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+end
+return {0, redis.call('PTTL', KEYS[2])}
+";
+
+/// Stores an answer fetched under a lock taken at ARGV[4], unless the job was purged
+/// since; the hash lives as long as its longest answer.
+///
+/// KEYS: the job's hash. ARGV: field, value, TTL (ms), the lock's time (ms).
+/// Returns 1 if stored, 0 if refused (a purge came after the fetch began).
+pub const STORE: &str = r"
+local purged = redis.call('HGET', KEYS[1], 'purged')
+if purged and tonumber(purged) >= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local ttl = tonumber(ARGV[3])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+";
+
+/// Releases a lock if the caller still holds it. KEYS: the lock. ARGV: the token.
+pub const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Purges one job: its answers go, and a `purged` mark (kept ARGV[1] ms) refuses every
+/// fill that began before it. KEYS: the job's hash.
+pub const PURGE: &str = r"
+redis.call('DEL', KEYS[1])
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'purged', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
+/// One token of the account's quota (GCRA), behind the 429 gate.
+///
+/// KEYS: the quota's arrival time, the gate. ARGV: the emission interval T (ms; 0 for no
+/// quota, the gate alone), the burst. Returns `{0, tokens_left}` (allowed), `{1, wait_ms}`
+/// (quota spent) or `{2, wait_ms}` (the gate is closed).
+pub const TAKE: &str = r"
+local closed = redis.call('PTTL', KEYS[2])
+if closed > 0 then return {2, closed} end
+local T = tonumber(ARGV[1])
+if T == 0 then return {0, -1} end
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new = tat + T
+local wait = new - burst * T - now
+if wait > 0 then return {1, wait} end
+redis.call('SET', KEYS[1], new, 'PX', new - now)
+return {0, math.floor((burst * T - (new - now)) / T)}
+";
+
+/// Gives back one token taken but not used. KEYS: the quota. ARGV: T (ms).
+pub const REFUND: &str = r"
+local tat = redis.call('GET', KEYS[1])
+if not tat then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local new = tonumber(tat) - tonumber(ARGV[1])
+if new <= now then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], new, 'PX', new - now) end
+return 1
+";
+
+/// Closes the 429 gate for ARGV[1] ms, never shortening a closing in force. KEYS: the gate.
+pub const CLOSE_GATE: &str = r"
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 1
+";

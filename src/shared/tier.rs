@@ -1,0 +1,181 @@
+//! The second cache tier, and coalescing across replicas.
+//!
+//! A local miss asks Redis, in one script, for the answer or else the lock to fetch it.
+//! With the answer, it is a hit. With the lock, this replica fetches, stores the answer
+//! in Redis (in the background: writing never delays the answer) and lets the lock go.
+//! Without either, another replica is fetching: poll until its answer is there, its
+//! lock is gone (then take it), or the request's own deadline. A lock holder that dies
+//! costs one more call once its lock expires (`upstream.timeout` + 2 s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Value;
+
+use super::{Keys, Shared, Unavailable};
+use crate::cache::{CacheKey, Envelope};
+
+/// How often a replica waiting for another's fetch looks again.
+const POLL: Duration = Duration::from_millis(25);
+
+/// The coalescing lock for one answer, held by this replica.
+#[derive(Debug)]
+pub struct Lock {
+    key: String,
+    token: String,
+    /// Redis's clock when it was taken: a purge after it refuses this fetch's answer.
+    taken_at: u64,
+}
+
+/// What Redis said about a local miss.
+#[derive(Debug)]
+pub enum Found {
+    /// The answer, fresh.
+    Hit(Envelope),
+    /// Nobody has it: this replica holds the lock and fetches it.
+    Fetch(Lock),
+    /// Another replica was fetching it past this request's deadline.
+    TimedOut,
+    /// No answer from Redis: go on as if alone.
+    Unavailable,
+}
+
+impl Shared {
+    /// Looks for `key` in Redis, waiting (until `deadline`) while another replica fetches
+    /// it.
+    pub async fn find_or_lock(&self, key: &CacheKey, deadline: tokio::time::Instant) -> Found {
+        let generation = self.generation();
+        let hash = self.keys.entry(generation, key.job());
+        let lock = self.keys.lock(generation, key);
+        let field = Keys::field(key);
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut waited = false;
+        let mut skip_value = false;
+        loop {
+            let script = &self.scripts.find_or_lock;
+            let (hash, lock_key, field, token) = (&hash, &lock, &field, &token);
+            let ttl = self.lock_ttl_ms();
+            let reply = self
+                .run::<Vec<Value>, _, _>("lookup", false, |mut c| async move {
+                    script
+                        .key(hash)
+                        .key(lock_key)
+                        .arg(field)
+                        .arg(token)
+                        .arg(ttl)
+                        .arg(if skip_value { "1" } else { "0" })
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await;
+            let Ok(reply) = reply else {
+                return Found::Unavailable;
+            };
+            match reply.as_slice() {
+                [Value::Int(1), Value::BulkString(bytes)] => {
+                    let fresh = Envelope::decode(&Bytes::copy_from_slice(bytes))
+                        .filter(|e| e.left(crate::cache::envelope::now_ms()).is_some());
+                    match fresh {
+                        Some(envelope) => {
+                            self.metrics.shared_op("get", "hit");
+                            return Found::Hit(envelope);
+                        }
+                        None => {
+                            // Expired, or not readable: fetch it anew (and overwrite it).
+                            self.metrics.shared_op("get", "unreadable");
+                            skip_value = true;
+                            continue;
+                        }
+                    }
+                }
+                [Value::Int(2), Value::Int(taken_at)] => {
+                    self.metrics.shared_op("get", "miss");
+                    if waited {
+                        // The holder let go without an answer (its fetch failed) or died.
+                        self.metrics.lock_takeovers.inc();
+                    }
+                    return Found::Fetch(Lock {
+                        key: lock.clone(),
+                        token: token.clone(),
+                        taken_at: u64::try_from(*taken_at).unwrap_or(0),
+                    });
+                }
+                [Value::Int(0), _] => {
+                    if !waited {
+                        waited = true;
+                        self.metrics.lock_waits.inc();
+                    }
+                    let next = tokio::time::Instant::now() + POLL;
+                    if next >= deadline {
+                        return Found::TimedOut;
+                    }
+                    tokio::time::sleep_until(next).await;
+                }
+                _ => {
+                    self.metrics.shared_op("lookup", "invalid");
+                    return Found::Unavailable;
+                }
+            }
+        }
+    }
+
+    /// Stores an answer fetched under `lock`, then lets the lock go; in the background.
+    /// `None` for an answer that is not stored: the lock alone goes.
+    pub fn store(self: &Arc<Self>, key: &CacheKey, envelope: Option<Envelope>, lock: Lock) {
+        let shared = Arc::clone(self);
+        let hash = self.keys.entry(self.generation(), key.job());
+        let field = Keys::field(key);
+        super::spawn(async move {
+            if let Some(envelope) = envelope {
+                let now = crate::cache::envelope::now_ms();
+                if let Some(left) = envelope.left(now) {
+                    let ttl = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+                    let value = envelope.encode();
+                    let script = &shared.scripts.store;
+                    let taken_at = lock.taken_at;
+                    let stored = shared
+                        .run::<i64, _, _>("store", true, |mut c| async move {
+                            script
+                                .key(hash)
+                                .arg(field)
+                                .arg(value.as_ref())
+                                .arg(ttl)
+                                .arg(taken_at)
+                                .invoke_async(&mut c)
+                                .await
+                        })
+                        .await;
+                    if stored == Ok(0) {
+                        shared.metrics.shared_op("store", "refused");
+                    }
+                }
+            }
+            shared.release(lock).await;
+        });
+    }
+
+    /// Lets a lock go if this replica still holds it.
+    async fn release(&self, lock: Lock) {
+        let script = &self.scripts.unlock;
+        let _ = self
+            .run::<i64, _, _>("unlock", true, |mut c| async move {
+                script
+                    .key(&lock.key)
+                    .arg(&lock.token)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+
+    /// Whether a call that found the tier unusable should even try (a cheap check so the
+    /// lookup path does not build names for nothing).
+    pub fn ready(&self) -> Result<(), Unavailable> {
+        if self.usable() {
+            Ok(())
+        } else {
+            Err(Unavailable)
+        }
+    }
+}
