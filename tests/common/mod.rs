@@ -2,6 +2,8 @@
 //! in-process on ephemeral loopback ports, and a real hyper client to call them.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod redis;
+
 use std::time::Duration;
 
 use bytes::Bytes;

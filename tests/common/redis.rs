@@ -1,0 +1,172 @@
+//! A real `redis-server` (Debian's package; `.ci/run` installs it) on a free loopback port,
+//! in a temporary directory, stopped when dropped. For the shared-tier tests.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use exagate::config::SharedConfig;
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one, and waits until it answers.
+    pub async fn start() -> RedisServer {
+        let dir = super::tempdir();
+        let port = super::free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (Debian's redis-server package; .ci/run installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.ping().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server on 127.0.0.1:{} did not answer", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A `[shared]` section pointing at this server.
+    pub fn config(&self) -> SharedConfig {
+        SharedConfig {
+            redis_url: Some(self.url()),
+            redis_url_env: None,
+            namespace: "exagate-test".into(),
+            timeout: Duration::from_millis(250),
+            max_replicas: 2,
+        }
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let attempt = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), attempt).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// A connection for looking inside.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test Redis")
+    }
+
+    /// Every key and value in the server, for searching.
+    pub async fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        let mut c = self.conn().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut c)
+            .await
+            .expect("KEYS");
+        let mut out = Vec::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .expect("TYPE");
+            let value: Vec<u8> = match kind.as_str() {
+                "string" => redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default(),
+                "hash" => {
+                    let fields: Vec<Vec<u8>> = redis::cmd("HGETALL")
+                        .arg(&key)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_default();
+                    fields.concat()
+                }
+                _ => Vec::new(),
+            };
+            out.push((key, value));
+        }
+        out
+    }
+
+    fn pid(&self) -> Option<String> {
+        self.child.as_ref().map(|c| c.id().to_string())
+    }
+
+    /// `kill -STOP`: Redis freezes, its connections stay open.
+    pub fn freeze(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-STOP", &pid]).status();
+        }
+    }
+
+    /// `kill -CONT`.
+    pub fn thaw(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-CONT", &pid]).status();
+        }
+    }
+
+    /// Kills it (everything in it is lost: no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.thaw();
+        self.kill();
+    }
+}

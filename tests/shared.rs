@@ -1,0 +1,276 @@
+//! `[shared]`: replicas that act as one gateway through one real `redis-server`. Two or
+//! three gateways in one test, each on its own port, in front of one simulator.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use common::{job_path, start_gateway, start_sim, test_config, Reply};
+use exagate::config::Rate;
+use exagate::sim::{Fault, Simulator};
+use exagate::{Config, RunningGateway};
+use futures_util::future::join_all;
+use http::{Method, StatusCode};
+
+/// A config for one replica sharing `redis`.
+fn replica_config(redis: &RedisServer) -> Config {
+    let mut config = test_config();
+    config.shared = Some(redis.config());
+    config
+}
+
+/// `n` replicas in front of `sim`, sharing `redis`, each in shared mode before it is
+/// handed back.
+async fn replicas(
+    sim: &Simulator,
+    redis: &RedisServer,
+    n: usize,
+    adjust: impl Fn(&mut Config),
+) -> Vec<RunningGateway> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut config = replica_config(redis);
+        adjust(&mut config);
+        out.push(start_gateway(sim, config).await);
+    }
+    for gw in &out {
+        wait_shared(gw, true).await;
+    }
+    out
+}
+
+/// Waits (up to 5 s) for a replica to be in (or out of) shared mode.
+async fn wait_shared(gw: &RunningGateway, on: bool) {
+    let shared = gw.gateway.shared.as_ref().expect("[shared] configured");
+    for _ in 0..200 {
+        if shared.usable() == on {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "the replica did not turn shared mode {}",
+        if on { "on" } else { "off" }
+    );
+}
+
+async fn get(gw: &RunningGateway, path: &str) -> Reply {
+    common::send(
+        &common::client(),
+        Method::GET,
+        &format!("{}{path}", gw.url()),
+        &[],
+        Default::default(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_fetched_through_one_replica_is_a_hit_on_another() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |_| {}).await;
+    let id = sim.add_completed(None);
+    let first = get(&gws[0], &job_path(id)).await;
+    assert_eq!((first.status, first.cache()), (StatusCode::OK, "miss"));
+    // The write to Redis runs after the answer: give it a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = get(&gws[1], &job_path(id)).await;
+    assert_eq!((second.status, second.cache()), (StatusCode::OK, "hit"));
+    assert_eq!(
+        sim.calls_to(&job_path(id)),
+        1,
+        "one upstream call for both replicas"
+    );
+    // Each replica's links point at itself.
+    let links = |r: &Reply| {
+        r.json()["links"]["chunks"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        links(&first).starts_with(&gws[0].url()),
+        "{}",
+        links(&first)
+    );
+    assert!(
+        links(&second).starts_with(&gws[1].url()),
+        "{}",
+        links(&second)
+    );
+    // And now a local hit on the second: no Redis, no upstream.
+    assert_eq!(get(&gws[1], &job_path(id)).await.cache(), "hit");
+    assert_eq!(sim.calls_to(&job_path(id)), 1);
+    // Freshness survives the trip: the second replica's max-age counts from the fetch.
+    assert!(second.headers["cache-control"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("private, max-age="));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_requests_spread_over_three_replicas_cost_one_call() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 3, |_| {}).await;
+    let id = sim.add_completed(None);
+    sim.set_fault(Fault::Latency(Duration::from_millis(400)));
+    let path = job_path(id);
+    let replies = join_all((0..99).map(|i| get(&gws[i % 3], &path))).await;
+    sim.set_fault(Fault::None);
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    assert_eq!(
+        sim.calls_to(&path),
+        1,
+        "99 cold requests over 3 replicas: one call"
+    );
+    let hits = replies.iter().filter(|r| r.cache() == "hit").count();
+    assert!(
+        hits >= 2,
+        "the other replicas' requests were answered from Redis ({hits} hits)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_is_the_accounts_not_each_replicas() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |c| {
+        c.upstream.rate_limit = Some(Rate {
+            count: 6,
+            per: Duration::from_secs(3600),
+        });
+        c.upstream.rate_limit_burst = Some(6);
+    })
+    .await;
+    let ids = sim.seed_completed(None, 20);
+    let mut ok = 0;
+    let mut refused = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let reply = get(&gws[i % 2], &job_path(*id)).await;
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(reply.error_code(), "quota_exhausted");
+                assert!(reply.headers.contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        (ok, refused),
+        (6, 14),
+        "a burst of 6 across both replicas, not 6 each"
+    );
+    assert_eq!(sim.calls(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_through_one_replica_closes_the_gate_on_the_other() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |_| {}).await;
+    sim.set_fault_for(
+        Fault::TooManyRequests {
+            retry_after: Some(5),
+        },
+        1,
+    );
+    let a = sim.add_completed(None);
+    assert_eq!(
+        get(&gws[0], &job_path(a)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let calls = sim.calls();
+    let b = sim.add_completed(None);
+    let other = get(&gws[1], &job_path(b)).await;
+    assert_eq!(other.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(other.error_code(), "upstream_rate_limited");
+    let wait: u64 = other.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert!((1..=5).contains(&wait), "{wait}");
+    assert_eq!(
+        sim.calls(),
+        calls,
+        "the other replica did not call upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_or_a_job_action_on_one_replica_is_a_miss_on_the_other() {
+    std::env::set_var("EXAGATE_TEST_SHARED_PURGE", "shared-purge-31a");
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |c| {
+        c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.admin.token_env = "EXAGATE_TEST_SHARED_PURGE".into();
+    })
+    .await;
+    let token = ("authorization", "Bearer shared-purge-31a");
+    for how in ["purge", "reprocess", "purge everything"] {
+        let id = sim.add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+        let path = job_path(id);
+        assert_eq!(get(&gws[0], &path).await.cache(), "miss");
+        assert_eq!(get(&gws[1], &path).await.cache(), "hit");
+        assert_eq!(
+            get(&gws[1], &path).await.cache(),
+            "hit",
+            "{how}: a local hit"
+        );
+        let done = match how {
+            "purge" => {
+                let url = format!("{}/cache/{id}", gws[0].admin_url().expect("admin"));
+                common::send(
+                    &common::client(),
+                    Method::DELETE,
+                    &url,
+                    &[token],
+                    Default::default(),
+                )
+                .await
+            }
+            "reprocess" => {
+                let url = format!("{}{path}/reprocess", gws[0].url());
+                common::send(
+                    &common::client(),
+                    Method::POST,
+                    &url,
+                    &[],
+                    Default::default(),
+                )
+                .await
+            }
+            _ => {
+                let url = format!("{}/cache", gws[0].admin_url().expect("admin"));
+                common::send(
+                    &common::client(),
+                    Method::DELETE,
+                    &url,
+                    &[token],
+                    Default::default(),
+                )
+                .await
+            }
+        };
+        assert!(done.status.is_success(), "{how}: {}", done.status);
+        let started = Instant::now();
+        loop {
+            let reply = get(&gws[1], &path).await;
+            if reply.cache() == "miss" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{how}: the other replica still serves the old job"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
