@@ -39,6 +39,8 @@ pub struct Live {
     pub clients: Clients,
     /// SHA-256 of the purge token from `admin.token_env`; `None` turns purging off.
     pub admin_token: Option<[u8; 32]>,
+    /// What a snapshot of the cache must match to be used (`state.dir`).
+    pub identity: crate::cache::snapshot::Identity,
 }
 
 /// Everything a request needs, behind one `Arc`.
@@ -217,7 +219,12 @@ impl Live {
         metrics: &Arc<Metrics>,
         previous_clients: Option<&Clients>,
     ) -> Result<Live, BoxError> {
+        let identity = crate::cache::snapshot::Identity {
+            upstream: hex::encode(key.fingerprint(&config.upstream.url)),
+            public_url: config.server.public_url.clone(),
+        };
         Ok(Live {
+            identity,
             upstream: UpstreamClient::new(
                 &config.upstream,
                 key,

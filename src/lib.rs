@@ -166,7 +166,7 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
     let (signals, mut incoming) = mpsc::unbounded_channel();
 
     let (public_stop, public_stopped) = oneshot::channel::<()>();
-    let public_task = tokio::spawn(server::serve(
+    let serve = server::serve(
         Arc::clone(&gateway),
         public,
         tls.clone(),
@@ -174,7 +174,18 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
         async move {
             let _ = public_stopped.await;
         },
-    ));
+    );
+    let restoring = Arc::clone(&gateway);
+    let public_task = tokio::spawn(async move {
+        // The listener is bound: connections wait in its queue while the snapshot is
+        // read, so the first requests find the restored cache.
+        lifecycle::restore_state(&restoring).await;
+        drop(restoring);
+        serve.await
+    });
+    if config.state.dir.is_some() {
+        tokio::spawn(lifecycle::snapshot_every(Arc::downgrade(&gateway)));
+    }
     let (admin_stop, admin_stopped) = oneshot::channel::<()>();
     let admin_task = admin.map(|listener| {
         let admin = Arc::new(admin::Admin {
@@ -224,6 +235,8 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
         tokio::time::sleep(delay).await;
         let _ = public_stop.send(());
         let _ = public_task.await;
+        // Every request is answered: what the cache holds now is what a restart gets back.
+        lifecycle::save_state(&gateway, "drain").await;
         let _ = admin_stop.send(());
         if let Some(admin_task) = admin_task {
             let _ = admin_task.await;

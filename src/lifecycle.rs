@@ -129,3 +129,60 @@ pub async fn watch_files(
         }
     }
 }
+
+/// Reads the cache back from `state.dir` at start (when set). One log line says how it
+/// went; nothing here stops the gateway from starting.
+pub async fn restore_state(gateway: &Gateway) {
+    let live = gateway.live();
+    let Some(dir) = live.config.state.dir.clone() else {
+        return;
+    };
+    use crate::cache::snapshot::{load, LoadError};
+    match load(&gateway.cache, &dir, &live.identity).await {
+        Ok((loaded, expired)) => tracing::info!(
+            loaded,
+            expired,
+            dir = %dir.display(),
+            "cache restored from state.dir (expired entries dropped)"
+        ),
+        Err(LoadError::Missing) => {
+            tracing::info!(dir = %dir.display(), "no cache snapshot in state.dir: starting cold")
+        }
+        Err(e) => tracing::warn!(
+            dir = %dir.display(),
+            reason = %e,
+            "the cache snapshot in state.dir is not usable: starting cold"
+        ),
+    }
+}
+
+/// Writes the cache to `state.dir` (when set), saying why in the log line.
+pub async fn save_state(gateway: &Gateway, why: &'static str) {
+    let live = gateway.live();
+    let Some(dir) = live.config.state.dir.clone() else {
+        return;
+    };
+    match crate::cache::snapshot::write(&gateway.cache, &dir, &live.identity).await {
+        Ok(entries) => {
+            tracing::info!(entries, why, dir = %dir.display(), "cache written to state.dir")
+        }
+        Err(e) => {
+            tracing::warn!(why, dir = %dir.display(), error = %e, "could not write the cache to state.dir")
+        }
+    }
+}
+
+/// Writes the cache every `state.snapshot_interval`, for as long as the gateway runs.
+pub async fn snapshot_every(gateway: std::sync::Weak<Gateway>) {
+    loop {
+        let every = match gateway.upgrade() {
+            Some(gw) => gw.live().config.state.snapshot_interval,
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(gw) = gateway.upgrade() else { return };
+        if gw.is_ready() {
+            save_state(&gw, "interval").await;
+        }
+    }
+}

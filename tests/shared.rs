@@ -274,3 +274,182 @@ async fn a_purge_or_a_job_action_on_one_replica_is_a_miss_on_the_other() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_with_different_keys_never_share_an_entry_and_no_secret_reaches_redis() {
+    use tokio::io::AsyncReadExt;
+    // One upstream that answers any key: only the keys differ between the two gateways.
+    let upstream = common::RawUpstream::start(|_, mut stream| async move {
+        use tokio::io::AsyncWriteExt;
+        if let Some(head) = common::read_head(&mut stream).await {
+            // A completed job created a minute ago, so it is stored.
+            let id = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.rsplit('/').next())
+                .and_then(|id| id.parse::<uuid::Uuid>().ok())
+                .unwrap_or_default();
+            let created = (time::OffsetDateTime::now_utc() - time::Duration::minutes(1))
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("date");
+            let body = common::completed_job_json(id, "http://upstream.invalid")
+                .replace("2026-01-01T00:00:00Z", &created);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    })
+    .await;
+    let redis = RedisServer::start().await;
+    let start = |key: &'static str| {
+        let mut config = replica_config(&redis);
+        config.upstream.url = upstream.url();
+        let url = upstream.url();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            config.server.listen = addr;
+            config.server.public_url = format!("http://{addr}");
+            config.upstream.url = url;
+            let key = exagate::secret::ApiKey::from_secret(
+                key,
+                exagate::secret::KeySource::Env("T".into()),
+            )
+            .expect("key");
+            exagate::start(exagate::Launch::in_memory(config, key, listener)).expect("starts")
+        }
+    };
+    let a = start("team-a-key-0b9f4e1c").await;
+    let b = start("team-b-key-7d2a6c53").await;
+    wait_shared(&a, true).await;
+    wait_shared(&b, true).await;
+    let id = uuid::Uuid::new_v4();
+    assert_eq!(get(&a, &job_path(id)).await.cache(), "miss");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = get(&b, &job_path(id)).await;
+    assert_eq!(
+        (other.status, other.cache()),
+        (StatusCode::OK, "miss"),
+        "another key, another entry"
+    );
+    assert_eq!(upstream.connections(), 2);
+    // Neither key, nor anything of it, is in any Redis key or value.
+    let dump = redis.dump().await;
+    assert!(!dump.is_empty());
+    for (key, value) in &dump {
+        for secret in ["team-a-key-0b9f4e1c", "team-b-key-7d2a6c53"] {
+            assert!(!key.contains(secret), "{key}");
+            assert!(
+                !String::from_utf8_lossy(value).contains(secret),
+                "value of {key}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_is_warm_from_redis() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let ids = sim.seed_completed(None, 20);
+    {
+        let mut first = replicas(&sim, &redis, 1, |_| {}).await;
+        for id in &ids {
+            assert_eq!(get(&first[0], &job_path(*id)).await.status, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        first.remove(0).shutdown().await;
+    }
+    let calls = sim.calls();
+    let again = replicas(&sim, &redis, 1, |_| {}).await;
+    for id in &ids {
+        let reply = get(&again[0], &job_path(*id)).await;
+        assert_eq!((reply.status, reply.cache()), (StatusCode::OK, "hit"));
+    }
+    assert_eq!(
+        sim.calls(),
+        calls,
+        "a restart with Redis costs no upstream call"
+    );
+}
+
+/// Traffic against `gw` while something happens to Redis: hits of `warm` and misses of
+/// fresh jobs, each timed; every request is answered, none waits past `limit`.
+async fn traffic(
+    sim: &Simulator,
+    gw: &RunningGateway,
+    warm: &[uuid::Uuid],
+    rounds: usize,
+    limit: Duration,
+) {
+    for round in 0..rounds {
+        let fresh = sim.add_completed(None);
+        for path in [job_path(warm[round % warm.len()]), job_path(fresh)] {
+            let started = Instant::now();
+            let reply = get(gw, &path).await;
+            let took = started.elapsed();
+            assert_eq!(reply.status, StatusCode::OK, "{path} in round {round}");
+            assert!(took < limit, "{path} took {took:?} in round {round}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_traffic_degrades_and_comes_back() {
+    let sim = start_sim(false).await;
+    let mut redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 1, |_| {}).await;
+    let gw = &gws[0];
+    let warm = sim.seed_completed(None, 5);
+    for id in &warm {
+        get(gw, &job_path(*id)).await;
+    }
+    redis.kill();
+    // A Redis command waits at most shared.timeout (250 ms); a miss, an upstream call more.
+    traffic(&sim, gw, &warm, 10, Duration::from_secs(2)).await;
+    wait_shared(gw, false).await;
+    assert_eq!(
+        common::metric_value(&gw.gateway.render_metrics().await, "exagate_shared_mode"),
+        0.0
+    );
+    traffic(&sim, gw, &warm, 5, Duration::from_secs(2)).await;
+    redis.restart().await;
+    wait_shared(gw, true).await;
+    // Shared again: a job fetched now is in Redis.
+    let id = sim.add_completed(None);
+    assert_eq!(get(gw, &job_path(id)).await.cache(), "miss");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stored = redis.dump().await;
+    assert!(
+        stored.iter().any(|(k, _)| k.contains(&id.to_string())),
+        "{stored:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_mid_traffic_holds_no_request_past_the_timeout() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |_| {}).await;
+    let warm = sim.seed_completed(None, 5);
+    for id in &warm {
+        get(&gws[0], &job_path(*id)).await;
+    }
+    redis.freeze();
+    for gw in &gws {
+        traffic(&sim, gw, &warm, 8, Duration::from_secs(2)).await;
+    }
+    wait_shared(&gws[0], false).await;
+    redis.thaw();
+    for gw in &gws {
+        wait_shared(gw, true).await;
+    }
+    traffic(&sim, &gws[1], &warm, 3, Duration::from_secs(2)).await;
+}

@@ -282,6 +282,15 @@ impl CacheStore {
         self.cache.weighted_size() + self.chunks.weighted_size() + self.negative.weighted_size()
     }
 
+    /// Every entry held now, of all three tables (for a snapshot).
+    pub fn entries(&self) -> Vec<(CacheKey, Arc<Answer>)> {
+        [&self.cache, &self.chunks, &self.negative]
+            .into_iter()
+            .flat_map(|table| table.iter())
+            .map(|(key, answer)| (CacheKey::clone(&key), answer))
+            .collect()
+    }
+
     /// Applies pending maintenance so counts are exact (tests, metrics scrapes).
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
