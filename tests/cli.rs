@@ -519,3 +519,35 @@ async fn two_gateways_with_the_admin_off_run_side_by_side() {
         );
     }
 }
+
+#[test]
+fn check_never_shows_the_redis_password() {
+    let dir = tempdir();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
+    let config = dir.path().join("shared.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\napi_key_file = \"{}\"\n[admin]\nlisten = \"off\"\n[shared]\nredis_url = \"redis://:hunter2-redis-pw@127.0.0.1:6399/0\"\nmax_replicas = 4\n[state]\ndir = \"{}\"\n",
+            key_file.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("hunter2-redis-pw"), "{text}");
+    assert!(text.contains("redis://***@127.0.0.1:6399/0"), "{text}");
+    assert!(text.contains("1/4 of the quota"), "{text}");
+    assert!(text.contains("read back at start"), "{text}");
+}

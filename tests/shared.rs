@@ -453,3 +453,85 @@ async fn redis_frozen_mid_traffic_holds_no_request_past_the_timeout() {
     }
     traffic(&sim, &gws[1], &warm, 3, Duration::from_secs(2)).await;
 }
+
+// The Redis password is a secret like the key: not in any log line at the most verbose
+// level, nor in /metrics, whether Redis takes it or refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_password_never_appears_in_logs_or_metrics() {
+    use std::process::{Command, Stdio};
+    const PASSWORD: &str = "redis-pw-5e8d1c77a";
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start_with(Some(PASSWORD)).await;
+    let id = sim.add_completed(None);
+    for (case, url) in [
+        ("right", redis.url()),
+        (
+            "wrong",
+            redis.url().replace(PASSWORD, &format!("{PASSWORD}x")),
+        ),
+    ] {
+        let dir = common::tempdir();
+        let port = common::free_port();
+        let admin = common::free_port();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, format!("{}\n", common::KEY)).expect("key");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+                 [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+                 [shared]\nredis_url_env = \"EXAGATE_TEST_REDIS_URL\"\n[log]\nlevel = \"trace\"\n",
+                sim.url(),
+                key_file.display()
+            ),
+        )
+        .expect("config");
+        let log = dir.path().join("stderr.log");
+        let child = common::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_exagate"))
+                .arg("--config")
+                .arg(&config)
+                .env("EXAGATE_TEST_REDIS_URL", &url)
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log"))
+                .spawn()
+                .expect("spawn"),
+        );
+        common::wait_listening(port).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..3 {
+            let reply = common::send(
+                &common::client(),
+                Method::GET,
+                &format!("{base}{}", job_path(id)),
+                &[],
+                Default::default(),
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::OK, "{case}");
+        }
+        let metrics = common::send(
+            &common::client(),
+            Method::GET,
+            &format!("http://127.0.0.1:{admin}/metrics"),
+            &[],
+            Default::default(),
+        )
+        .await;
+        let metrics = String::from_utf8_lossy(&metrics.body).to_string();
+        let mode = common::metric_value(&metrics, "exagate_shared_mode");
+        assert_eq!(mode, if case == "right" { 1.0 } else { 0.0 }, "{case}");
+        drop(child);
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(text.len() > 1000, "{case}: the trace log was written");
+        assert!(
+            !text.contains(PASSWORD),
+            "{case}: the password is in the log"
+        );
+        assert!(!metrics.contains(PASSWORD));
+    }
+}

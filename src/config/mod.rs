@@ -754,6 +754,32 @@ pub fn describe(config: &Config) -> Vec<String> {
                 .into()
         }
     });
+    lines.push(match &config.shared {
+        None => "no [shared]: this process keeps its own cache, quota and 429 gate".into(),
+        Some(s) => {
+            let from = match (&s.redis_url, &s.redis_url_env) {
+                (Some(url), _) => redact_url(url),
+                (None, Some(var)) => format!("${var}"),
+                (None, None) => "nowhere".into(),
+            };
+            format!(
+                "[shared] on Redis at {from} (password not shown), namespace `{}`: cache, quota and 429 gate shared with the other replicas; each Redis command waits at most {}; without Redis each replica spends 1/{} of the quota",
+                s.namespace,
+                d(s.timeout),
+                s.max_replicas
+            )
+        }
+    });
+    lines.push(match &config.state.dir {
+        None => {
+            "no state.dir: a restart starts with an empty cache (unless [shared] has it)".into()
+        }
+        Some(dir) => format!(
+            "the cache is kept in {} (written on drain and every {}), read back at start",
+            dir.display(),
+            d(config.state.snapshot_interval)
+        ),
+    });
     lines.push(format!(
         "on SIGTERM: unready at once, serving {} more, then {} for in-flight requests",
         d(config.server.drain_delay),

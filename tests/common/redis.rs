@@ -10,24 +10,36 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts one, and waits until it answers.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(None).await
+    }
+
+    /// Starts one that requires `password`.
+    pub async fn start_with(password: Option<&str>) -> RedisServer {
         let dir = super::tempdir();
         let port = super::free_port();
         let mut server = RedisServer {
             port,
             child: None,
             dir,
+            password: password.map(str::to_owned),
         };
         server.spawn().await;
         server
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -58,7 +70,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// A `[shared]` section pointing at this server.
