@@ -535,3 +535,35 @@ async fn the_redis_password_never_appears_in_logs_or_metrics() {
         assert!(!metrics.contains(PASSWORD));
     }
 }
+
+// The subscription is checked every second; a check that fails on a healthy Redis would
+// drop the local cache each time (this happened: PING on a subscribed connection does
+// not answer "PONG").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_subscription_keeps_the_local_cache() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 1, |_| {}).await;
+    let id = sim.add_completed(None);
+    assert_eq!(get(&gws[0], &job_path(id)).await.cache(), "miss");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Redis emptied: only the local copy can answer now.
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("FLUSHALL");
+    assert_eq!(
+        get(&gws[0], &job_path(id)).await.cache(),
+        "hit",
+        "the local cache was dropped"
+    );
+    assert_eq!(sim.calls_to(&job_path(id)), 1);
+    assert_eq!(
+        common::metric_value(
+            &gws[0].gateway.render_metrics().await,
+            "exagate_shared_mode"
+        ),
+        1.0
+    );
+}

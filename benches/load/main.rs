@@ -12,7 +12,7 @@
 //!   mode installs them by default when run as root, the quick mode only with
 //!   `--install`. Without wrk, throughput is measured with the harness's own client;
 //!   without nginx, its column is skipped; the output says so;
-//! - `--only hits,miss,memory,coalescing`: a subset (results go to `partial.md`);
+//! - `--only hits,miss,memory,coalescing,shared`: a subset (results go to `partial.md`);
 //! - `--latency-load F`: the open-loop rate as a share of the lower measured throughput
 //!   of the gateway and the bare server (default 0.25);
 //! - `--without wrk,nginx`: act as if a tool were missing (exercises the fallbacks);
@@ -40,7 +40,9 @@
 //! through the gateway and straight to the simulator, interleaved; (d) RSS of a fresh
 //! gateway before and after caching 100,000 jobs; (e) coalescing, in-process: a burst of
 //! 1000 concurrent requests for one cold job, and 1000 clients polling 100 pending jobs
-//! every 100 ms.
+//! every 100 ms; (f) the shared tier, in-process against a real redis-server: local-hit
+//! throughput with `[shared]` on against off, a hit from Redis against a local hit, and 2
+//! and 3 replicas behind round-robin against one gateway in upstream calls per job.
 //!
 //! Output: one Markdown table (printed, and written to `benches/results/latest.md`, or
 //! `quick.md` in quick mode) and `benches/results/throughput.svg` (`quick.svg`).
@@ -101,6 +103,8 @@ enum Scenario {
     Memory,
     /// The burst and the polling storm.
     Coalescing,
+    /// The shared tier: hits with it on and off, a hit from Redis, replicas.
+    Shared,
 }
 
 impl Scenario {
@@ -110,6 +114,7 @@ impl Scenario {
             "miss" => Some(Scenario::Miss),
             "memory" => Some(Scenario::Memory),
             "coalescing" => Some(Scenario::Coalescing),
+            "shared" => Some(Scenario::Shared),
             _ => None,
         }
     }
@@ -214,7 +219,7 @@ fn main() -> ExitCode {
                         Some(s) => options.only.push(s),
                         None => {
                             eprintln!(
-                                "load: --only takes hits,miss,memory,coalescing, not {name:?}"
+                                "load: --only takes hits,miss,memory,coalescing,shared, not {name:?}"
                             );
                             return ExitCode::FAILURE;
                         }
@@ -249,7 +254,7 @@ fn main() -> ExitCode {
             "-h" | "--help" => {
                 println!(
                     "cargo bench --bench load [-- [--quick] [--install|--no-install] \
-                     [--only hits,miss,memory,coalescing] [--latency-load 0.25] [--without wrk,nginx] [--keep]]"
+                     [--only hits,miss,memory,coalescing,shared] [--latency-load 0.25] [--without wrk,nginx] [--keep]]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -453,6 +458,10 @@ fn measure(options: &Options, plan: &Plan, tools: &Tools, dir: &Path) -> Result<
         let (burst, polling) = scenarios::coalescing::measure(plan)?;
         results.burst = Some(burst);
         results.polling = Some(polling);
+    }
+    if options.runs(Scenario::Shared) {
+        println!("\n== shared tier (in-process, real redis-server)");
+        results.shared = scenarios::shared::measure(plan)?;
     }
     Ok(results)
 }

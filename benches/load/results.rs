@@ -29,6 +29,7 @@ pub struct Results {
     pub memory: Option<Memory>,
     pub burst: Option<inproc::Burst>,
     pub polling: Option<inproc::Polling>,
+    pub shared: Option<crate::scenarios::shared::Shared>,
 }
 
 /// A row with the gateway's figure only (the others do not apply).
@@ -223,6 +224,48 @@ pub fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
             ),
             Verdict::check(polling.max_calls <= polling.bound() && polling.failed == 0),
         ));
+    }
+    if let Some(shared) = &results.shared {
+        rows.push(gateway_row(
+            format!("local hits with [shared] on, against off ({CONNS} conns, in-process)"),
+            format!(
+                "{:.1}% ({} vs {})",
+                shared.hit_ratio() * 100.0,
+                rps(Some(shared.on_rps)),
+                rps(Some(shared.off_rps))
+            ),
+            "≥ 97%",
+            Verdict::check(shared.hit_ratio() >= 0.97),
+        ));
+        rows.push(gateway_row(
+            format!(
+                "a hit from Redis against a local hit ({} reads)",
+                shared.samples
+            ),
+            format!(
+                "+{} ({} vs {}, medians)",
+                micros(Some((shared.redis_hit_us - shared.local_hit_us).max(0.0))),
+                micros(Some(shared.redis_hit_us)),
+                micros(Some(shared.local_hit_us))
+            ),
+            "state it",
+            Verdict::Info,
+        ));
+        let single = shared.teams.first().map_or(0.0, |t| t.calls);
+        for team in shared.teams.iter().skip(1) {
+            rows.push(gateway_row(
+                format!(
+                    "{} replicas sharing Redis, round-robin, team workload ({} jobs)",
+                    team.replicas, shared.jobs
+                ),
+                format!(
+                    "{:.2} upstream calls/job (one gateway: {single:.2}); {} failed",
+                    team.calls, team.failed
+                ),
+                "= one gateway's (≤ +5%), none failed",
+                Verdict::check(team.calls <= single * 1.05 + 0.01 && team.failed == 0),
+            ));
+        }
     }
     rows
 }

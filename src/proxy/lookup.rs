@@ -362,7 +362,18 @@ async fn chunks_answer(
                     .expires_at
                     .map(|at| at.saturating_duration_since(Instant::now()));
             }
-            _ => not_stored(fetched.status, NoCacheReason::JobNotCompleted),
+            _ => {
+                // Another replica may hold the job as completed: its entry in the shared
+                // tier says so, and for how long.
+                let parent = match gw.shared.as_ref().filter(|s| s.usable()) {
+                    Some(shared) => shared.peek(&CacheKey::Job(*job)).await,
+                    None => None,
+                };
+                match parent.filter(|p| p.job_state == Some(JobState::Completed)) {
+                    Some(parent) => lifetime = parent.left(now_ms()),
+                    None => not_stored(fetched.status, NoCacheReason::JobNotCompleted),
+                }
+            }
         }
     }
     Ok(answer(fetched, None, None, lifetime))

@@ -194,7 +194,9 @@ pub(super) async fn subscribe(shared: Arc<Shared>, gateway: Weak<Gateway>) {
                 () = tokio::time::sleep(super::PROBE_EVERY * 2) => {
                     // A subscription on a dead or frozen connection hears nothing and
                     // says nothing: ask it.
-                    let alive = tokio::time::timeout(ping_timeout, sink.ping::<String>()).await;
+                    // Any reply will do: on a subscribed RESP2 connection PING answers
+                    // an array (["pong", ""]), not the usual "PONG".
+                    let alive = tokio::time::timeout(ping_timeout, sink.ping::<redis::Value>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
                         break;
                     }

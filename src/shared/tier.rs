@@ -120,6 +120,25 @@ impl Shared {
         }
     }
 
+    /// The answer stored for `key`, if fresh, without taking any lock (chunks ask for
+    /// their job this way: another replica may have cached it as completed).
+    pub async fn peek(&self, key: &CacheKey) -> Option<Envelope> {
+        let hash = self.keys.entry(self.generation(), key.job());
+        let field = Keys::field(key);
+        let value = self
+            .run::<Option<Vec<u8>>, _, _>("peek", false, |mut c| async move {
+                redis::cmd("HGET")
+                    .arg(hash)
+                    .arg(field)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .ok()??;
+        Envelope::decode(&Bytes::from(value))
+            .filter(|e| e.left(crate::cache::envelope::now_ms()).is_some())
+    }
+
     /// Stores an answer fetched under `lock`, then lets the lock go; in the background.
     /// `None` for an answer that is not stored: the lock alone goes.
     pub fn store(self: &Arc<Self>, key: &CacheKey, envelope: Option<Envelope>, lock: Lock) {

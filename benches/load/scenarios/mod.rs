@@ -7,6 +7,7 @@ pub mod coalescing;
 pub mod latency;
 pub mod memory;
 pub mod miss;
+pub mod shared;
 pub mod throughput;
 
 /// Connections of the headline throughput and latency scenarios.
