@@ -19,6 +19,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_exagate");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// A stand-in key: `check` needs one to load, and it must never matter which.
 const KEY: &str = "deploy-test-key";
+/// The Compose file for trying replicas with Redis on a laptop.
+const COMPOSE: &str = "deploy/compose.yaml";
 
 // ---------------------------------------------------------------- files and parsing
 
@@ -302,8 +304,11 @@ fn every_yaml_file_under_deploy_parses_into_named_objects() {
             file.display()
         );
     }
+    // The Compose file is not Kubernetes objects either: the compose tests below read it.
+    let compose = repo(COMPOSE);
+    assert!(!yaml_docs(&compose).is_empty(), "{COMPOSE}: no document");
     let files = files_under(&repo("deploy"), &|p| {
-        has_ext(p, &["yaml", "yml"]) && !p.starts_with(&rules)
+        has_ext(p, &["yaml", "yml"]) && !p.starts_with(&rules) && p != compose
     });
     assert!(
         files.len() >= 5,
@@ -348,6 +353,8 @@ fn every_config_under_deploy_passes_check() {
         "deploy/docker/config.toml",
         "deploy/systemd/config.toml",
         "deploy/kubernetes/config.toml",
+        "deploy/kubernetes-overlays/shared/config.toml",
+        "deploy/compose/config.toml",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -763,29 +770,34 @@ fn memory_is_sized_from_the_cache() {
     str_at(resources, &["requests", "cpu"]);
 }
 
+/// `kubectl kustomize DIR`, offline: the rendered documents, or `None` (with a note)
+/// where kubectl is not installed; the tests that read the same files run without it.
+fn kustomize(dir: &Path) -> Option<Vec<Yaml>> {
+    let out = match Command::new("kubectl").arg("kustomize").arg(dir).output() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("kubectl not available ({e}): rendering not checked");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    Some(YamlLoader::load_from_str(&text).expect("rendered YAML"))
+}
+
 /// `kubectl kustomize` renders the base offline. Skipped (with a note) where kubectl is
 /// not installed; the tests above read the same files without it.
 #[test]
 fn kustomize_renders_the_base_with_the_generated_configmap() {
     let base = Base::load();
-    let out = match Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&base.dir)
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) => {
-            eprintln!("kubectl not available ({e}): rendering not checked");
-            return;
-        }
+    let Some(docs) = kustomize(&base.dir) else {
+        return;
     };
-    assert!(
-        out.status.success(),
-        "kubectl kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let docs = YamlLoader::load_from_str(&text).expect("rendered YAML");
     let namespace = str_at(&base.kustomization, &["namespace"]);
     let mut configmap = None;
     let mut deployment = None;

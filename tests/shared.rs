@@ -103,6 +103,45 @@ async fn a_job_fetched_through_one_replica_is_a_hit_on_another() {
     // And now a local hit on the second: no Redis, no upstream.
     assert_eq!(get(&gws[1], &job_path(id)).await.cache(), "hit");
     assert_eq!(sim.calls_to(&job_path(id)), 1);
+    // What the metrics say: a Redis miss, lock and store on the first; a Redis hit on the
+    // second; the second's last read was local (no lookup).
+    let m0 = gws[0].gateway.render_metrics().await;
+    let m1 = gws[1].gateway.render_metrics().await;
+    let v = common::metric_value;
+    assert_eq!(
+        v(
+            &m0,
+            "exagate_shared_requests_total{op=\"get\",result=\"miss\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            &m0,
+            "exagate_shared_requests_total{op=\"store\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            &m1,
+            "exagate_shared_requests_total{op=\"get\",result=\"hit\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            &m1,
+            "exagate_shared_requests_total{op=\"lookup\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(&m1, "exagate_upstream_calls_saved_total{reason=\"hit\"}"),
+        2.0
+    );
+    assert!(v(&m1, "exagate_shared_command_seconds_count") >= 1.0);
+    assert_eq!(v(&m1, "exagate_shared_mode"), 1.0);
     // Freshness survives the trip: the second replica's max-age counts from the fetch.
     assert!(second.headers["cache-control"]
         .to_str()
@@ -566,4 +605,149 @@ async fn a_healthy_subscription_keeps_the_local_cache() {
         ),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_at_start_the_gateway_serves_and_joins_when_it_appears() {
+    let sim = start_sim(false).await;
+    let port = common::free_port();
+    let mut config = test_config();
+    config.shared = Some(exagate::config::SharedConfig {
+        redis_url: Some(format!("redis://127.0.0.1:{port}/0")),
+        redis_url_env: None,
+        namespace: "exagate-test".into(),
+        timeout: Duration::from_millis(250),
+        max_replicas: 2,
+    });
+    let gw = start_gateway(&sim, config).await;
+    let id = sim.add_completed(None);
+    let started = Instant::now();
+    assert_eq!(get(&gw, &job_path(id)).await.status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        get(&gw, &job_path(id)).await.cache(),
+        "hit",
+        "the local cache works alone"
+    );
+    wait_shared(&gw, false).await;
+    // Redis appears on that port: the replica joins by itself.
+    let redis = RedisServer::start_on(port).await;
+    wait_shared(&gw, true).await;
+    let other = sim.add_completed(None);
+    assert_eq!(get(&gw, &job_path(other)).await.cache(), "miss");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(redis
+        .dump()
+        .await
+        .iter()
+        .any(|(k, _)| k.contains(&other.to_string())));
+}
+
+// A replica whose fetch holds the lock and dies costs at most one more call, once its
+// lock expires; meanwhile the others wait no longer than their own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lock_holder_costs_one_more_call_after_its_lock_expires() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 1, |c| {
+        c.upstream.timeout = Duration::from_secs(1)
+    })
+    .await;
+    // The prefix of this gateway's names, from an entry it stored.
+    let seen = sim.add_completed(None);
+    get(&gws[0], &job_path(seen)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dump = redis.dump().await;
+    let entry = dump
+        .iter()
+        .map(|(k, _)| k.clone())
+        .find(|k| k.contains(":job:w:"))
+        .expect("an entry");
+    let prefix = &entry[..entry.find(":job:").expect("name")];
+    // A holder that took the lock for a cold job and died: it expires in 1.5 s.
+    let id = sim.add_completed(None);
+    let lock = format!("{prefix}:lock:w:{id}:job");
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("dead-holder")
+        .arg("PX")
+        .arg(1500)
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    let started = Instant::now();
+    let waited = get(&gws[0], &job_path(id)).await;
+    assert_eq!(
+        waited.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "waited its own deadline"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sim.calls_to(&job_path(id)), 0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get(&gws[0], &job_path(id)).await.status, StatusCode::OK);
+    assert_eq!(
+        sim.calls_to(&job_path(id)),
+        1,
+        "one call once the dead lock expired"
+    );
+}
+
+// A token taken for a call that never reached the upstream goes back to the account's
+// quota: the quota is spent by calls that really go upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_calls_never_sent_go_back_to_the_shared_quota() {
+    let redis = RedisServer::start().await;
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut config = replica_config(&redis);
+    config.upstream.rate_limit = Some(Rate {
+        count: 3,
+        per: Duration::from_secs(3600),
+    });
+    config.upstream.rate_limit_burst = Some(3);
+    let gw = common::start_gateway_at(&url, config).await;
+    wait_shared(&gw, true).await;
+    // Nothing listens: every call fails to connect, and nothing was sent.
+    for _ in 0..6 {
+        let id = uuid::Uuid::new_v4();
+        let reply = get(&gw, &job_path(id)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_GATEWAY,
+            "{}",
+            reply.error_code()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Now an upstream there: the whole burst of 3 is still the account's.
+    let sim_on_port = common::RawUpstream::start_on(port, |_, mut stream| async move {
+        use tokio::io::AsyncWriteExt;
+        if common::read_head(&mut stream).await.is_some() {
+            let answer =
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(&gw, &job_path(uuid::Uuid::new_v4())).await.status);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert_eq!(sim_on_port.connections(), 3);
 }

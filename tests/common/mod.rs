@@ -335,7 +335,16 @@ impl RawUpstream {
         F: Fn(usize, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        RawUpstream::start_on(0, serve).await
+    }
+
+    /// As [`start`](Self::start), on a given loopback port (0: any free one).
+    pub async fn start_on<F, Fut>(port: u16, serve: F) -> RawUpstream
+    where
+        F: Fn(usize, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = std::sync::Arc::clone(&connections);

@@ -20,6 +20,18 @@ impl RedisServer {
         RedisServer::start_with(None).await
     }
 
+    /// Starts one on `port`.
+    pub async fn start_on(port: u16) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: super::tempdir(),
+            password: None,
+        };
+        server.spawn().await;
+        server
+    }
+
     /// Starts one that requires `password`.
     pub async fn start_with(password: Option<&str>) -> RedisServer {
         let dir = super::tempdir();
