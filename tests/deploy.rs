@@ -4,8 +4,11 @@
 //! binary, so it is the gateway's own validation); and every number the Dockerfile, the
 //! systemd unit and the Kubernetes manifests copy from a config (ports, drain and
 //! shutdown times, the key's path, memory sized from the cache) is read from the
-//! effective config that `check` prints and compared. No network, no Docker: when
-//! `kubectl` is on the PATH the kustomize base is also rendered, which is local.
+//! effective config that `check` prints and compared. The same goes for the replicas that
+//! share one Redis: the kustomize overlay `deploy/kubernetes-overlays/shared` and the
+//! Compose file `deploy/compose.yaml` with its nginx balancer. No network, no Docker:
+//! when `kubectl` is on the PATH the kustomize base and the overlay are also rendered,
+//! which is local.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -182,12 +185,21 @@ impl Effective {
         Effective { table }
     }
 
+    /// A key of the effective config, if it has it (optional keys are left out).
+    fn get(&self, section: &str, key: &str) -> Option<&toml::Value> {
+        self.table.get(section).and_then(|s| s.get(key))
+    }
+
     fn str(&self, section: &str, key: &str) -> &str {
-        self.table
-            .get(section)
-            .and_then(|s| s.get(key))
+        self.get(section, key)
             .and_then(|v| v.as_str())
             .unwrap_or_else(|| panic!("effective config has no {section}.{key}"))
+    }
+
+    fn int(&self, section: &str, key: &str) -> i64 {
+        self.get(section, key)
+            .and_then(|v| v.as_integer())
+            .unwrap_or_else(|| panic!("effective config has no integer {section}.{key}"))
     }
 
     fn addr(&self, section: &str, key: &str) -> SocketAddr {

@@ -205,6 +205,19 @@ async fn the_quota_is_the_accounts_not_each_replicas() {
         "a burst of 6 across both replicas, not 6 each"
     );
     assert_eq!(sim.calls(), 6);
+    let mut allowed = 0.0;
+    for gw in &gws {
+        let text = gw.gateway.render_metrics().await;
+        let decisions = |mode: &str, result: &str| {
+            common::metric_value(
+                &text,
+                &format!("exagate_quota_decisions_total{{mode=\"{mode}\",result=\"{result}\"}}"),
+            )
+        };
+        allowed += decisions("shared", "allowed");
+        assert_eq!(decisions("local", "allowed"), 0.0);
+    }
+    assert_eq!(allowed, 6.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
