@@ -106,13 +106,33 @@ fn rules(doc: &Yaml) -> Vec<&Yaml> {
 
 #[tokio::test]
 async fn the_dashboard_and_the_rules_name_only_exported_metrics() {
-    let h = Harness::with(|c| c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
-    // Series with an open label (the upstream's status) exist once a call was made.
+    // With [shared] on a real Redis, so the shared tier's series exist too.
+    let redis = common::redis::RedisServer::start().await;
+    let shared = redis.config();
+    let h = Harness::with(move |c| {
+        c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.shared = Some(shared);
+        c.upstream.rate_limit = Some(exagate::config::Rate {
+            count: 100,
+            per: std::time::Duration::from_secs(3600),
+        });
+    })
+    .await;
+    let tier = h.gateway.gateway.shared.as_ref().expect("shared");
+    for _ in 0..200 {
+        if tier.usable() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    // Series with an open label (the upstream's status, a Redis result) exist once a
+    // call was made.
     let id = h.sim.add_completed(None);
     assert_eq!(
         h.get(&common::job_path(id)).await.status,
         http::StatusCode::OK
     );
+    assert_eq!(h.get(&common::job_path(id)).await.cache(), "hit");
     let scraped = h.admin_get("/metrics").await;
     let text = String::from_utf8(scraped.body.to_vec()).expect("utf8");
     let exported = exported(&text);
@@ -187,6 +207,7 @@ fn every_alert_has_unit_tests_and_the_alerts_asked_for_exist() {
         "ExagateReloadFailing",
         "ExagateCacheEvictingBySize",
         "ExagateBadGatewayAnswers",
+        "ExagateSharedModeLost",
     ] {
         assert!(names.contains(needed), "no alert {needed} in {names:?}");
     }
