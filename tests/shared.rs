@@ -764,3 +764,128 @@ async fn tokens_of_calls_never_sent_go_back_to_the_shared_quota() {
     );
     assert_eq!(sim_on_port.connections(), 3);
 }
+
+// What Redis holds is input like any other: an entry that is garbage, another job, a
+// status this gateway never stores, or one claiming to live for centuries, is not
+// served as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_shared_entry_is_never_served_as_it_is() {
+    use exagate::cache::{Envelope, JobState};
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 1, |_| {}).await;
+    let seen = sim.add_completed(None);
+    get(&gws[0], &job_path(seen)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let entry = redis
+        .dump()
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.contains(":job:w:"))
+        .expect("an entry");
+    let prefix = entry[..entry.find(":job:").expect("name")].to_string();
+    let now = exagate::cache::envelope::now_ms();
+    let other = sim.add_completed(None);
+    let other_body = get(&gws[0], &job_path(other)).await.body;
+    let forever = now + 100 * 365 * 24 * 3600 * 1000;
+    let envelope = |status: u16, body: bytes::Bytes, state: Option<JobState>, expires_at: u64| {
+        Envelope {
+            status: http::StatusCode::from_u16(status).expect("status"),
+            content_type: Some(bytes::Bytes::from_static(b"application/json")),
+            job_state: state,
+            fetched_at: now,
+            expires_at,
+            body,
+        }
+        .encode()
+        .to_vec()
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage",
+            b"not an envelope at all, but long enough".to_vec(),
+        ),
+        (
+            "another job",
+            envelope(
+                200,
+                other_body.clone(),
+                Some(JobState::Completed),
+                now + 60_000,
+            ),
+        ),
+        (
+            "a 500",
+            envelope(500, bytes::Bytes::from_static(b"{}"), None, now + 60_000),
+        ),
+        (
+            "state mismatch",
+            envelope(
+                200,
+                other_body.clone(),
+                Some(JobState::Failed),
+                now + 60_000,
+            ),
+        ),
+    ];
+    let mut c = redis.conn().await;
+    for (case, value) in cases {
+        let id = sim.add_completed(None);
+        let hash = format!("{prefix}:job:w:{id}");
+        let _: () = redis::cmd("HSET")
+            .arg(&hash)
+            .arg("job")
+            .arg(value)
+            .query_async(&mut c)
+            .await
+            .expect("HSET");
+        let reply = get(&gws[0], &job_path(id)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{case}");
+        assert_eq!(
+            reply.json()["id"],
+            id.to_string(),
+            "{case}: the poisoned entry was served"
+        );
+        assert_eq!(
+            sim.calls_to(&job_path(id)),
+            1,
+            "{case}: fetched from the upstream instead"
+        );
+    }
+    // A true entry that claims a century is kept no longer than this gateway's longest TTL.
+    // (The upstream's own body, as the tier keeps it, read straight from the simulator.)
+    let fresh = sim.add_completed(None);
+    let upstream_body = {
+        let c = common::client();
+        common::send(
+            &c,
+            Method::GET,
+            &format!("{}{}", sim.url(), job_path(fresh)),
+            &[("x-api-key", common::KEY)],
+            Default::default(),
+        )
+        .await
+        .body
+    };
+    let hash = format!("{prefix}:job:w:{fresh}");
+    let long = envelope(200, upstream_body, Some(JobState::Completed), forever);
+    let _: () = redis::cmd("HSET")
+        .arg(&hash)
+        .arg("job")
+        .arg(long)
+        .query_async(&mut c)
+        .await
+        .expect("HSET");
+    let calls = sim.calls_to(&job_path(fresh));
+    let reply = get(&gws[0], &job_path(fresh)).await;
+    assert_eq!((reply.status, reply.cache()), (StatusCode::OK, "hit"));
+    assert_eq!(sim.calls_to(&job_path(fresh)), calls);
+    let max_age: u64 = reply.headers["cache-control"]
+        .to_str()
+        .expect("ascii")
+        .trim_start_matches("private, max-age=")
+        .parse()
+        .expect("secs");
+    assert!(max_age <= 7 * 24 * 3600, "kept for {max_age} s");
+}

@@ -377,6 +377,23 @@ impl Default for CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// The longest any answer is kept: what an entry read from elsewhere (the shared
+    /// tier) may be kept here at most, whatever it says.
+    pub fn longest_ttl(&self) -> Duration {
+        [
+            self.completed_ttl.min(self.retention),
+            self.cleaned_ttl,
+            self.failed_ttl,
+            self.in_progress_ttl,
+            self.not_found_ttl,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(Duration::ZERO)
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -285,24 +285,35 @@ fn shared_envelope(answer: &Answer, original: bytes::Bytes) -> Option<Envelope> 
 }
 
 /// An answer read from the shared tier, made this replica's: a job's links rewritten to
-/// its own public URL (and checked to be the job asked for). `None` if it is unusable.
+/// its own public URL (and checked to be the job asked for), a chunks body checked to be
+/// JSON, and kept here no longer than this replica's own longest lifetime. `None` if it
+/// is not what this replica would have stored (Redis is input like any other).
 fn restored(live: &Live, key: &CacheKey, envelope: &Envelope) -> Option<Answer> {
-    let body = match key {
-        CacheKey::Job(k) if envelope.status == StatusCode::OK => {
+    let body = match (key, envelope.status) {
+        (CacheKey::Job(k), StatusCode::OK) => {
             let (body, facts) = live.rewriter.rewrite_job(&envelope.body).ok()?;
             let same = facts
                 .id
                 .as_deref()
                 .and_then(|id| Uuid::try_parse(id).ok())
                 .is_some_and(|id| id == k.job);
-            if !same {
+            if !same || Some(facts.state) != envelope.job_state {
                 return None;
             }
             body
         }
-        _ => envelope.body.clone(),
+        (CacheKey::Chunks(..), StatusCode::OK) => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&envelope.body).ok()?;
+            envelope.body.clone()
+        }
+        (_, StatusCode::NOT_FOUND) => envelope.body.clone(),
+        _ => return None,
     };
-    Answer::restored(envelope, body, now_ms())
+    let now = now_ms();
+    let longest = u64::try_from(live.config.cache.longest_ttl().as_millis()).unwrap_or(u64::MAX);
+    let mut envelope = envelope.clone();
+    envelope.expires_at = envelope.expires_at.min(now.saturating_add(longest));
+    Answer::restored(&envelope, body, now)
 }
 
 /// Builds the answer for a job lookup: a 200 is validated and rewritten, a 404 kept
