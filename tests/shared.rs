@@ -889,3 +889,54 @@ async fn a_poisoned_shared_entry_is_never_served_as_it_is() {
         .expect("secs");
     assert!(max_age <= 7 * 24 * 3600, "kept for {max_age} s");
 }
+
+// A purge made while Redis is away is not lost: it reaches the other replicas once Redis
+// is back, and the purging request does not wait for Redis meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_redis_outage_reaches_the_others_when_it_is_back() {
+    std::env::set_var("EXAGATE_TEST_SHARED_OUTAGE", "outage-purge-9b2");
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |c| {
+        c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.admin.token_env = "EXAGATE_TEST_SHARED_OUTAGE".into();
+    })
+    .await;
+    let id = sim.add_completed(None);
+    let path = job_path(id);
+    assert_eq!(get(&gws[0], &path).await.cache(), "miss");
+    assert_eq!(get(&gws[1], &path).await.cache(), "hit");
+    redis.freeze();
+    wait_shared(&gws[0], false).await;
+    let started = Instant::now();
+    let url = format!("{}/cache/{id}", gws[0].admin_url().expect("admin"));
+    let purged = common::send(
+        &common::client(),
+        Method::DELETE,
+        &url,
+        &[("authorization", "Bearer outage-purge-9b2")],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(purged.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    redis.thaw();
+    for gw in &gws {
+        wait_shared(gw, true).await;
+    }
+    let started = Instant::now();
+    loop {
+        if get(&gws[1], &path).await.cache() == "miss" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the purge never reached the other replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -59,15 +59,19 @@ impl Shared {
     /// Drops one job from Redis and tells the other replicas (the caller has dropped it
     /// from its own cache). Kept for later if Redis is away.
     pub async fn invalidate_job(&self, key: JobKey) {
-        if self.send(Invalidation::Job(key)).await.is_err() {
-            self.keep(Invalidation::Job(key));
-        }
+        self.invalidate(Invalidation::Job(key)).await;
     }
 
     /// Empties the tier for every replica: a new generation, announced.
     pub async fn invalidate_all(&self) {
-        if self.send(Invalidation::All(0)).await.is_err() {
-            self.keep(Invalidation::All(0));
+        self.invalidate(Invalidation::All(0)).await;
+    }
+
+    /// Sends at once while the tier is in use; otherwise (Redis away) keeps it for the
+    /// watch to send when Redis is back, so the request that caused it waits for nothing.
+    async fn invalidate(&self, what: Invalidation) {
+        if !self.usable() || self.send(what).await.is_err() {
+            self.keep(what);
         }
     }
 
