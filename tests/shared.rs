@@ -474,6 +474,11 @@ async fn redis_killed_mid_traffic_degrades_and_comes_back() {
     traffic(&sim, gw, &warm, 5, Duration::from_secs(2)).await;
     redis.restart().await;
     wait_shared(gw, true).await;
+    // Its subscription came back after a loss: what it holds may have missed
+    // invalidations, and is dropped.
+    let calls = sim.calls_to(&job_path(warm[0]));
+    assert_eq!(get(gw, &job_path(warm[0])).await.cache(), "miss");
+    assert_eq!(sim.calls_to(&job_path(warm[0])), calls + 1);
     // Shared again: a job fetched now is in Redis.
     let id = sim.add_completed(None);
     assert_eq!(get(gw, &job_path(id)).await.cache(), "miss");
@@ -585,6 +590,19 @@ async fn the_redis_password_never_appears_in_logs_or_metrics() {
             "{case}: the password is in the log"
         );
         assert!(!metrics.contains(PASSWORD));
+        if case == "right" {
+            assert_eq!(
+                text.matches("shared tier on").count(),
+                1,
+                "one line when it is on"
+            );
+            assert!(!text.contains("shared tier lost"), "{text}");
+        } else {
+            assert!(
+                text.contains("Redis does not answer at start"),
+                "one line says so"
+            );
+        }
     }
 }
 
