@@ -165,6 +165,13 @@ async fn healthcheck(path: &std::path::Path) -> Result<(), exagate::BoxError> {
 fn check(path: &std::path::Path) -> Result<(), exagate::BoxError> {
     let config = Config::load(path)?;
     let key = ApiKey::load(&config.upstream)?;
+    if let Some(shared) = &config.shared {
+        // The URL may come from a variable: what `run` would refuse, `check` refuses too
+        // (naming the setting, never showing the URL).
+        let (url, _) = shared.url()?;
+        exagate::config::check_redis_url(&url)
+            .map_err(|m| format!("invalid value for `shared.redis_url`: {m}"))?;
+    }
     // Written, not `println!`ed: a closed pipe (`exagate check | head`) or a full disk
     // is an error to report, not a panic.
     let mut out = std::io::stdout().lock();

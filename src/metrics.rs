@@ -283,7 +283,7 @@ impl Metrics {
         let lock_waits = Counter::default();
         registry.register(
             "shared_lock_waits",
-            "Requests that waited for another replica's fetch of the same answer",
+            "Fetches (one per replica, however many of its requests joined) that waited for another replica's fetch of the same answer",
             lock_waits.clone(),
         );
         let lock_takeovers = Counter::default();

@@ -551,3 +551,40 @@ fn check_never_shows_the_redis_password() {
     assert!(text.contains("1/4 of the quota"), "{text}");
     assert!(text.contains("read back at start"), "{text}");
 }
+
+#[test]
+fn check_refuses_a_redis_url_from_the_environment_that_run_would_refuse() {
+    let dir = tempdir();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
+    let config = dir.path().join("env.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\napi_key_file = \"{}\"\n[admin]\nlisten = \"off\"\n[shared]\nredis_url_env = \"EXAGATE_TEST_BAD_REDIS_URL\"\n",
+            key_file.display()
+        ),
+    )
+    .expect("write config");
+    for url in [
+        "redis://:pw-9f@127.0.0.1:notaport/0",
+        "http://:pw-9f@127.0.0.1:6379/0",
+    ] {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("EXAGATE_TEST_BAD_REDIS_URL", url)
+            .output()
+            .expect("run");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{url}: {text}");
+        assert!(
+            text.contains("shared.redis_url") && !text.contains("pw-9f"),
+            "{text}"
+        );
+    }
+}

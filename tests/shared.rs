@@ -674,58 +674,236 @@ async fn redis_unreachable_at_start_the_gateway_serves_and_joins_when_it_appears
         .any(|(k, _)| k.contains(&other.to_string())));
 }
 
-// A replica whose fetch holds the lock and dies costs at most one more call, once its
-// lock expires; meanwhile the others wait no longer than their own deadline.
+// A replica whose fetch holds the lock and dies (or freezes) stops renewing its lease: the
+// lock is gone within a lease (3 s), and a waiting replica takes over within its own
+// deadline, at the cost of one call. A lock that would live longer (no TTL, an hour: not
+// one of ours) is cut back to a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_lock_holder_costs_one_more_call_after_its_lock_expires() {
+async fn a_dead_lock_holder_costs_one_call_and_no_error() {
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 1, |c| {
-        c.upstream.timeout = Duration::from_secs(1)
+        c.upstream.timeout = Duration::from_secs(6)
     })
     .await;
-    // The prefix of this gateway's names, from an entry it stored.
+    let prefix = name_prefix(&sim, &redis, &gws[0]).await;
+    let mut c = redis.conn().await;
+    for (case, ttl) in [
+        ("a dead holder's lease", Some(1500u64)),
+        ("a lock with no TTL", None),
+    ] {
+        let id = sim.add_completed(None);
+        let lock = format!("{prefix}:g0:lock:w:{id}:job");
+        let mut set = redis::cmd("SET");
+        set.arg(&lock).arg("dead-holder");
+        if let Some(ms) = ttl {
+            set.arg("PX").arg(ms);
+        }
+        let _: () = set.query_async(&mut c).await.expect("SET");
+        let started = Instant::now();
+        let reply = get(&gws[0], &job_path(id)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{case}: taken over, not a 504"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(3800),
+            "{case}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(sim.calls_to(&job_path(id)), 1, "{case}: one call");
+    }
+    let metrics = gws[0].gateway.render_metrics().await;
+    assert_eq!(
+        common::metric_value(&metrics, "exagate_shared_lock_takeovers_total"),
+        2.0
+    );
+}
+
+/// The prefix of a replica's Redis names, read from an entry it stored.
+async fn name_prefix(sim: &Simulator, redis: &RedisServer, gw: &RunningGateway) -> String {
     let seen = sim.add_completed(None);
-    get(&gws[0], &job_path(seen)).await;
+    get(gw, &job_path(seen)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let dump = redis.dump().await;
-    let entry = dump
-        .iter()
-        .map(|(k, _)| k.clone())
+    let entry = redis
+        .dump()
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
         .find(|k| k.contains(":job:w:"))
         .expect("an entry");
-    let prefix = &entry[..entry.find(":job:").expect("name")];
-    // A holder that took the lock for a cold job and died: it expires in 1.5 s.
-    let id = sim.add_completed(None);
-    let lock = format!("{prefix}:lock:w:{id}:job");
+    entry[..entry.find(":g").expect("name")].to_string()
+}
+
+// What the quota key and the gate hold is never trusted past what this gateway's own
+// rate and cap allow: a reload that changes the rate, or junk, cannot lock the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_quota_or_gate_never_refuses_past_the_current_rate_and_cap() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 1, |c| {
+        c.upstream.rate_limit = Some(Rate {
+            count: 36_000,
+            per: Duration::from_secs(3600),
+        });
+        c.upstream.rate_limit_burst = Some(10);
+        c.upstream.max_cooldown = Duration::from_secs(5);
+    })
+    .await;
+    let prefix = name_prefix(&sim, &redis, &gws[0]).await;
     let mut c = redis.conn().await;
+    // An arrival time an hour ahead (what a slower rate left behind, or junk).
+    let far: u64 = exagate::cache::envelope::now_ms() + 3_600_000;
     let _: () = redis::cmd("SET")
-        .arg(&lock)
-        .arg("dead-holder")
-        .arg("PX")
-        .arg(1500)
+        .arg(format!("{prefix}:quota"))
+        .arg(far)
         .query_async(&mut c)
         .await
         .expect("SET");
-    let started = Instant::now();
-    let waited = get(&gws[0], &job_path(id)).await;
+    let refused = get(&gws[0], &job_path(sim.add_completed(None))).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
-        waited.status,
-        StatusCode::GATEWAY_TIMEOUT,
-        "waited its own deadline"
+        refused.headers["retry-after"], "1",
+        "at most one interval (100 ms)"
     );
-    assert!(
-        started.elapsed() < Duration::from_millis(1800),
-        "{:?}",
-        started.elapsed()
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        get(&gws[0], &job_path(sim.add_completed(None)))
+            .await
+            .status,
+        StatusCode::OK
     );
-    assert_eq!(sim.calls_to(&job_path(id)), 0);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Junk there is a full bucket.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:quota"))
+        .arg("junk")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    assert_eq!(
+        get(&gws[0], &job_path(sim.add_completed(None)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A gate closed for an hour is closed for at most upstream.max_cooldown here.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:cooldown"))
+        .arg("1")
+        .arg("PX")
+        .arg(3_600_000)
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    let closed = get(&gws[0], &job_path(sim.add_completed(None))).await;
+    assert_eq!(closed.error_code(), "upstream_rate_limited");
+    let wait: u64 = closed.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert!(wait <= 5, "{wait}");
+}
+
+// An outage right after the account's bucket ran dry hands out no fresh burst: what each
+// replica spent in shared mode is spent from its local share too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_after_the_bucket_ran_dry_hands_out_no_fresh_burst() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |c| {
+        c.upstream.rate_limit = Some(Rate {
+            count: 6,
+            per: Duration::from_secs(3600),
+        });
+        c.upstream.rate_limit_burst = Some(6);
+    })
+    .await;
+    for i in 0..10 {
+        get(&gws[i % 2], &job_path(sim.add_completed(None))).await;
+    }
+    assert_eq!(sim.calls(), 6);
+    redis.freeze();
+    for gw in &gws {
+        wait_shared(gw, false).await;
+    }
+    for i in 0..10 {
+        let reply = get(&gws[i % 2], &job_path(sim.add_completed(None))).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{i}");
+    }
+    assert_eq!(sim.calls(), 6, "no fresh local burst");
+    redis.thaw();
+}
+
+// A key that holds something of the wrong kind is one bad entry, not an outage: the
+// replica stays in shared mode, answers from the upstream, and repairs the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_wrong_type_is_one_miss_not_an_outage() {
+    std::env::set_var("EXAGATE_TEST_SHARED_JUNK", "junk-purge-5c3");
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |c| {
+        c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.admin.token_env = "EXAGATE_TEST_SHARED_JUNK".into();
+    })
+    .await;
+    let prefix = name_prefix(&sim, &redis, &gws[0]).await;
+    let mut c = redis.conn().await;
+    let id = sim.add_completed(None);
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:g0:job:w:{id}"))
+        .arg("i am a string")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    for _ in 0..5 {
+        let reply = get(&gws[0], &job_path(uuid::Uuid::new_v4())).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    }
     assert_eq!(get(&gws[0], &job_path(id)).await.status, StatusCode::OK);
+    assert!(
+        gws[0].gateway.shared.as_ref().expect("shared").usable(),
+        "still shared"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        sim.calls_to(&job_path(id)),
-        1,
-        "one call once the dead lock expired"
+        get(&gws[1], &job_path(id)).await.cache(),
+        "hit",
+        "the entry was repaired"
+    );
+    // Junk in the generation counter: emptying everything still works everywhere.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:generation"))
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    let url = format!("{}/cache", gws[0].admin_url().expect("admin"));
+    let purged = common::send(
+        &common::client(),
+        Method::DELETE,
+        &url,
+        &[("authorization", "Bearer junk-purge-5c3")],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(purged.status, StatusCode::OK);
+    let started = Instant::now();
+    while get(&gws[1], &job_path(id)).await.cache() != "miss" {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the purge did not reach the other replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = gws[0].gateway.render_metrics().await;
+    assert_eq!(
+        common::metric_value(
+            &text,
+            "exagate_shared_requests_total{op=\"ping\",result=\"error\"}"
+        ),
+        0.0
     );
 }
 

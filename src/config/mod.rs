@@ -14,7 +14,7 @@ use http::Uri;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod shared;
-pub use shared::{redact_url, SharedConfig, StateConfig, UrlSource};
+pub use shared::{check_url as check_redis_url, redact_url, SharedConfig, StateConfig, UrlSource};
 
 /// A problem with the configuration file; the message names the key at fault.
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,11 @@ impl Cooldown {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The cap on any closing (`upstream.max_cooldown`).
+    pub fn max(&self) -> Duration {
+        self.lock().max.max(FIRST_BACKOFF)
+    }
+
     /// Changes the cap (reload).
     pub fn set_max(&self, max: Duration) {
         self.lock().max = max;

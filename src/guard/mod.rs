@@ -323,6 +323,8 @@ impl UpstreamGuard {
                     return Err(spent(wait));
                 }
                 Ok(Verdict::Closed(wait)) => {
+                    // Never longer than this gateway would close it for itself.
+                    let wait = wait.min(self.cooldown.max());
                     // Another replica's 429: this one's gate closes for as long, so it
                     // holds even if Redis goes away now.
                     metrics.quota_decision("shared", false);

@@ -26,12 +26,14 @@ enum Source {
     /// This process's bucket.
     Local(Arc<TokenBucket>),
     /// The account's quota on the shared tier (at this rate and burst), with the local
-    /// share to fall back on if Redis is away when the token is needed again.
+    /// share to fall back on if Redis is away when the token is needed again. `local`:
+    /// the local share was charged too (see [`Token::shared`]).
     Shared {
         shared: Arc<Shared>,
         rate: Option<Rate>,
         burst: Option<u32>,
         fallback: Arc<TokenBucket>,
+        local: bool,
     },
 }
 
@@ -45,19 +47,24 @@ impl Token {
         })
     }
 
-    /// A token the shared quota gave (given back there if unused).
+    /// A token the shared quota gave (given back there if unused). The local share is
+    /// charged as well, when it has a token: what this replica spends in shared mode is
+    /// then already spent from its share when Redis goes away, and an outage right after
+    /// the account's bucket ran dry hands out no fresh burst per replica.
     pub fn shared(
         shared: &Arc<Shared>,
         rate: Option<Rate>,
         burst: Option<u32>,
         fallback: &Arc<TokenBucket>,
     ) -> Token {
+        let local = fallback.try_take().is_ok();
         Token {
             source: Source::Shared {
                 shared: Arc::clone(shared),
                 rate,
                 burst,
                 fallback: Arc::clone(fallback),
+                local,
             },
             spent: false,
         }
@@ -72,6 +79,7 @@ impl Token {
                 rate,
                 burst,
                 fallback,
+                ..
             } => match shared.take(*rate, *burst).await {
                 Ok(crate::shared::quota::Verdict::Allowed(_)) => {
                     Ok(Token::shared(shared, *rate, *burst, fallback))
@@ -102,8 +110,14 @@ impl Drop for Token {
                 shared,
                 rate,
                 burst,
-                ..
-            } => shared.refund(*rate, *burst),
+                fallback,
+                local,
+            } => {
+                shared.refund(*rate, *burst);
+                if *local {
+                    fallback.give_back();
+                }
+            }
         }
     }
 }

@@ -313,6 +313,10 @@ fn restored(live: &Live, key: &CacheKey, envelope: &Envelope) -> Option<Answer> 
     let longest = u64::try_from(live.config.cache.longest_ttl().as_millis()).unwrap_or(u64::MAX);
     let mut envelope = envelope.clone();
     envelope.expires_at = envelope.expires_at.min(now.saturating_add(longest));
+    envelope.fetched_at = envelope
+        .fetched_at
+        .clamp(now.saturating_sub(longest), now)
+        .min(envelope.expires_at);
     Answer::restored(&envelope, body, now)
 }
 

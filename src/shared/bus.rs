@@ -90,7 +90,7 @@ impl Shared {
         let what = match what {
             Invalidation::Job(key) => {
                 let hash = self.keys.entry(self.generation(), &key);
-                let marker = self.lock_ttl_ms();
+                let marker = self.marker_ttl_ms();
                 let script = &self.scripts.purge;
                 self.run::<i64, _, _>("purge", true, |mut c| async move {
                     script.key(hash).arg(marker).invoke_async(&mut c).await
@@ -100,9 +100,10 @@ impl Shared {
             }
             Invalidation::All(_) => {
                 let counter = self.keys.generation();
+                let script = &self.scripts.next_generation;
                 let generation = self
                     .run::<u64, _, _>("purge", true, |mut c| async move {
-                        redis::cmd("INCR").arg(counter).query_async(&mut c).await
+                        script.key(counter).invoke_async(&mut c).await
                     })
                     .await?;
                 self.generation.fetch_max(generation, Ordering::AcqRel);
@@ -164,9 +165,10 @@ pub(super) async fn subscribe(shared: Arc<Shared>, gateway: Weak<Gateway>) {
         };
         // Read what "everything" is now, before trusting anything.
         let counter = s.keys.generation();
+        let script = &s.scripts.read_generation;
         let generation = s
             .run::<Option<u64>, _, _>("generation", true, |mut c| async move {
-                redis::cmd("GET").arg(counter).query_async(&mut c).await
+                script.key(counter).invoke_async(&mut c).await
             })
             .await;
         let Ok(generation) = generation else {

@@ -50,6 +50,9 @@ struct Scripts {
     store: Script,
     unlock: Script,
     purge: Script,
+    renew: Script,
+    next_generation: Script,
+    read_generation: Script,
     take: Script,
     refund: Script,
     close_gate: Script,
@@ -68,9 +71,9 @@ pub struct Shared {
     node: String,
     /// The generation of the names in use (see `keys`).
     generation: AtomicU64,
-    /// The coalescing lock's TTL, ms: above `upstream.timeout`, so a holder's fetch ends
-    /// (answer or deadline) before its lock does.
-    lock_ttl_ms: AtomicU64,
+    /// How long a job's purge mark refuses fills, ms: above `upstream.timeout`, so every
+    /// fill that began before the purge has ended before the mark does.
+    marker_ttl_ms: AtomicU64,
     /// The password, if the URL holds one: scrubbed from any error text before logging.
     password: Option<String>,
     /// Breaker: Redis is skipped until then (ms since `epoch`).
@@ -126,6 +129,9 @@ impl Shared {
                 store: Script::new(scripts::STORE),
                 unlock: Script::new(scripts::UNLOCK),
                 purge: Script::new(scripts::PURGE),
+                renew: Script::new(scripts::RENEW),
+                next_generation: Script::new(scripts::NEXT_GENERATION),
+                read_generation: Script::new(scripts::READ_GENERATION),
                 take: Script::new(scripts::TAKE),
                 refund: Script::new(scripts::REFUND),
                 close_gate: Script::new(scripts::CLOSE_GATE),
@@ -133,7 +139,7 @@ impl Shared {
             metrics,
             node: uuid::Uuid::new_v4().to_string(),
             generation: AtomicU64::new(0),
-            lock_ttl_ms: AtomicU64::new(0),
+            marker_ttl_ms: AtomicU64::new(0),
             password,
             broken_until: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -146,10 +152,10 @@ impl Shared {
         Ok(shared)
     }
 
-    /// Follows a reloaded `upstream.timeout` (the lock outlives it by 2 s).
+    /// Follows a reloaded `upstream.timeout` (the purge mark outlives it by 2 s).
     pub fn set_upstream_timeout(&self, timeout: Duration) {
         let ms = u64::try_from((timeout + Duration::from_secs(2)).as_millis()).unwrap_or(u64::MAX);
-        self.lock_ttl_ms.store(ms, Ordering::Relaxed);
+        self.marker_ttl_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The metrics it counts in.
@@ -157,8 +163,8 @@ impl Shared {
         &self.metrics
     }
 
-    fn lock_ttl_ms(&self) -> u64 {
-        self.lock_ttl_ms.load(Ordering::Relaxed)
+    fn marker_ttl_ms(&self) -> u64 {
+        self.marker_ttl_ms.load(Ordering::Relaxed)
     }
 
     fn generation(&self) -> u64 {
@@ -230,6 +236,13 @@ impl Shared {
                 self.metrics.shared_op(op, "ok");
                 Ok(value)
             }
+            Ok(Err(e)) if about_the_data(&e) => {
+                // One key holds something unexpected: that answer is a miss, and Redis
+                // stays in use for everything else.
+                self.metrics.shared_op(op, "invalid");
+                tracing::debug!(op, error = %self.describe(&e), "Redis refused a command over what a key holds");
+                Err(Unavailable)
+            }
             Ok(Err(e)) => {
                 self.metrics.shared_op(op, "error");
                 tracing::debug!(op, error = %self.describe(&e), "Redis command failed");
@@ -256,6 +269,23 @@ impl Shared {
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<bus::Invalidation>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether an error is about what one key holds (a wrong type, a value that is not a
+/// number, a script tripping over either, a reply of an unexpected shape) rather than
+/// about Redis being reachable and answering.
+fn about_the_data(e: &redis::RedisError) -> bool {
+    if matches!(
+        e.kind(),
+        redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse
+    ) && !e.is_io_error()
+    {
+        return true;
+    }
+    let text = e.to_string();
+    ["WRONGTYPE", "not an integer", "user_script", "attempt to "]
+        .iter()
+        .any(|sign| text.contains(sign))
 }
 
 /// Runs `task` on the current runtime, if there is one (a token dropped outside any

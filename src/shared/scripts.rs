@@ -6,10 +6,14 @@
 /// An answer, or the coalescing lock for it, or how long another replica's lock has left.
 ///
 /// KEYS: the job's hash, the answer's lock. ARGV: the field, a lock token, the lock's
-/// TTL (ms), and "1" to ignore a value (a corrupt one the caller could not read).
+/// lease (ms), and "1" to ignore a value (a corrupt one the caller could not read).
 /// Returns `{1, value}`, `{2, now_ms}` (locked by the caller: fetch, then store), or
-/// `{0, lock_pttl}` (another replica is fetching it: wait).
+/// `{0, lock_pttl}` (another replica is fetching it: wait). A hash of another type is
+/// dropped, and a lock that would outlive its lease (no TTL, a long one: not one of
+/// ours) is cut back to it, so no junk in Redis blocks a job for longer than a lease.
 pub const FIND_OR_LOCK: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 if ARGV[4] ~= '1' then
   local v = redis.call('HGET', KEYS[1], ARGV[1])
   if v then return {1, v} end
@@ -18,7 +22,22 @@ if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   local t = redis.call('TIME')
   return {2, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 end
-return {0, redis.call('PTTL', KEYS[2])}
+local left = redis.call('PTTL', KEYS[2])
+if left < 0 or left > tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  left = tonumber(ARGV[3])
+end
+return {0, left}
+";
+
+/// Extends a lock's lease while its holder is still fetching. KEYS: the lock. ARGV: the
+/// token, the lease (ms). Returns 1, or 0 if the lock is no longer the caller's.
+pub const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 ";
 
 /// Stores an answer fetched under a lock taken at ARGV[4], unless the job was purged
@@ -27,8 +46,10 @@ return {0, redis.call('PTTL', KEYS[2])}
 /// KEYS: the job's hash. ARGV: field, value, TTL (ms), the lock's time (ms).
 /// Returns 1 if stored, 0 if refused (a purge came after the fetch began).
 pub const STORE: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local purged = redis.call('HGET', KEYS[1], 'purged')
-if purged and tonumber(purged) >= tonumber(ARGV[4]) then return 0 end
+if purged and (tonumber(purged) or math.huge) >= tonumber(ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
@@ -56,6 +77,10 @@ return 1
 /// KEYS: the quota's arrival time, the gate. ARGV: the emission interval T (ms; 0 for no
 /// quota, the gate alone), the burst. Returns `{0, tokens_left}` (allowed), `{1, wait_ms}`
 /// (quota spent) or `{2, wait_ms}` (the gate is closed).
+///
+/// The stored arrival time is never trusted past what the current rate and burst allow
+/// (an empty bucket): a reload that changes the rate, or junk, must not lock the quota
+/// for longer than one interval; a value that is not a number is a full bucket.
 pub const TAKE: &str = r"
 local closed = redis.call('PTTL', KEYS[2])
 if closed > 0 then return {2, closed} end
@@ -64,8 +89,13 @@ if T == 0 then return {0, -1} end
 local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then redis.call('DEL', KEYS[1]) end
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
+if tat > now + burst * T then
+  tat = now + burst * T
+  redis.call('SET', KEYS[1], tat, 'PX', tat - now)
+end
 local new = tat + T
 local wait = new - burst * T - now
 if wait > 0 then return {1, wait} end
@@ -75,13 +105,36 @@ return {0, math.floor((burst * T - (new - now)) / T)}
 
 /// Gives back one token taken but not used. KEYS: the quota. ARGV: T (ms).
 pub const REFUND: &str = r"
-local tat = redis.call('GET', KEYS[1])
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
+local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local new = tonumber(tat) - tonumber(ARGV[1])
+local new = tat - tonumber(ARGV[1])
 if new <= now then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], new, 'PX', new - now) end
 return 1
+";
+
+/// Bumps the generation ("empty everything"). A value that is not a number (junk) is
+/// replaced by the time in seconds, above any count a gateway reached by bumping. KEYS:
+/// the counter.
+pub const NEXT_GENERATION: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+local v = redis.call('GET', KEYS[1])
+if v and (not tonumber(v) or tonumber(v) % 1 ~= 0 or tonumber(v) < 0) then
+  redis.call('SET', KEYS[1], redis.call('TIME')[1])
+end
+return redis.call('INCR', KEYS[1])
+";
+
+/// The generation now: 0 when there is none, or when what is there is not a count (the
+/// next bump repairs it). KEYS: the counter.
+pub const READ_GENERATION: &str = r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
+local v = tonumber(redis.call('GET', KEYS[1]))
+if not v or v % 1 ~= 0 or v < 0 then return 0 end
+return v
 ";
 
 /// Closes the 429 gate for ARGV[1] ms, never shortening a closing in force. KEYS: the gate.

@@ -4,8 +4,10 @@
 //! With the answer, it is a hit. With the lock, this replica fetches, stores the answer
 //! in Redis (in the background: writing never delays the answer) and lets the lock go.
 //! Without either, another replica is fetching: poll until its answer is there, its
-//! lock is gone (then take it), or the request's own deadline. A lock holder that dies
-//! costs one more call once its lock expires (`upstream.timeout` + 2 s).
+//! lock is gone (then take it), or the request's own deadline. The lock is a short lease
+//! (`LEASE`) that its holder renews while it fetches: a holder that dies or freezes
+//! stops renewing, its lock is gone within a lease, and a waiting replica takes over
+//! (one more call) well inside its own deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +21,30 @@ use crate::cache::{CacheKey, Envelope};
 /// How often a replica waiting for another's fetch looks again.
 const POLL: Duration = Duration::from_millis(25);
 
-/// The coalescing lock for one answer, held by this replica.
+/// How long a lock lives unless renewed; its holder renews it every third of that.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// The coalescing lock for one answer, held by this replica (renewed in the background
+/// until it is let go or dropped).
 #[derive(Debug)]
 pub struct Lock {
     key: String,
     token: String,
     /// Redis's clock when it was taken: a purge after it refuses this fetch's answer.
     taken_at: u64,
+    /// The hash the answer goes to (of the generation the lock was taken in).
+    hash: String,
+    renewing: tokio::task::AbortHandle,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.renewing.abort();
+    }
+}
+
+fn lease_ms() -> u64 {
+    u64::try_from(LEASE.as_millis()).unwrap_or(3000)
 }
 
 /// What Redis said about a local miss.
@@ -44,7 +63,11 @@ pub enum Found {
 impl Shared {
     /// Looks for `key` in Redis, waiting (until `deadline`) while another replica fetches
     /// it.
-    pub async fn find_or_lock(&self, key: &CacheKey, deadline: tokio::time::Instant) -> Found {
+    pub async fn find_or_lock(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        deadline: tokio::time::Instant,
+    ) -> Found {
         let generation = self.generation();
         let hash = self.keys.entry(generation, key.job());
         let lock = self.keys.lock(generation, key);
@@ -55,7 +78,7 @@ impl Shared {
         loop {
             let script = &self.scripts.find_or_lock;
             let (hash, lock_key, field, token) = (&hash, &lock, &field, &token);
-            let ttl = self.lock_ttl_ms();
+            let ttl = lease_ms();
             let reply = self
                 .run::<Vec<Value>, _, _>("lookup", false, |mut c| async move {
                     script
@@ -95,10 +118,14 @@ impl Shared {
                         // The holder let go without an answer (its fetch failed) or died.
                         self.metrics.lock_takeovers.inc();
                     }
+                    let renewing =
+                        tokio::spawn(renew(Arc::downgrade(self), lock.clone(), token.clone()));
                     return Found::Fetch(Lock {
                         key: lock.clone(),
                         token: token.clone(),
                         taken_at: u64::try_from(*taken_at).unwrap_or(0),
+                        hash: hash.clone(),
+                        renewing: renewing.abort_handle(),
                     });
                 }
                 [Value::Int(0), _] => {
@@ -143,7 +170,7 @@ impl Shared {
     /// `None` for an answer that is not stored: the lock alone goes.
     pub fn store(self: &Arc<Self>, key: &CacheKey, envelope: Option<Envelope>, lock: Lock) {
         let shared = Arc::clone(self);
-        let hash = self.keys.entry(self.generation(), key.job());
+        let hash = lock.hash.clone();
         let field = Keys::field(key);
         super::spawn(async move {
             if let Some(envelope) = envelope {
@@ -176,6 +203,7 @@ impl Shared {
 
     /// Lets a lock go if this replica still holds it.
     async fn release(&self, lock: Lock) {
+        lock.renewing.abort();
         let script = &self.scripts.unlock;
         let _ = self
             .run::<i64, _, _>("unlock", true, |mut c| async move {
@@ -195,6 +223,30 @@ impl Shared {
             Ok(())
         } else {
             Err(Unavailable)
+        }
+    }
+}
+
+/// Renews a lock's lease for as long as its holder holds it (aborted when it lets go).
+async fn renew(shared: std::sync::Weak<Shared>, key: String, token: String) {
+    loop {
+        tokio::time::sleep(LEASE / 3).await;
+        let Some(s) = shared.upgrade() else { return };
+        let script = &s.scripts.renew;
+        let (key, token) = (&key, &token);
+        let renewed = s
+            .run::<i64, _, _>("renew", true, |mut c| async move {
+                script
+                    .key(key)
+                    .arg(token)
+                    .arg(lease_ms())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        if renewed == Ok(0) {
+            // Not ours any more (it expired while Redis was away): nothing to renew.
+            return;
         }
     }
 }
