@@ -461,7 +461,7 @@ fn measure(options: &Options, plan: &Plan, tools: &Tools, dir: &Path) -> Result<
     }
     if options.runs(Scenario::Shared) {
         println!("\n== shared tier (in-process, real redis-server)");
-        results.shared = scenarios::shared::measure(plan)?;
+        results.shared = scenarios::shared::measure(plan, tools, dir)?;
     }
     Ok(results)
 }

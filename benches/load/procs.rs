@@ -279,6 +279,18 @@ pub fn start_gateway(
     logging: Logging,
     cache_size: &str,
 ) -> Result<Server, BoxError> {
+    start_gateway_with(dir, name, sim, logging, cache_size, "")
+}
+
+/// [`start_gateway`], with `extra` appended to its config (a `[shared]` section).
+pub fn start_gateway_with(
+    dir: &Path,
+    name: &str,
+    sim: SocketAddr,
+    logging: Logging,
+    cache_size: &str,
+    extra: &str,
+) -> Result<Server, BoxError> {
     let addr = free_addr()?;
     let admin = free_addr()?;
     let level = match logging {
@@ -307,7 +319,7 @@ listen = "{admin}"
 [log]
 level = "{level}"
 format = "text"
-"#
+{extra}"#
     );
     let path = dir.join(format!("{name}.toml"));
     fs::write(&path, config)?;

@@ -227,7 +227,7 @@ pub fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
     }
     if let Some(shared) = &results.shared {
         rows.push(gateway_row(
-            format!("local hits with [shared] on, against off ({CONNS} conns, in-process)"),
+            format!("local hits with [shared] on, against off ({CONNS} conns, two processes)"),
             format!(
                 "{:.1}% ({} vs {})",
                 shared.hit_ratio() * 100.0,

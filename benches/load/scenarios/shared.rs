@@ -1,8 +1,9 @@
-//! (f) The shared tier (`[shared]`), in-process against a real `redis-server` the harness
-//! starts on a free loopback port: local-hit throughput with the tier on against off
-//! (local hits never touch Redis, so they must match); what a hit from Redis costs over a
-//! local hit; and replicas behind round-robin under a team workload, as upstream calls
-//! per job against one gateway's.
+//! (f) The shared tier (`[shared]`), against a real `redis-server` the harness starts on
+//! a free loopback port: local-hit throughput with the tier on against off, two gateway
+//! processes measured as the headline throughput is (local hits never touch Redis, so
+//! they must match); then, in-process (the simulator's counters are read there), what a
+//! hit from Redis costs over a local hit, and replicas behind round-robin under a team
+//! workload, as upstream calls per job against one gateway's.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,9 +17,12 @@ use exagate::{Config, RunningGateway};
 use http::HeaderMap;
 use tokio::net::TcpListener;
 
-use crate::client::{closed_loop, quantile, Conn, Stop};
-use crate::scenarios::{CONNS, PADDING};
-use crate::{BoxError, Plan};
+use std::path::Path;
+
+use crate::client::{quantile, Conn};
+use crate::procs::{self, Logging};
+use crate::scenarios::{throughput, CONNS, PADDING};
+use crate::{warm, wrk, BoxError, Plan, Tools};
 
 /// What the shared-tier scenarios measured.
 pub struct Shared {
@@ -146,7 +150,7 @@ async fn sim(pending: Duration, processing: Duration) -> Result<Simulator, BoxEr
 }
 
 /// Runs the three; `None` when redis-server is not installed.
-pub fn measure(plan: &Plan) -> Result<Option<Shared>, BoxError> {
+pub fn measure(plan: &Plan, tools: &Tools, dir: &Path) -> Result<Option<Shared>, BoxError> {
     let Some(redis) = start_redis()? else {
         println!("shared: no redis-server on this machine, skipped");
         return Ok(None);
@@ -155,32 +159,59 @@ pub fn measure(plan: &Plan) -> Result<Option<Shared>, BoxError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run(plan, &redis)).map(Some)
+    let (off_rps, on_rps) = local_hits(plan, tools, dir, &redis, &rt)?;
+    rt.block_on(run(plan, &redis, off_rps, on_rps)).map(Some)
 }
 
-async fn run(plan: &Plan, redis: &Redis) -> Result<Shared, BoxError> {
-    // Local hits, off against on: the same warmed paths, rounds interleaved.
-    let upstream = sim(Duration::from_secs(1), Duration::from_secs(1)).await?;
-    let ids = upstream.seed_completed(None, plan.hit_jobs.min(1000));
-    let paths: Arc<Vec<String>> =
-        Arc::new(ids.iter().map(|id| format!("/v2/extract/{id}")).collect());
-    let off = gateway(&upstream, None).await?;
-    let on = gateway(&upstream, Some(redis)).await?;
-    for gw in [&off, &on] {
-        closed_loop(gw.addr, Arc::clone(&paths), 10, Stop::EachOnce).await?;
+/// Local-hit throughput of two gateway processes in front of one simulator, one with
+/// `[shared]` and one without, measured as the headline throughput is (wrk when
+/// installed), rounds in ABBA order so neither gets the quieter half of the run.
+fn local_hits(
+    plan: &Plan,
+    tools: &Tools,
+    dir: &Path,
+    redis: &Redis,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(f64, f64), BoxError> {
+    let jobs = plan.hit_jobs.min(1000);
+    let sim = procs::start_sim(dir, "shared-sim", jobs, PADDING)?;
+    let paths: Arc<Vec<String>> = Arc::new(
+        sim.ids
+            .iter()
+            .map(|id| format!("/v2/extract/{id}"))
+            .collect(),
+    );
+    let shared = format!(
+        "\n[shared]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnamespace = \"exagate-bench\"\n",
+        redis.port
+    );
+    let off = procs::start_gateway(dir, "shared-off", sim.addr, Logging::Off, "256MiB")?;
+    let on =
+        procs::start_gateway_with(dir, "shared-on", sim.addr, Logging::Off, "256MiB", &shared)?;
+    // Shared mode is on within a few probes.
+    std::thread::sleep(Duration::from_millis(1500));
+    for server in [&off, &on] {
+        rt.block_on(warm::gateway(server.addr, &paths))?;
     }
+    let script = wrk::write_script(dir, &paths)?;
     let (mut off_rps, mut on_rps) = (0f64, 0f64);
-    // Off, on, then on, off, and so on (ABBA): neither gets the warmer or the quieter
-    // half of the run.
     for round in 0..plan.rounds.max(2) * 2 {
-        let on_now = (round % 4 == 1) || (round % 4 == 2);
-        let addr = if on_now { on.addr } else { off.addr };
-        let r = closed_loop(addr, Arc::clone(&paths), CONNS, Stop::After(plan.duration)).await?;
+        let on_now = round % 4 == 1 || round % 4 == 2;
+        let server = if on_now { &on } else { &off };
+        let t = throughput::once(rt, tools, &script, &paths, server, CONNS, plan.duration)?;
         let best = if on_now { &mut on_rps } else { &mut off_rps };
-        *best = best.max(r.rps());
+        *best = best.max(t.rps);
     }
     println!("shared: local hits {off_rps:.0} req/s with the tier off, {on_rps:.0} on");
+    on.proc.stop();
+    off.proc.stop();
+    sim.proc.stop();
+    Ok((off_rps, on_rps))
+}
 
+async fn run(plan: &Plan, redis: &Redis, off_rps: f64, on_rps: f64) -> Result<Shared, BoxError> {
+    let upstream = sim(Duration::from_secs(1), Duration::from_secs(1)).await?;
+    let on = gateway(&upstream, Some(redis)).await?;
     // A hit from Redis against a local hit: jobs filled through one replica, then read
     // twice through another.
     let other = gateway(&upstream, Some(redis)).await?;
@@ -210,7 +241,7 @@ async fn run(plan: &Plan, redis: &Redis) -> Result<Shared, BoxError> {
         "shared: {} reads: a hit from Redis {redis_hit_us:.0} µs, a local hit {local_hit_us:.0} µs (medians)",
         remote.len()
     );
-    for gw in [off, on, other] {
+    for gw in [on, other] {
         gw.shutdown().await;
     }
     upstream.shutdown().await;

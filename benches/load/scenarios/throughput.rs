@@ -101,7 +101,7 @@ pub fn sweep(
 /// A run that completes no request, or whose report cannot be read, fails with what is
 /// known about the server (running or not, its stderr, the free disk): a bare "0
 /// requests" from CI says nothing about why.
-fn once(
+pub fn once(
     rt: &tokio::runtime::Runtime,
     tools: &Tools,
     script: &Path,
