@@ -168,6 +168,8 @@ impl Effective {
             .arg("--config")
             .arg(path)
             .env("EXABASE_API_KEY", KEY)
+            // What the overlay's Secret provides (check reads it, as it reads the key).
+            .env("EXAGATE_REDIS_URL", "redis://exagate-redis:6379/0")
             .env_remove("EXAGATE_CONFIG")
             .output()
             .expect("run exagate check");
