@@ -465,13 +465,13 @@ async fn redis_killed_mid_traffic_degrades_and_comes_back() {
     }
     redis.kill();
     // A Redis command waits at most shared.timeout (250 ms); a miss, an upstream call more.
-    traffic(&sim, gw, &warm, 10, Duration::from_secs(2)).await;
+    traffic(&sim, gw, &warm, 10, Duration::from_millis(2500)).await;
     wait_shared(gw, false).await;
     assert_eq!(
         common::metric_value(&gw.gateway.render_metrics().await, "exagate_shared_mode"),
         0.0
     );
-    traffic(&sim, gw, &warm, 5, Duration::from_secs(2)).await;
+    traffic(&sim, gw, &warm, 5, Duration::from_millis(2500)).await;
     redis.restart().await;
     wait_shared(gw, true).await;
     // Its subscription came back after a loss: what it holds may have missed
@@ -501,14 +501,14 @@ async fn redis_frozen_mid_traffic_holds_no_request_past_the_timeout() {
     }
     redis.freeze();
     for gw in &gws {
-        traffic(&sim, gw, &warm, 8, Duration::from_secs(2)).await;
+        traffic(&sim, gw, &warm, 8, Duration::from_millis(2500)).await;
     }
     wait_shared(&gws[0], false).await;
     redis.thaw();
     for gw in &gws {
         wait_shared(gw, true).await;
     }
-    traffic(&sim, &gws[1], &warm, 3, Duration::from_secs(2)).await;
+    traffic(&sim, &gws[1], &warm, 3, Duration::from_millis(2500)).await;
 }
 
 // The Redis password is a secret like the key: not in any log line at the most verbose
@@ -693,13 +693,17 @@ async fn a_dead_lock_holder_costs_one_call_and_no_error() {
         ("a lock with no TTL", None),
     ] {
         let id = sim.add_completed(None);
-        let lock = format!("{prefix}:g0:lock:w:{id}:job");
+        let lock = format!(
+            "{prefix}:{}:lock:w:{id}:job",
+            generation(&redis, &prefix).await
+        );
         let mut set = redis::cmd("SET");
         set.arg(&lock).arg("dead-holder");
         if let Some(ms) = ttl {
             set.arg("PX").arg(ms);
         }
         let _: () = set.query_async(&mut c).await.expect("SET");
+        wait_shared(&gws[0], true).await;
         let started = Instant::now();
         let reply = get(&gws[0], &job_path(id)).await;
         assert_eq!(
@@ -719,6 +723,20 @@ async fn a_dead_lock_holder_costs_one_call_and_no_error() {
         common::metric_value(&metrics, "exagate_shared_lock_takeovers_total"),
         2.0
     );
+}
+
+/// The generation part (`g{n}`) of the names under `prefix` now.
+async fn generation(redis: &RedisServer, prefix: &str) -> String {
+    let mut c = redis.conn().await;
+    // Anything but a count (junk a test put there) reads as "g?".
+    let n: Result<Option<u64>, _> = redis::cmd("GET")
+        .arg(format!("{prefix}:generation"))
+        .query_async(&mut c)
+        .await;
+    match n {
+        Ok(n) => format!("g{}", n.unwrap_or(0)),
+        Err(_) => "g?".into(),
+    }
 }
 
 /// The prefix of a replica's Redis names, read from an entry it stored.
@@ -852,7 +870,10 @@ async fn a_key_of_the_wrong_type_is_one_miss_not_an_outage() {
     let mut c = redis.conn().await;
     let id = sim.add_completed(None);
     let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}:g0:job:w:{id}"))
+        .arg(format!(
+            "{prefix}:{}:job:w:{id}",
+            generation(&redis, &prefix).await
+        ))
         .arg("i am a string")
         .query_async(&mut c)
         .await
@@ -1083,7 +1104,36 @@ async fn a_poisoned_shared_entry_is_never_served_as_it_is() {
         .trim_start_matches("private, max-age=")
         .parse()
         .expect("secs");
-    assert!(max_age <= 7 * 24 * 3600, "kept for {max_age} s");
+    assert!(max_age <= 24 * 3600, "a completed job for {max_age} s");
+    // A failed job claiming an hour: this replica keeps failed jobs 30 s.
+    let failed = sim.add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    let failed_body = common::send(
+        &common::client(),
+        Method::GET,
+        &format!("{}{}", sim.url(), job_path(failed)),
+        &[("x-api-key", common::KEY)],
+        Default::default(),
+    )
+    .await
+    .body;
+    let hash = format!("{prefix}:job:w:{failed}");
+    let hour = envelope(200, failed_body, Some(JobState::Failed), now + 3_600_000);
+    let _: () = redis::cmd("HSET")
+        .arg(&hash)
+        .arg("job")
+        .arg(hour)
+        .query_async(&mut c)
+        .await
+        .expect("HSET");
+    let reply = get(&gws[0], &job_path(failed)).await;
+    assert_eq!(reply.cache(), "hit");
+    let max_age: u64 = reply.headers["cache-control"]
+        .to_str()
+        .expect("ascii")
+        .trim_start_matches("private, max-age=")
+        .parse()
+        .expect("secs");
+    assert!(max_age <= 30, "a failed job for {max_age} s");
 }
 
 // A purge made while Redis is away is not lost: it reaches the other replicas once Redis
@@ -1135,4 +1185,244 @@ async fn a_purge_during_a_redis_outage_reaches_the_others_when_it_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// A password refused once (a rotation race, a failover) leaves no connection stuck on the
+// refusal: shared mode comes back by itself when Redis takes the password again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_mode_comes_back_after_redis_refused_the_password_for_a_while() {
+    const PASSWORD: &str = "rotate-me-3d9";
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start_with(Some(PASSWORD)).await;
+    let gws = replicas(&sim, &redis, 1, |_| {}).await;
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("another-one")
+        .query_async(&mut c)
+        .await
+        .expect("CONFIG");
+    for kind in ["normal", "pubsub"] {
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .query_async(&mut c)
+            .await
+            .unwrap_or(redis::Value::Nil);
+    }
+    wait_shared(&gws[0], false).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut c = redis::Client::open(redis.url().replace(PASSWORD, "another-one"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect with the new password");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(PASSWORD)
+        .query_async(&mut c)
+        .await
+        .expect("CONFIG");
+    wait_shared(&gws[0], true).await;
+}
+
+// Whatever the generation counter holds (the largest integer, a hash, nothing), emptying
+// everything works on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emptying_everything_survives_any_generation_counter() {
+    std::env::set_var("EXAGATE_TEST_SHARED_GEN", "gen-purge-8e4");
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |c| {
+        c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.admin.token_env = "EXAGATE_TEST_SHARED_GEN".into();
+    })
+    .await;
+    let prefix = name_prefix(&sim, &redis, &gws[0]).await;
+    let mut c = redis.conn().await;
+    let counter = format!("{prefix}:generation");
+    for (case, junk) in [
+        ("int64 max", Some("9223372036854775806")),
+        ("a hash", None),
+        ("gone", Some("")),
+    ] {
+        match junk {
+            Some("") => {
+                let _: () = redis::cmd("DEL")
+                    .arg(&counter)
+                    .query_async(&mut c)
+                    .await
+                    .expect("DEL");
+            }
+            Some(value) => {
+                let _: () = redis::cmd("SET")
+                    .arg(&counter)
+                    .arg(value)
+                    .query_async(&mut c)
+                    .await
+                    .expect("SET");
+            }
+            None => {
+                let _: () = redis::cmd("DEL")
+                    .arg(&counter)
+                    .query_async(&mut c)
+                    .await
+                    .expect("DEL");
+                let _: () = redis::cmd("HSET")
+                    .arg(&counter)
+                    .arg("x")
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await
+                    .expect("HSET");
+            }
+        }
+        // Both replicas follow the counter within a probe (one repairs it first).
+        let started = Instant::now();
+        loop {
+            let now = generation(&redis, &prefix).await;
+            let same = gws.iter().all(|gw| {
+                let g = gw
+                    .gateway
+                    .shared
+                    .as_ref()
+                    .expect("shared")
+                    .current_generation();
+                format!("g{g}") == now
+            });
+            if same && now != "g0" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{case}: replicas on {now}?"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..2 {
+            let id = sim.add_completed(None);
+            assert_eq!(get(&gws[0], &job_path(id)).await.cache(), "miss", "{case}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                get(&gws[1], &job_path(id)).await.cache(),
+                "hit",
+                "{case}: shared"
+            );
+            let url = format!("{}/cache", gws[0].admin_url().expect("admin"));
+            let purged = common::send(
+                &common::client(),
+                Method::DELETE,
+                &url,
+                &[("authorization", "Bearer gen-purge-8e4")],
+                Default::default(),
+            )
+            .await;
+            assert_eq!(purged.status, StatusCode::OK);
+            let started = Instant::now();
+            loop {
+                let a = get(&gws[0], &job_path(id)).await.cache().to_string();
+                let b = get(&gws[1], &job_path(id)).await.cache().to_string();
+                if a != "hit" || b != "hit" {
+                    // Purged: neither serves the old entry from Redis any more.
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "{case}: the purge did nothing"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+// A gate key that would stay closed longer than upstream.max_cooldown is cut back to it,
+// and then opens; a replica that spent nothing knows what the account had left when it
+// loses Redis; a purge mark that no purge made refuses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_gates_outages_and_marks_cost_no_more_than_their_due() {
+    let sim = start_sim(false).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(&sim, &redis, 2, |c| {
+        c.upstream.max_cooldown = Duration::from_secs(2);
+        c.upstream.rate_limit = Some(Rate {
+            count: 6,
+            per: Duration::from_secs(3600),
+        });
+        c.upstream.rate_limit_burst = Some(6);
+    })
+    .await;
+    let prefix = name_prefix(&sim, &redis, &gws[0]).await;
+    let mut c = redis.conn().await;
+    // A purge mark from nowhere (in the future): the fill is stored anyway.
+    let marked = sim.add_completed(None);
+    let _: () = redis::cmd("HSET")
+        .arg(format!(
+            "{prefix}:{}:job:w:{marked}",
+            generation(&redis, &prefix).await
+        ))
+        .arg("purged")
+        .arg("99999999999999")
+        .query_async(&mut c)
+        .await
+        .expect("HSET");
+    assert_eq!(get(&gws[0], &job_path(marked)).await.cache(), "miss");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        get(&gws[1], &job_path(marked)).await.cache(),
+        "hit",
+        "the junk mark refused the fill"
+    );
+    // A gate closed for an hour: cut back to max_cooldown (2 s), then open.
+    let gate = format!("{prefix}:cooldown");
+    let _: () = redis::cmd("SET")
+        .arg(&gate)
+        .arg("1")
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    let closed = get(&gws[0], &job_path(sim.add_completed(None))).await;
+    assert_eq!(closed.error_code(), "upstream_rate_limited");
+    let left: i64 = redis::cmd("PTTL")
+        .arg(&gate)
+        .query_async(&mut c)
+        .await
+        .expect("PTTL");
+    assert!(left <= 2000, "the gate key was not cut back: {left} ms");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        get(&gws[0], &job_path(sim.add_completed(None)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Spend the account's bucket through the first replica only.
+    while get(&gws[0], &job_path(sim.add_completed(None)))
+        .await
+        .status
+        == StatusCode::OK
+    {}
+    let calls = sim.calls();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.freeze();
+    wait_shared(&gws[1], false).await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(&gws[1], &job_path(sim.add_completed(None)))
+                .await
+                .status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    assert_eq!(
+        sim.calls(),
+        calls,
+        "the replica that spent nothing handed out a fresh burst"
+    );
+    redis.thaw();
 }

@@ -101,6 +101,15 @@ impl TokenBucket {
             .is_some()
     }
 
+    /// Brings the tokens down to at most `tokens` (never up).
+    pub fn cap_at(&self, tokens: f64) {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = guard.as_mut() {
+            state.refill(Instant::now());
+            state.tokens = state.tokens.min(tokens.max(0.0));
+        }
+    }
+
     /// The most tokens it holds (`None`: unlimited), for metrics.
     pub fn capacity(&self) -> Option<f64> {
         let guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);

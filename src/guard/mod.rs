@@ -225,11 +225,14 @@ impl UpstreamGuard {
         UpstreamGuard {
             cooldown: Cooldown::new(config.max_cooldown),
             bucket: Arc::new(TokenBucket::new(rate, burst)),
-            shared: shared.map(|(shared, max_replicas)| SharedQuota {
-                shared,
-                rate: std::sync::Mutex::new((config.rate_limit, config.rate_limit_burst)),
-                max_replicas,
-                left: std::sync::atomic::AtomicI64::new(-1),
+            shared: shared.map(|(shared, max_replicas)| {
+                shared.set_quota(config.rate_limit, config.rate_limit_burst);
+                SharedQuota {
+                    shared,
+                    rate: std::sync::Mutex::new((config.rate_limit, config.rate_limit_burst)),
+                    max_replicas,
+                    left: std::sync::atomic::AtomicI64::new(-1),
+                }
             }),
             lookups: Pool::new(
                 config.max_concurrent,
@@ -256,6 +259,9 @@ impl UpstreamGuard {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) =
                 (config.rate_limit, config.rate_limit_burst);
+            shared
+                .shared
+                .set_quota(config.rate_limit, config.rate_limit_burst);
         }
         self.lookups.resize(config.max_concurrent);
         self.streams.resize(config.max_streams);
@@ -309,7 +315,7 @@ impl UpstreamGuard {
         if let Some(quota) = &self.shared {
             let (rate, burst) = quota.rate();
             let metrics = quota.shared.metrics();
-            match quota.shared.take(rate, burst).await {
+            match quota.shared.take(rate, burst, self.cooldown.max()).await {
                 Ok(Verdict::Allowed(left)) => {
                     quota.left.store(left, Ordering::Relaxed);
                     metrics.quota_decision("shared", true);
@@ -336,6 +342,14 @@ impl UpstreamGuard {
                     ));
                 }
                 Err(_) => {
+                    if quota.shared.take_lost() {
+                        // Just lost Redis: this replica's share is its part of what the
+                        // account had left (as the last probe saw it), not a fresh burst.
+                        if let Some(left) = quota.shared.account_left() {
+                            let replicas = f64::from(quota.max_replicas.max(1));
+                            self.bucket.cap_at((left as f64 / replicas).floor());
+                        }
+                    }
                     if self.bucket.is_limited() {
                         let taken = Token::take(&self.bucket);
                         metrics.quota_decision("local", taken.is_ok());

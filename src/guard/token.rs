@@ -13,6 +13,10 @@ use super::TokenBucket;
 use crate::config::Rate;
 use crate::shared::Shared;
 
+/// The longest 429 gate a resend's token will believe (the guard's own cap applied to
+/// the first token already; this only bounds a junk value).
+const RESEND_GATE_CAP: Duration = Duration::from_secs(3600);
+
 /// One token of one bucket.
 pub struct Token {
     /// Where it came from (and goes back to).
@@ -80,7 +84,7 @@ impl Token {
                 burst,
                 fallback,
                 ..
-            } => match shared.take(*rate, *burst).await {
+            } => match shared.take(*rate, *burst, RESEND_GATE_CAP).await {
                 Ok(crate::shared::quota::Verdict::Allowed(_)) => {
                     Ok(Token::shared(shared, *rate, *burst, fallback))
                 }

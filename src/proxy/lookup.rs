@@ -204,12 +204,14 @@ async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -
     let mut lock = None;
     if let Some(shared) = gw.shared.as_ref().filter(|s| s.usable()) {
         match shared.find_or_lock(key, deadline).await {
-            Found::Hit(envelope) => match restored(&live, key, &envelope) {
-                Some(answer) => return Ok(keep(gw, key, Arc::new(answer), epoch).await),
-                None => {
-                    tracing::warn!(job = %key.job(), "the shared tier held an unusable answer: fetching it")
+            Found::Hit(envelope) => {
+                match restored(&live, key, &envelope, parent_left(gw, key).await) {
+                    Some(answer) => return Ok(keep(gw, key, Arc::new(answer), epoch).await),
+                    None => {
+                        tracing::warn!(job = %key.job(), "the shared tier held an unusable answer: fetching it")
+                    }
                 }
-            },
+            }
             Found::Fetch(held) => lock = Some(held),
             Found::TimedOut => return Err(timeout()),
             Found::Unavailable => {}
@@ -288,8 +290,16 @@ fn shared_envelope(answer: &Answer, original: bytes::Bytes) -> Option<Envelope> 
 /// its own public URL (and checked to be the job asked for), a chunks body checked to be
 /// JSON, and kept here no longer than this replica's own longest lifetime. `None` if it
 /// is not what this replica would have stored (Redis is input like any other).
-fn restored(live: &Live, key: &CacheKey, envelope: &Envelope) -> Option<Answer> {
-    let body = match (key, envelope.status) {
+fn restored(
+    live: &Live,
+    key: &CacheKey,
+    envelope: &Envelope,
+    parent_left: Option<Duration>,
+) -> Option<Answer> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    // What this replica's own rules would keep it for now: the answer's life here is at
+    // most that, whatever the envelope says.
+    let (body, allowed) = match (key, envelope.status) {
         (CacheKey::Job(k), StatusCode::OK) => {
             let (body, facts) = live.rewriter.rewrite_job(&envelope.body).ok()?;
             let same = facts
@@ -300,24 +310,59 @@ fn restored(live: &Live, key: &CacheKey, envelope: &Envelope) -> Option<Answer> 
             if !same || Some(facts.state) != envelope.job_state {
                 return None;
             }
-            body
+            let decision =
+                live.policy
+                    .for_job(facts.state, facts.created_at, OffsetDateTime::now_utc());
+            match decision {
+                Decision::Store(ttl) => (body, ttl),
+                Decision::Skip(_) => return None,
+            }
         }
         (CacheKey::Chunks(..), StatusCode::OK) => {
+            // Chunks live while their job is known completed, and no longer than it.
+            let parent = parent_left?;
             serde_json::from_slice::<serde::de::IgnoredAny>(&envelope.body).ok()?;
-            envelope.body.clone()
+            (envelope.body.clone(), parent)
         }
-        (_, StatusCode::NOT_FOUND) => envelope.body.clone(),
+        (_, StatusCode::NOT_FOUND) => match live.policy.for_not_found() {
+            Decision::Store(ttl) => (envelope.body.clone(), ttl),
+            Decision::Skip(_) => return None,
+        },
         _ => return None,
     };
     let now = now_ms();
-    let longest = u64::try_from(live.config.cache.longest_ttl().as_millis()).unwrap_or(u64::MAX);
+    let longest = ms(live.config.cache.longest_ttl());
     let mut envelope = envelope.clone();
-    envelope.expires_at = envelope.expires_at.min(now.saturating_add(longest));
+    envelope.expires_at = envelope
+        .expires_at
+        .min(now.saturating_add(longest))
+        .min(now.saturating_add(ms(allowed)));
     envelope.fetched_at = envelope
         .fetched_at
-        .clamp(now.saturating_sub(longest), now)
+        .clamp(envelope.expires_at.saturating_sub(longest), now)
         .min(envelope.expires_at);
     Answer::restored(&envelope, body, now)
+}
+
+/// How long a chunks answer's job stays true, if this replica or the shared tier holds it
+/// as completed; `None` for a job answer (which needs no parent) or an unknown job.
+async fn parent_left(gw: &Gateway, key: &CacheKey) -> Option<Duration> {
+    let CacheKey::Chunks(job, _) = key else {
+        return None;
+    };
+    let parent = CacheKey::Job(*job);
+    if let Some(local) = gw.cache.get(&parent, Instant::now()).await {
+        if local.job_state == Some(JobState::Completed) {
+            return local
+                .expires_at
+                .map(|at| at.saturating_duration_since(Instant::now()));
+        }
+    }
+    let shared = gw.shared.as_ref()?;
+    let envelope = shared.peek(&parent).await?;
+    (envelope.job_state == Some(JobState::Completed))
+        .then(|| envelope.left(now_ms()))
+        .flatten()
 }
 
 /// Builds the answer for a job lookup: a 200 is validated and rewritten, a 404 kept

@@ -106,7 +106,7 @@ impl Shared {
                         script.key(counter).invoke_async(&mut c).await
                     })
                     .await?;
-                self.generation.fetch_max(generation, Ordering::AcqRel);
+                self.generation.store(generation, Ordering::Release);
                 Invalidation::All(generation)
             }
         };
@@ -164,20 +164,25 @@ pub(super) async fn subscribe(shared: Arc<Shared>, gateway: Weak<Gateway>) {
             }
         };
         // Read what "everything" is now, before trusting anything.
-        let counter = s.keys.generation();
-        let script = &s.scripts.read_generation;
+        let (counter, quota) = (s.keys.generation(), s.keys.quota());
+        let script = &s.scripts.probe;
         let generation = s
-            .run::<Option<u64>, _, _>("generation", true, |mut c| async move {
-                script.key(counter).invoke_async(&mut c).await
+            .run::<(u64, i64), _, _>("generation", true, |mut c| async move {
+                script
+                    .key(counter)
+                    .key(quota)
+                    .arg(0)
+                    .arg(0)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await;
-        let Ok(generation) = generation else {
+        let Ok((generation, _)) = generation else {
             drop(s);
             tokio::time::sleep(backoff).await;
             continue;
         };
-        s.generation
-            .store(generation.unwrap_or(0), Ordering::Release);
+        s.generation.store(generation, Ordering::Release);
         if lost_before {
             if let Some(gw) = gateway.upgrade() {
                 gw.cache.invalidate_all().await;
@@ -231,7 +236,8 @@ async fn received(shared: &Shared, gw: &Gateway, payload: &[u8]) {
     match what {
         Invalidation::Job(key) => gw.cache.invalidate_scoped(key).await,
         Invalidation::All(generation) => {
-            shared.generation.fetch_max(generation, Ordering::AcqRel);
+            // The sender's bump is the counter's value now (messages arrive in order).
+            shared.generation.store(generation, Ordering::Release);
             gw.cache.invalidate_all().await;
         }
     }

@@ -52,7 +52,7 @@ struct Scripts {
     purge: Script,
     renew: Script,
     next_generation: Script,
-    read_generation: Script,
+    probe: Script,
     take: Script,
     refund: Script,
     close_gate: Script,
@@ -60,7 +60,9 @@ struct Scripts {
 
 /// The handle every replica's requests share.
 pub struct Shared {
-    conn: ConnectionManager,
+    /// The command connection; replaced when it keeps failing (see `watch`).
+    conn: arc_swap::ArcSwap<ConnectionManager>,
+    manager: ConnectionManagerConfig,
     client: redis::Client,
     /// Names of keys and the channel.
     pub keys: Keys,
@@ -85,6 +87,12 @@ pub struct Shared {
     reported: AtomicBool,
     /// Invalidations that could not be sent while Redis was away, sent once it is back.
     pending: Mutex<Vec<bus::Invalidation>>,
+    /// The account's quota as the GCRA sees it (interval ms, burst), for the probe.
+    quota: Mutex<(u64, u32)>,
+    /// The account's tokens left as of the last probe (-1: no quota or not known).
+    account_left: std::sync::atomic::AtomicI64,
+    /// Set when shared mode is lost, taken by the guard (see `take_lost`).
+    lost: AtomicBool,
 }
 
 impl Shared {
@@ -101,7 +109,7 @@ impl Shared {
     ) -> Result<Arc<Shared>, String> {
         let client = redis::Client::open(url).map_err(|_| {
             format!(
-                "shared.redis_url {} is not a Redis URL the client can use",
+                "the Redis URL ({}, from shared.redis_url or shared.redis_url_env) is not one the client can use",
                 redact_url(url)
             )
         })?;
@@ -116,11 +124,15 @@ impl Shared {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager.clone())
             .map_err(|_| "the Redis connection could not be set up".to_string())?;
         let fingerprint = key.fingerprint(upstream_url);
         let shared = Arc::new(Shared {
-            conn,
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            manager,
+            quota: Mutex::new((0, 0)),
+            account_left: std::sync::atomic::AtomicI64::new(-1),
+            lost: AtomicBool::new(false),
             client,
             keys: Keys::new(&config.namespace, fingerprint),
             timeout: config.timeout,
@@ -131,7 +143,7 @@ impl Shared {
                 purge: Script::new(scripts::PURGE),
                 renew: Script::new(scripts::RENEW),
                 next_generation: Script::new(scripts::NEXT_GENERATION),
-                read_generation: Script::new(scripts::READ_GENERATION),
+                probe: Script::new(scripts::PROBE),
                 take: Script::new(scripts::TAKE),
                 refund: Script::new(scripts::REFUND),
                 close_gate: Script::new(scripts::CLOSE_GATE),
@@ -158,6 +170,24 @@ impl Shared {
         self.marker_ttl_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// The account's rate, for the probe's reading of its level (the guard sets it, and
+    /// again on reload).
+    pub fn set_quota(&self, rate: Option<crate::config::Rate>, burst: Option<u32>) {
+        *self.quota.lock().unwrap_or_else(PoisonError::into_inner) = quota::interval(rate, burst);
+    }
+
+    /// The account's tokens left as the last probe saw them (`None`: unknown, no quota).
+    pub fn account_left(&self) -> Option<i64> {
+        let left = self.account_left.load(Ordering::Acquire);
+        (left >= 0).then_some(left)
+    }
+
+    /// Whether shared mode was lost since the last call (once per loss): the guard then
+    /// brings its local share down to this replica's part of what the account had left.
+    pub fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::AcqRel)
+    }
+
     /// The metrics it counts in.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -169,6 +199,12 @@ impl Shared {
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// The generation of the names this replica uses now (for operators' tooling and
+    /// tests: replicas follow the counter in Redis within a probe).
+    pub fn current_generation(&self) -> u64 {
+        self.generation()
     }
 
     fn since_epoch(&self) -> u64 {
@@ -186,6 +222,9 @@ impl Shared {
         let now = self.usable();
         if self.reported.swap(now, Ordering::AcqRel) != now {
             self.metrics.shared_mode.set(i64::from(now));
+            if !now {
+                self.lost.store(true, Ordering::Release);
+            }
             if now {
                 tracing::info!("shared tier on: Redis answers; cache, quota and invalidations shared with the other replicas");
             } else {
@@ -227,7 +266,8 @@ impl Shared {
             return Err(Unavailable);
         }
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, call(self.conn.clone())).await;
+        let conn = ConnectionManager::clone(&self.conn.load());
+        let outcome = tokio::time::timeout(self.timeout, call(conn)).await;
         self.metrics
             .shared_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -303,20 +343,51 @@ where
 /// invalidations that waited for it.
 async fn watch(shared: std::sync::Weak<Shared>) {
     let mut first = true;
+    let mut failures = 0u32;
     loop {
         let Some(s) = shared.upgrade() else { return };
         // Always, not only while broken: a frozen Redis (kill -STOP) fails no command
-        // that is not sent, and this is how an idle gateway notices.
+        // that is not sent, and this is how an idle gateway notices. The probe also reads
+        // the generation (so every replica follows "empty everything" within a probe,
+        // whatever messages it missed) and the account's tokens left.
         {
-            let ping = s
-                .run::<String, _, _>("ping", true, |mut c| async move {
-                    redis::cmd("PING").query_async(&mut c).await
+            let (t, burst) = *s.quota.lock().unwrap_or_else(PoisonError::into_inner);
+            let script = &s.scripts.probe;
+            let (counter, quota) = (s.keys.generation(), s.keys.quota());
+            let probe = s
+                .run::<(u64, i64), _, _>("ping", true, |mut c| async move {
+                    script
+                        .key(counter)
+                        .key(quota)
+                        .arg(t)
+                        .arg(burst)
+                        .invoke_async(&mut c)
+                        .await
                 })
                 .await;
-            if ping.is_ok() {
-                s.broken_until.store(0, Ordering::Release);
-            } else if first {
-                tracing::warn!("shared tier: Redis does not answer at start; serving on the local cache until it does");
+            match probe {
+                Ok((generation, left)) => {
+                    failures = 0;
+                    s.generation.store(generation, Ordering::Release);
+                    s.account_left.store(left, Ordering::Release);
+                    s.broken_until.store(0, Ordering::Release);
+                }
+                Err(_) => {
+                    failures += 1;
+                    if first {
+                        tracing::warn!("shared tier: Redis does not answer at start; serving on the local cache until it does");
+                    }
+                    // A connection that keeps failing may be stuck on an error it will
+                    // not recover from by itself (a password refused once): a new one.
+                    if failures % 4 == 0 {
+                        if let Ok(fresh) = ConnectionManager::new_lazy_with_config(
+                            s.client.clone(),
+                            s.manager.clone(),
+                        ) {
+                            s.conn.store(Arc::new(fresh));
+                        }
+                    }
+                }
             }
             first = false;
         }

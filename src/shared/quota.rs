@@ -43,7 +43,11 @@ impl Shared {
         &self,
         rate: Option<Rate>,
         burst: Option<u32>,
+        max_closed: Duration,
     ) -> Result<Verdict, Unavailable> {
+        let max_closed = u64::try_from(max_closed.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let (t, burst) = interval(rate, burst);
         let script = &self.scripts.take;
         let (quota, gate) = (self.keys.quota(), self.keys.cooldown());
@@ -54,6 +58,7 @@ impl Shared {
                     .key(gate)
                     .arg(t)
                     .arg(burst)
+                    .arg(max_closed)
                     .invoke_async(&mut c)
                     .await
             })

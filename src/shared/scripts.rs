@@ -3,6 +3,24 @@
 //! touches is passed in `KEYS`. Times are integer milliseconds throughout (Lua numbers
 //! are doubles: exact up to 2^53).
 
+// Makes the generation counter a count: a counter missing, of another type, not a
+// whole number, or too large to bump safely (Lua's doubles) is set to the time in
+// seconds, above any count replicas reached by bumping, so no old generation is ever
+// read again.
+macro_rules! generation_repair {
+    () => {
+        r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local v = nil
+if kind == 'string' then v = tonumber(redis.call('GET', KEYS[1])) end
+if not v or v % 1 ~= 0 or v < 0 or v > 4000000000000 then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[1], redis.call('TIME')[1])
+end
+"
+    };
+}
+
 /// An answer, or the coalescing lock for it, or how long another replica's lock has left.
 ///
 /// KEYS: the job's hash, the answer's lock. ARGV: the field, a lock token, the lock's
@@ -49,7 +67,17 @@ pub const STORE: &str = r"
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local purged = redis.call('HGET', KEYS[1], 'purged')
-if purged and (tonumber(purged) or math.huge) >= tonumber(ARGV[4]) then return 0 end
+if purged then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local p = tonumber(purged)
+  if not p or p > now then
+    -- Not a mark any purge made (junk, or in the future): it refuses nothing.
+    redis.call('HDEL', KEYS[1], 'purged')
+  elseif p >= tonumber(ARGV[4]) then
+    return 0
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
@@ -75,14 +103,20 @@ return 1
 /// One token of the account's quota (GCRA), behind the 429 gate.
 ///
 /// KEYS: the quota's arrival time, the gate. ARGV: the emission interval T (ms; 0 for no
-/// quota, the gate alone), the burst. Returns `{0, tokens_left}` (allowed), `{1, wait_ms}`
-/// (quota spent) or `{2, wait_ms}` (the gate is closed).
+/// quota, the gate alone), the burst, the longest closing (ms, `upstream.max_cooldown`).
+/// Returns `{0, tokens_left}` (allowed), `{1, wait_ms}` (quota spent) or `{2, wait_ms}`
+/// (the gate is closed).
 ///
 /// The stored arrival time is never trusted past what the current rate and burst allow
 /// (an empty bucket): a reload that changes the rate, or junk, must not lock the quota
 /// for longer than one interval; a value that is not a number is a full bucket.
 pub const TAKE: &str = r"
 local closed = redis.call('PTTL', KEYS[2])
+if closed > tonumber(ARGV[3]) then
+  -- Longer than this gateway ever closes it (upstream.max_cooldown): cut back.
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  closed = tonumber(ARGV[3])
+end
 if closed > 0 then return {2, closed} end
 local T = tonumber(ARGV[1])
 if T == 0 then return {0, -1} end
@@ -118,24 +152,34 @@ return 1
 /// Bumps the generation ("empty everything"). A value that is not a number (junk) is
 /// replaced by the time in seconds, above any count a gateway reached by bumping. KEYS:
 /// the counter.
-pub const NEXT_GENERATION: &str = r"
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
-local v = redis.call('GET', KEYS[1])
-if v and (not tonumber(v) or tonumber(v) % 1 ~= 0 or tonumber(v) < 0) then
-  redis.call('SET', KEYS[1], redis.call('TIME')[1])
-end
+pub const NEXT_GENERATION: &str = concat!(
+    generation_repair!(),
+    r"
 return redis.call('INCR', KEYS[1])
-";
+"
+);
 
-/// The generation now: 0 when there is none, or when what is there is not a count (the
-/// next bump repairs it). KEYS: the counter.
-pub const READ_GENERATION: &str = r"
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
-local v = tonumber(redis.call('GET', KEYS[1]))
-if not v or v % 1 ~= 0 or v < 0 then return 0 end
-return v
-";
+/// The generation now, for the watch's probe (which also proves Redis answers), and the
+/// account's tokens left (-1: no quota), so a replica that loses Redis knows what the
+/// account had. KEYS: the counter, the quota. ARGV: T (ms), the burst.
+pub const PROBE: &str = concat!(
+    generation_repair!(),
+    r"
+local gen = tonumber(redis.call('GET', KEYS[1]))
+local T = tonumber(ARGV[1])
+if T == 0 then return {gen, -1} end
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = now
+if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
+  tat = tonumber(redis.call('GET', KEYS[2])) or now
+end
+if tat < now then tat = now end
+if tat > now + burst * T then tat = now + burst * T end
+return {gen, math.floor((burst * T - (tat - now)) / T)}
+"
+);
 
 /// Closes the 429 gate for ARGV[1] ms, never shortening a closing in force. KEYS: the gate.
 pub const CLOSE_GATE: &str = r"
