@@ -84,7 +84,8 @@ async fn max_age_minus_age_never_outlives_a_short_entry() {
         let elapsed = started.elapsed().as_secs_f64();
         if reply.cache() != "hit" {
             // Expired: refetched, and a new lifetime begins.
-            assert!(elapsed >= 2.9, "expired early, after {elapsed:.2} s");
+            // (From the miss's answer, a moment after its fetch: the margin covers a loaded machine.)
+            assert!(elapsed >= 2.5, "expired early, after {elapsed:.2} s");
             assert_eq!(max_age(&reply), 3);
             break;
         }
