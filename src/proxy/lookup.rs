@@ -205,7 +205,11 @@ async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -
     if let Some(shared) = gw.shared.as_ref().filter(|s| s.usable()) {
         match shared.find_or_lock(key, deadline).await {
             Found::Hit(envelope) => {
-                match restored(&live, key, &envelope, parent_left(gw, key).await) {
+                let parent_left = match key {
+                    CacheKey::Chunks(job, _) => completed_job_left(gw, job).await,
+                    CacheKey::Job(_) => None,
+                };
+                match restored(&live, key, &envelope, parent_left) {
                     Some(answer) => return Ok(keep(gw, key, Arc::new(answer), epoch).await),
                     None => {
                         tracing::warn!(job = %key.job(), "the shared tier held an unusable answer: fetching it")
@@ -302,12 +306,7 @@ fn restored(
     let (body, allowed) = match (key, envelope.status) {
         (CacheKey::Job(k), StatusCode::OK) => {
             let (body, facts) = live.rewriter.rewrite_job(&envelope.body).ok()?;
-            let same = facts
-                .id
-                .as_deref()
-                .and_then(|id| Uuid::try_parse(id).ok())
-                .is_some_and(|id| id == k.job);
-            if !same || Some(facts.state) != envelope.job_state {
+            if !is_job(&facts, k.job) || Some(facts.state) != envelope.job_state {
                 return None;
             }
             let decision =
@@ -344,12 +343,9 @@ fn restored(
     Answer::restored(&envelope, body, now)
 }
 
-/// How long a chunks answer's job stays true, if this replica or the shared tier holds it
-/// as completed; `None` for a job answer (which needs no parent) or an unknown job.
-async fn parent_left(gw: &Gateway, key: &CacheKey) -> Option<Duration> {
-    let CacheKey::Chunks(job, _) = key else {
-        return None;
-    };
+/// How long `job` stays true as a completed job, if this replica or (another replica's
+/// entry in) the shared tier holds it so: what a chunks answer of it may live for.
+async fn completed_job_left(gw: &Gateway, job: &JobKey) -> Option<Duration> {
     let parent = CacheKey::Job(*job);
     if let Some(local) = gw.cache.get(&parent, Instant::now()).await {
         if local.job_state == Some(JobState::Completed) {
@@ -365,6 +361,15 @@ async fn parent_left(gw: &Gateway, key: &CacheKey) -> Option<Duration> {
         .flatten()
 }
 
+/// Whether a job body's `id` is the job asked for.
+fn is_job(facts: &crate::proxy::rewrite::JobFacts, asked: Uuid) -> bool {
+    facts
+        .id
+        .as_deref()
+        .and_then(|id| Uuid::try_parse(id).ok())
+        .is_some_and(|id| id == asked)
+}
+
 /// Builds the answer for a job lookup: a 200 is validated and rewritten, a 404 kept
 /// briefly, anything else passed on unstored.
 fn job_answer(live: &Live, asked: Uuid, fetched: Fetched) -> Result<Answer, GatewayError> {
@@ -377,12 +382,7 @@ fn job_answer(live: &Live, asked: Uuid, fetched: Fetched) -> Result<Answer, Gate
                     "the upstream answered with a body that is not a JSON job",
                 )
             })?;
-            let same_job = facts
-                .id
-                .as_deref()
-                .and_then(|id| Uuid::try_parse(id).ok())
-                .is_some_and(|id| id == asked);
-            if !same_job {
+            if !is_job(&facts, asked) {
                 tracing::warn!(job = %asked, "upstream answered with another job's id");
                 return Err(GatewayError::new(
                     ErrorKind::UpstreamInvalid,
@@ -416,24 +416,9 @@ async fn chunks_answer(
                 "the upstream answered chunks with a body that is not JSON",
             ));
         }
-        match gw.cache.get(&CacheKey::Job(*job), Instant::now()).await {
-            Some(parent) if parent.job_state == Some(JobState::Completed) => {
-                lifetime = parent
-                    .expires_at
-                    .map(|at| at.saturating_duration_since(Instant::now()));
-            }
-            _ => {
-                // Another replica may hold the job as completed: its entry in the shared
-                // tier says so, and for how long.
-                let parent = match gw.shared.as_ref().filter(|s| s.usable()) {
-                    Some(shared) => shared.peek(&CacheKey::Job(*job)).await,
-                    None => None,
-                };
-                match parent.filter(|p| p.job_state == Some(JobState::Completed)) {
-                    Some(parent) => lifetime = parent.left(now_ms()),
-                    None => not_stored(fetched.status, NoCacheReason::JobNotCompleted),
-                }
-            }
+        lifetime = completed_job_left(gw, job).await;
+        if lifetime.is_none() {
+            not_stored(fetched.status, NoCacheReason::JobNotCompleted);
         }
     }
     Ok(answer(fetched, None, None, lifetime))

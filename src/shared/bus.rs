@@ -164,25 +164,11 @@ pub(super) async fn subscribe(shared: Arc<Shared>, gateway: Weak<Gateway>) {
             }
         };
         // Read what "everything" is now, before trusting anything.
-        let (counter, quota) = (s.keys.generation(), s.keys.quota());
-        let script = &s.scripts.probe;
-        let generation = s
-            .run::<(u64, i64), _, _>("generation", true, |mut c| async move {
-                script
-                    .key(counter)
-                    .key(quota)
-                    .arg(0)
-                    .arg(0)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await;
-        let Ok((generation, _)) = generation else {
+        if s.probe("generation", false).await.is_err() {
             drop(s);
             tokio::time::sleep(backoff).await;
             continue;
-        };
-        s.generation.store(generation, Ordering::Release);
+        }
         if lost_before {
             if let Some(gw) = gateway.upgrade() {
                 gw.cache.invalidate_all().await;

@@ -306,6 +306,34 @@ impl Shared {
         tokio::spawn(watch(Arc::downgrade(self)));
     }
 
+    /// Reads the generation (repairing a junk counter) and takes it as this replica's;
+    /// with `quota`, also what the account has left. One round trip.
+    async fn probe(&self, op: &'static str, quota: bool) -> Result<(), Unavailable> {
+        let (t, burst) = if quota {
+            *self.quota.lock().unwrap_or_else(PoisonError::into_inner)
+        } else {
+            (0, 0)
+        };
+        let script = &self.scripts.probe;
+        let (counter, account) = (self.keys.generation(), self.keys.quota());
+        let (generation, left) = self
+            .run::<(u64, i64), _, _>(op, true, |mut c| async move {
+                script
+                    .key(counter)
+                    .key(account)
+                    .arg(t)
+                    .arg(burst)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.generation.store(generation, Ordering::Release);
+        if quota {
+            self.account_left.store(left, Ordering::Release);
+        }
+        Ok(())
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<bus::Invalidation>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -351,25 +379,9 @@ async fn watch(shared: std::sync::Weak<Shared>) {
         // the generation (so every replica follows "empty everything" within a probe,
         // whatever messages it missed) and the account's tokens left.
         {
-            let (t, burst) = *s.quota.lock().unwrap_or_else(PoisonError::into_inner);
-            let script = &s.scripts.probe;
-            let (counter, quota) = (s.keys.generation(), s.keys.quota());
-            let probe = s
-                .run::<(u64, i64), _, _>("ping", true, |mut c| async move {
-                    script
-                        .key(counter)
-                        .key(quota)
-                        .arg(t)
-                        .arg(burst)
-                        .invoke_async(&mut c)
-                        .await
-                })
-                .await;
-            match probe {
-                Ok((generation, left)) => {
+            match s.probe("ping", true).await {
+                Ok(()) => {
                     failures = 0;
-                    s.generation.store(generation, Ordering::Release);
-                    s.account_left.store(left, Ordering::Release);
                     s.broken_until.store(0, Ordering::Release);
                 }
                 Err(_) => {

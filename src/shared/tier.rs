@@ -97,9 +97,7 @@ impl Shared {
             };
             match reply.as_slice() {
                 [Value::Int(1), Value::BulkString(bytes)] => {
-                    let fresh = Envelope::decode(&Bytes::copy_from_slice(bytes))
-                        .filter(|e| e.left(crate::cache::envelope::now_ms()).is_some());
-                    match fresh {
+                    match fresh(Bytes::copy_from_slice(bytes)) {
                         Some(envelope) => {
                             self.metrics.shared_op("get", "hit");
                             return Found::Hit(envelope);
@@ -162,8 +160,7 @@ impl Shared {
             })
             .await
             .ok()??;
-        Envelope::decode(&Bytes::from(value))
-            .filter(|e| e.left(crate::cache::envelope::now_ms()).is_some())
+        fresh(Bytes::from(value))
     }
 
     /// Stores an answer fetched under `lock`, then lets the lock go; in the background.
@@ -225,6 +222,11 @@ impl Shared {
             Err(Unavailable)
         }
     }
+}
+
+/// An envelope read from Redis, if it is one and has not expired.
+fn fresh(bytes: Bytes) -> Option<Envelope> {
+    Envelope::decode(&bytes).filter(|e| e.left(crate::cache::envelope::now_ms()).is_some())
 }
 
 /// Renews a lock's lease for as long as its holder holds it (aborted when it lets go).
