@@ -414,30 +414,37 @@ async fn access_lines_reach_the_log_file_while_the_gateway_runs() {
     panic!("no access line for {path} within 2 s; the log holds:\n{seen}");
 }
 
-/// `exagate check` on a config whose `[admin]` table is `admin` (the key in a file).
-fn check_admin(dir: &std::path::Path, admin: &str) -> (bool, String) {
+/// `exagate check` on a config of `rest` after an `[upstream]` that reads the key from a
+/// file, with `env` set: whether it passed, and everything it printed.
+fn check_config(dir: &std::path::Path, rest: &str, env: &[(&str, &str)]) -> (bool, String) {
     let key_file = dir.join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
-    let config = dir.join("admin.toml");
+    let config = dir.join("checked.toml");
     std::fs::write(
         &config,
         format!(
-            "[upstream]\napi_key_file = \"{}\"\n[admin]\n{admin}\n",
+            "[upstream]\napi_key_file = \"{}\"\n{rest}",
             key_file.display()
         ),
     )
     .expect("write config");
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
+    let mut command = Command::new(BIN);
+    command.args(["check", "--config"]).arg(&config);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().expect("run");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// `exagate check` on a config whose `[admin]` table is `admin`.
+fn check_admin(dir: &std::path::Path, admin: &str) -> (bool, String) {
+    check_config(dir, &format!("[admin]\n{admin}\n"), &[])
 }
 
 #[test]
@@ -523,29 +530,12 @@ async fn two_gateways_with_the_admin_off_run_side_by_side() {
 #[test]
 fn check_never_shows_the_redis_password() {
     let dir = tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
-    let config = dir.path().join("shared.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[upstream]\napi_key_file = \"{}\"\n[admin]\nlisten = \"off\"\n[shared]\nredis_url = \"redis://:hunter2-redis-pw@127.0.0.1:6399/0\"\nmax_replicas = 4\n[state]\ndir = \"{}\"\n",
-            key_file.display(),
-            dir.path().join("state").display()
-        ),
-    )
-    .expect("write config");
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let rest = format!(
+        "[admin]\nlisten = \"off\"\n[shared]\nredis_url = \"redis://:hunter2-redis-pw@127.0.0.1:6399/0\"\nmax_replicas = 4\n[state]\ndir = \"{}\"\n",
+        dir.path().join("state").display()
     );
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = check_config(dir.path(), &rest, &[]);
+    assert!(ok, "{text}");
     assert!(!text.contains("hunter2-redis-pw"), "{text}");
     assert!(text.contains("redis://***@127.0.0.1:6399/0"), "{text}");
     assert!(text.contains("1/4 of the quota"), "{text}");
@@ -555,33 +545,14 @@ fn check_never_shows_the_redis_password() {
 #[test]
 fn check_refuses_a_redis_url_from_the_environment_that_run_would_refuse() {
     let dir = tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
-    let config = dir.path().join("env.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[upstream]\napi_key_file = \"{}\"\n[admin]\nlisten = \"off\"\n[shared]\nredis_url_env = \"EXAGATE_TEST_BAD_REDIS_URL\"\n",
-            key_file.display()
-        ),
-    )
-    .expect("write config");
+    let rest =
+        "[admin]\nlisten = \"off\"\n[shared]\nredis_url_env = \"EXAGATE_TEST_BAD_REDIS_URL\"\n";
     for url in [
         "redis://:pw-9f@127.0.0.1:notaport/0",
         "http://:pw-9f@127.0.0.1:6379/0",
     ] {
-        let out = Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(&config)
-            .env("EXAGATE_TEST_BAD_REDIS_URL", url)
-            .output()
-            .expect("run");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!out.status.success(), "{url}: {text}");
+        let (ok, text) = check_config(dir.path(), rest, &[("EXAGATE_TEST_BAD_REDIS_URL", url)]);
+        assert!(!ok, "{url}: {text}");
         assert!(
             text.contains("shared.redis_url") && !text.contains("pw-9f"),
             "{text}"

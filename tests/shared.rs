@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::{job_path, start_gateway, start_sim, test_config, Reply};
+use common::{get_from as get, job_path, start_gateway, start_sim, test_config, Reply};
 use exagate::config::Rate;
 use exagate::sim::{Fault, Simulator};
 use exagate::{Config, RunningGateway};
@@ -40,6 +40,16 @@ async fn replicas(
     out
 }
 
+/// Asks `gw` for `path` until it is a miss (an invalidation reached it), failing after
+/// `within`.
+async fn until_miss(gw: &RunningGateway, path: &str, within: Duration, what: &str) {
+    let started = Instant::now();
+    while get(gw, path).await.cache() != "miss" {
+        assert!(started.elapsed() < within, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (up to 5 s) for a replica to be in (or out of) shared mode.
 async fn wait_shared(gw: &RunningGateway, on: bool) {
     let shared = gw.gateway.shared.as_ref().expect("[shared] configured");
@@ -53,17 +63,6 @@ async fn wait_shared(gw: &RunningGateway, on: bool) {
         "the replica did not turn shared mode {}",
         if on { "on" } else { "off" }
     );
-}
-
-async fn get(gw: &RunningGateway, path: &str) -> Reply {
-    common::send(
-        &common::client(),
-        Method::GET,
-        &format!("{}{path}", gw.url()),
-        &[],
-        Default::default(),
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,18 +311,8 @@ async fn a_purge_or_a_job_action_on_one_replica_is_a_miss_on_the_other() {
             }
         };
         assert!(done.status.is_success(), "{how}: {}", done.status);
-        let started = Instant::now();
-        loop {
-            let reply = get(&gws[1], &path).await;
-            if reply.cache() == "miss" {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(1),
-                "{how}: the other replica still serves the old job"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{how}: the other replica still serves the old job");
+        until_miss(&gws[1], &path, Duration::from_secs(1), &what).await;
     }
 }
 
@@ -332,26 +321,10 @@ async fn gateways_with_different_keys_never_share_an_entry_and_no_secret_reaches
     use tokio::io::AsyncReadExt;
     // One upstream that answers any key: only the keys differ between the two gateways.
     let upstream = common::RawUpstream::start(|_, mut stream| async move {
-        use tokio::io::AsyncWriteExt;
         if let Some(head) = common::read_head(&mut stream).await {
             // A completed job created a minute ago, so it is stored.
-            let id = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.rsplit('/').next())
-                .and_then(|id| id.parse::<uuid::Uuid>().ok())
-                .unwrap_or_default();
-            let created = (time::OffsetDateTime::now_utc() - time::Duration::minutes(1))
-                .format(&time::format_description::well_known::Rfc3339)
-                .expect("date");
-            let body = common::completed_job_json(id, "http://upstream.invalid")
-                .replace("2026-01-01T00:00:00Z", &created);
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(answer.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let created = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+            common::answer_job_created(&mut stream, &head, Some(created)).await;
         }
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest).await;
@@ -919,14 +892,8 @@ async fn a_key_of_the_wrong_type_is_one_miss_not_an_outage() {
     )
     .await;
     assert_eq!(purged.status, StatusCode::OK);
-    let started = Instant::now();
-    while get(&gws[1], &job_path(id)).await.cache() != "miss" {
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "the purge did not reach the other replica"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = "the purge did not reach the other replica";
+    until_miss(&gws[1], &job_path(id), Duration::from_secs(1), what).await;
     let text = gws[0].gateway.render_metrics().await;
     assert_eq!(
         common::metric_value(
@@ -1183,17 +1150,8 @@ async fn a_purge_during_a_redis_outage_reaches_the_others_when_it_is_back() {
     for gw in &gws {
         wait_shared(gw, true).await;
     }
-    let started = Instant::now();
-    loop {
-        if get(&gws[1], &path).await.cache() == "miss" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the purge never reached the other replica"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = "the purge never reached the other replica";
+    until_miss(&gws[1], &path, Duration::from_secs(2), what).await;
 }
 
 // A password refused once (a rotation race, a failover) leaves no connection stuck on the

@@ -5,10 +5,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{job_path, start_sim, test_config, KEY};
+use common::{get_from as get, job_path, start_sim, test_config, KEY};
 use exagate::sim::Simulator;
 use exagate::RunningGateway;
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 /// A gateway in front of `sim` keeping its state in `dir`, known as `public_url` (fixed,
 /// so a restart on a new port is the same gateway), with `key`.
@@ -33,17 +33,6 @@ async fn gateway(
         exagate::secret::ApiKey::from_secret(key, exagate::secret::KeySource::Env("T".into()))
             .expect("key");
     exagate::start(exagate::Launch::in_memory(config, key, listener)).expect("starts")
-}
-
-async fn get(gw: &RunningGateway, path: &str) -> common::Reply {
-    common::send(
-        &common::client(),
-        Method::GET,
-        &format!("{}{path}", gw.url()),
-        &[],
-        Default::default(),
-    )
-    .await
 }
 
 const PUBLIC: &str = "http://gateway.test";

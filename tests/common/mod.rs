@@ -398,6 +398,16 @@ pub async fn silent_upstream() -> (RawUpstream, tokio::sync::mpsc::UnboundedRece
 /// Answers the request whose `head` was read from `stream` with the completed job its
 /// path names (a nil id if it names none), then closes the connection.
 pub async fn answer_job(stream: &mut tokio::net::TcpStream, head: &str) {
+    answer_job_created(stream, head, None).await;
+}
+
+/// [`answer_job`], with the job's `createdAt` at `created` when given (a job created a
+/// moment ago is stored; the default date is long past retention).
+pub async fn answer_job_created(
+    stream: &mut tokio::net::TcpStream,
+    head: &str,
+    created: Option<time::OffsetDateTime>,
+) {
     use tokio::io::AsyncWriteExt;
     let id = head
         .split_whitespace()
@@ -405,13 +415,31 @@ pub async fn answer_job(stream: &mut tokio::net::TcpStream, head: &str) {
         .and_then(|p| p.rsplit('/').next())
         .and_then(|id| id.parse::<uuid::Uuid>().ok())
         .unwrap_or_default();
-    let body = completed_job_json(id, "http://upstream.invalid");
+    let mut body = completed_job_json(id, "http://upstream.invalid");
+    if let Some(created) = created {
+        let date = created
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("date");
+        body = body.replace("2026-01-01T00:00:00Z", &date);
+    }
     let answer = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(answer.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// `GET path` on a running gateway, read whole.
+pub async fn get_from(gw: &RunningGateway, path: &str) -> Reply {
+    send(
+        &client(),
+        Method::GET,
+        &format!("{}{path}", gw.url()),
+        &[],
+        Bytes::new(),
+    )
+    .await
 }
 
 /// Reads one request head (to the blank line) from `stream`; `None` at end of stream.
