@@ -67,6 +67,9 @@ async fn wait_shared(gw: &RunningGateway, on: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_fetched_through_one_replica_is_a_hit_on_another() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |_| {}).await;
@@ -150,6 +153,9 @@ async fn a_job_fetched_through_one_replica_is_a_hit_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_requests_spread_over_three_replicas_cost_one_call() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 3, |_| {}).await;
@@ -173,6 +179,9 @@ async fn cold_requests_spread_over_three_replicas_cost_one_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quota_is_the_accounts_not_each_replicas() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |c| {
@@ -221,6 +230,9 @@ async fn the_quota_is_the_accounts_not_each_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_through_one_replica_closes_the_gate_on_the_other() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |_| {}).await;
@@ -256,6 +268,9 @@ async fn a_429_through_one_replica_closes_the_gate_on_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_or_a_job_action_on_one_replica_is_a_miss_on_the_other() {
+    if !common::redis::installed() {
+        return;
+    }
     std::env::set_var("EXAGATE_TEST_SHARED_PURGE", "shared-purge-31a");
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
@@ -318,6 +333,9 @@ async fn a_purge_or_a_job_action_on_one_replica_is_a_miss_on_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_with_different_keys_never_share_an_entry_and_no_secret_reaches_redis() {
+    if !common::redis::installed() {
+        return;
+    }
     use tokio::io::AsyncReadExt;
     // One upstream that answers any key: only the keys differ between the two gateways.
     let upstream = common::RawUpstream::start(|_, mut stream| async move {
@@ -381,6 +399,9 @@ async fn gateways_with_different_keys_never_share_an_entry_and_no_secret_reaches
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_is_warm_from_redis() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let ids = sim.seed_completed(None, 20);
@@ -428,6 +449,9 @@ async fn traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_traffic_degrades_and_comes_back() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let mut redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 1, |_| {}).await;
@@ -465,6 +489,9 @@ async fn redis_killed_mid_traffic_degrades_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_frozen_mid_traffic_holds_no_request_past_the_timeout() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |_| {}).await;
@@ -488,6 +515,9 @@ async fn redis_frozen_mid_traffic_holds_no_request_past_the_timeout() {
 // level, nor in /metrics, whether Redis takes it or refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_password_never_appears_in_logs_or_metrics() {
+    if !common::redis::installed() {
+        return;
+    }
     use std::process::{Command, Stdio};
     const PASSWORD: &str = "redis-pw-5e8d1c77a";
     let sim = start_sim(false).await;
@@ -593,6 +623,9 @@ async fn the_redis_password_never_appears_in_logs_or_metrics() {
 // not answer "PONG").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_subscription_keeps_the_local_cache() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 1, |_| {}).await;
@@ -622,6 +655,9 @@ async fn a_healthy_subscription_keeps_the_local_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_unreachable_at_start_the_gateway_serves_and_joins_when_it_appears() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let port = common::free_port();
     let mut config = test_config();
@@ -662,6 +698,9 @@ async fn redis_unreachable_at_start_the_gateway_serves_and_joins_when_it_appears
 // one of ours) is cut back to a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lock_holder_costs_one_call_and_no_error() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 1, |c| {
@@ -740,6 +779,9 @@ async fn name_prefix(sim: &Simulator, redis: &RedisServer, gw: &RunningGateway) 
 // rate and cap allow: a reload that changes the rate, or junk, cannot lock the quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_quota_or_gate_never_refuses_past_the_current_rate_and_cap() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 1, |c| {
@@ -810,6 +852,9 @@ async fn a_stored_quota_or_gate_never_refuses_past_the_current_rate_and_cap() {
 // replica spent in shared mode is spent from its local share too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_after_the_bucket_ran_dry_hands_out_no_fresh_burst() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |c| {
@@ -840,6 +885,9 @@ async fn an_outage_after_the_bucket_ran_dry_hands_out_no_fresh_burst() {
 // replica stays in shared mode, answers from the upstream, and repairs the entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_of_the_wrong_type_is_one_miss_not_an_outage() {
+    if !common::redis::installed() {
+        return;
+    }
     std::env::set_var("EXAGATE_TEST_SHARED_JUNK", "junk-purge-5c3");
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
@@ -908,6 +956,9 @@ async fn a_key_of_the_wrong_type_is_one_miss_not_an_outage() {
 // quota: the quota is spent by calls that really go upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_of_calls_never_sent_go_back_to_the_shared_quota() {
+    if !common::redis::installed() {
+        return;
+    }
     let redis = RedisServer::start().await;
     let port = common::free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -963,6 +1014,9 @@ async fn tokens_of_calls_never_sent_go_back_to_the_shared_quota() {
 // served as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_shared_entry_is_never_served_as_it_is() {
+    if !common::redis::installed() {
+        return;
+    }
     use exagate::cache::{Envelope, JobState};
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
@@ -1116,6 +1170,9 @@ async fn a_poisoned_shared_entry_is_never_served_as_it_is() {
 // is back, and the purging request does not wait for Redis meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_during_a_redis_outage_reaches_the_others_when_it_is_back() {
+    if !common::redis::installed() {
+        return;
+    }
     std::env::set_var("EXAGATE_TEST_SHARED_OUTAGE", "outage-purge-9b2");
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
@@ -1158,6 +1215,9 @@ async fn a_purge_during_a_redis_outage_reaches_the_others_when_it_is_back() {
 // refusal: shared mode comes back by itself when Redis takes the password again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_mode_comes_back_after_redis_refused_the_password_for_a_while() {
+    if !common::redis::installed() {
+        return;
+    }
     const PASSWORD: &str = "rotate-me-3d9";
     let sim = start_sim(false).await;
     let redis = RedisServer::start_with(Some(PASSWORD)).await;
@@ -1200,6 +1260,9 @@ async fn shared_mode_comes_back_after_redis_refused_the_password_for_a_while() {
 // everything works on every replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emptying_everything_survives_any_generation_counter() {
+    if !common::redis::installed() {
+        return;
+    }
     std::env::set_var("EXAGATE_TEST_SHARED_GEN", "gen-purge-8e4");
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
@@ -1311,6 +1374,9 @@ async fn emptying_everything_survives_any_generation_counter() {
 // loses Redis; a purge mark that no purge made refuses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_gates_outages_and_marks_cost_no_more_than_their_due() {
+    if !common::redis::installed() {
+        return;
+    }
     let sim = start_sim(false).await;
     let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |c| {
