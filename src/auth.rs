@@ -19,16 +19,46 @@ use crate::config::ClientConfig;
 use crate::error::{ErrorKind, GatewayError};
 use crate::guard::{rate_limited, Token, TokenBucket};
 
+/// Which scopes a `[[clients]]` or `[[webhooks.subscribers]]` entry may use: its `bases`
+/// (absent: any) and `workspace` (absent: allowed when `bases` is absent too).
+///
+/// The legacy header (`X-Exabase-Workspace-Id`) needs both rights: the API may read it as
+/// a base of that id, or ignore it and run the call in the parent workspace, and no one
+/// here knows which.
+#[derive(Debug, Clone)]
+pub struct ScopeRule {
+    bases: Option<HashSet<Uuid>>,
+    workspace: bool,
+}
+
+impl ScopeRule {
+    /// The rule of an entry's `bases` and `workspace` keys.
+    pub fn new(bases: Option<&[Uuid]>, workspace: Option<bool>) -> ScopeRule {
+        ScopeRule {
+            workspace: workspace.unwrap_or(bases.is_none()),
+            bases: bases.map(|b| b.iter().copied().collect()),
+        }
+    }
+
+    /// Whether `scope` is allowed.
+    pub fn allows(&self, scope: Scope) -> bool {
+        let base = |id: &Uuid| self.bases.as_ref().is_none_or(|b| b.contains(id));
+        match scope {
+            Scope::Workspace => self.workspace,
+            Scope::Base(id) => base(&id),
+            Scope::Legacy(id) => self.workspace && base(&id),
+        }
+    }
+}
+
 /// One configured client.
 pub struct Client {
     /// Its name, for logs and metrics (never its token).
     pub name: Arc<str>,
     /// SHA-256 of its token.
     hash: [u8; 32],
-    /// The bases it may use; `None` for any.
-    bases: Option<HashSet<Uuid>>,
-    /// Whether it may call with no base.
-    workspace: bool,
+    /// The scopes it may use.
+    rule: ScopeRule,
     /// Its own share of the upstream quota; shared with the entry it replaces on reload,
     /// so a reload does not hand out a fresh burst.
     bucket: Arc<TokenBucket>,
@@ -50,13 +80,7 @@ impl Client {
     /// no one here knows which, so a client restricted to bases must not reach the
     /// workspace through it, nor a client without that base reach it.
     pub fn may_use(&self, scope: Scope) -> Result<(), GatewayError> {
-        let may_use_base = |id: &Uuid| self.bases.as_ref().is_none_or(|b| b.contains(id));
-        let allowed = match scope {
-            Scope::Workspace => self.workspace,
-            Scope::Base(base) => may_use_base(&base),
-            Scope::Legacy(id) => self.workspace && may_use_base(&id),
-        };
-        if allowed {
+        if self.rule.allows(scope) {
             Ok(())
         } else {
             Err(GatewayError::new(
@@ -120,8 +144,7 @@ impl Clients {
                 Arc::new(Client {
                     name: Arc::from(c.name.as_str()),
                     hash,
-                    workspace: c.workspace.unwrap_or(c.bases.is_none()),
-                    bases: c.bases.as_ref().map(|b| b.iter().copied().collect()),
+                    rule: ScopeRule::new(c.bases.as_deref(), c.workspace),
                     bucket,
                 })
             })

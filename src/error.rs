@@ -37,6 +37,12 @@ pub enum ErrorKind {
     InvalidWorkspaceId,
     /// Both scope headers at once: which scope is meant is not for the gateway to guess.
     ConflictingScope,
+    /// A long-poll's `wait` is not a duration.
+    InvalidWait,
+    /// A delivery to the webhook receiver that is not a job.
+    InvalidWebhook,
+    /// `PUT /v2/extract-settings` while the gateway owns the account's webhook.
+    WebhooksManaged,
     /// Some other malformed request.
     BadRequest,
     /// The gateway does not serve this path.
@@ -77,6 +83,9 @@ impl ErrorKind {
             ErrorKind::InvalidBaseId => "invalid_base_id",
             ErrorKind::InvalidWorkspaceId => "invalid_workspace_id",
             ErrorKind::ConflictingScope => "conflicting_scope_headers",
+            ErrorKind::InvalidWait => "invalid_wait",
+            ErrorKind::InvalidWebhook => "invalid_webhook",
+            ErrorKind::WebhooksManaged => "webhooks_managed",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -102,6 +111,9 @@ impl ErrorKind {
             | ErrorKind::InvalidBaseId
             | ErrorKind::InvalidWorkspaceId
             | ErrorKind::ConflictingScope
+            | ErrorKind::InvalidWait
+            | ErrorKind::InvalidWebhook
+            | ErrorKind::WebhooksManaged
             | ErrorKind::BadRequest
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
@@ -127,7 +139,10 @@ impl ErrorKind {
             | ErrorKind::InvalidBaseId
             | ErrorKind::InvalidWorkspaceId
             | ErrorKind::ConflictingScope
+            | ErrorKind::InvalidWait
+            | ErrorKind::InvalidWebhook
             | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::WebhooksManaged => StatusCode::CONFLICT,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -21,6 +21,7 @@ use crate::proxy::rewrite::LinkRewriter;
 use crate::proxy::upstream::UpstreamClient;
 use crate::secret::ApiKey;
 use crate::shared::Shared;
+use crate::webhooks::{Event, Webhooks, WebhooksLive};
 
 /// What a fetch hands to every request that waited on it.
 pub type FetchResult = Result<Arc<Answer>, GatewayError>;
@@ -41,6 +42,8 @@ pub struct Live {
     pub admin_token: Option<[u8; 32]>,
     /// What a snapshot of the cache must match to be used (`state.dir`).
     pub identity: crate::cache::snapshot::Identity,
+    /// `[webhooks]` with its secrets read; `None` when off.
+    pub webhooks: Option<WebhooksLive>,
 }
 
 /// Everything a request needs, behind one `Arc`.
@@ -53,6 +56,10 @@ pub struct Gateway {
     pub guard: Arc<UpstreamGuard>,
     /// The tier shared with the other replicas (`[shared]`), when configured.
     pub shared: Option<Arc<Shared>>,
+    /// Long-polls waiting for their job to change.
+    pub watchers: Arc<crate::cache::watch::Watchers>,
+    /// The scopes jobs were seen in and the relay's queue (used while `[webhooks]` is on).
+    pub webhooks: Webhooks,
     /// The current config-derived state.
     live: ArcSwap<Live>,
     /// The config the process started with: what restart-only settings still are.
@@ -94,7 +101,13 @@ impl Gateway {
                 .map(|(s, c)| (Arc::clone(s), c.max_replicas)),
         ));
         let live = Live::build(config.clone(), key, &guard, &metrics, None)?;
+        // Journaled only for a gateway that relays: one without [webhooks] at start
+        // leaves no file behind.
+        let journal = config.webhooks.as_ref().and(config.state.dir.as_deref());
+        let webhooks = Webhooks::new(journal, Arc::clone(&metrics))?;
         Ok(Arc::new(Gateway {
+            watchers: crate::cache::watch::Watchers::new(),
+            webhooks,
             cache: CacheStore::new(config.cache.max_size, Arc::clone(&metrics)),
             metrics,
             flights: Flights::new(),
@@ -147,6 +160,7 @@ impl Gateway {
             // Fills under way render with the old config: the invalidation turns them
             // away too.
             self.cache.invalidate_all().await;
+            self.watchers.changed_all();
             tracing::info!("server.public_url or upstream.url changed: the cache was emptied");
         }
         Ok(warnings)
@@ -165,6 +179,43 @@ impl Gateway {
         if let Some(shared) = &self.shared {
             shared.invalidate_job(key).await;
         }
+        // Long-polls of the job look again (a reprocess makes a failed job pending).
+        self.watchers.changed(key.job);
+    }
+
+    /// Records that `job` exists in `scope` (the upstream answered it there), so a
+    /// webhook delivery for it primes that scope. Only while `[webhooks]` is on.
+    pub fn record_scope(&self, live: &Live, key: JobKey) {
+        if live.webhooks.is_none() {
+            return;
+        }
+        self.webhooks.scopes.record(key.job, key.scope);
+        if let Some(shared) = &self.shared {
+            shared.record_scope(key.job, key.scope);
+        }
+    }
+
+    /// The scopes `job` was seen in, here or (with `[shared]`) by any replica.
+    pub async fn known_scopes(&self, job: uuid::Uuid) -> Vec<crate::cache::Scope> {
+        let mut scopes = self.webhooks.scopes.of(job);
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.usable()) {
+            for scope in shared.scopes_of(job).await {
+                if !scopes.contains(&scope) {
+                    self.webhooks.scopes.record(job, scope);
+                    scopes.push(scope);
+                }
+            }
+        }
+        scopes
+    }
+
+    /// Hands an event to the relay (each subscriber that hears of it gets it once).
+    pub fn emit(&self, live: &Live, event: &Event) {
+        if let Some(hooks) = &live.webhooks {
+            self.webhooks
+                .relay
+                .emit(&hooks.subscribers, event, live.config.cache.retention);
+        }
     }
 
     /// Empties the cache here, in Redis and on every other replica.
@@ -173,6 +224,7 @@ impl Gateway {
         if let Some(shared) = &self.shared {
             shared.invalidate_all().await;
         }
+        self.watchers.changed_all();
     }
 
     /// Whether the gateway should receive traffic.
@@ -183,6 +235,8 @@ impl Gateway {
     /// Starts draining: readiness fails from now on.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::SeqCst);
+        // Long-polls are answered now with what they have, rather than cut at the close.
+        self.watchers.close();
     }
 
     /// Brings the scrape-time gauges up to date and encodes every metric.
@@ -207,6 +261,9 @@ impl Gateway {
         m.upstream_streams_in_flight
             .set(i64::try_from(self.guard.in_flight(Lane::Stream)).unwrap_or(i64::MAX));
         m.ready.set(i64::from(self.is_ready()));
+        m.waiters
+            .set(i64::try_from(self.watchers.waiting()).unwrap_or(i64::MAX));
+        self.webhooks.relay.gauges();
         m.encode()
     }
 }
@@ -223,7 +280,19 @@ impl Live {
             upstream: hex::encode(key.fingerprint(&config.upstream.url)),
             public_url: config.server.public_url.clone(),
         };
+        let webhooks = config
+            .webhooks
+            .as_ref()
+            .map(WebhooksLive::new)
+            .transpose()?;
+        // While webhooks are on, a completion arrives by push: in-progress answers may
+        // be kept longer than a poll interval.
+        let mut cache = config.cache.clone();
+        if let Some(hooks) = &config.webhooks {
+            cache.in_progress_ttl = hooks.in_progress_ttl;
+        }
         Ok(Live {
+            webhooks,
             identity,
             upstream: UpstreamClient::new(
                 &config.upstream,
@@ -231,7 +300,7 @@ impl Live {
                 Arc::clone(guard),
                 Arc::clone(metrics),
             )?,
-            policy: CachePolicy::new(&config.cache),
+            policy: CachePolicy::new(&cache),
             rewriter: LinkRewriter::new(&config.server.public_url),
             clients: Clients::new(&config.clients, previous_clients),
             admin_token: std::env::var(&config.admin.token_env)

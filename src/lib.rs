@@ -27,6 +27,7 @@ pub mod shared;
 pub mod sim;
 pub mod telemetry;
 pub mod tls;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -186,6 +187,9 @@ pub fn start(launch: Launch) -> Result<RunningGateway, BoxError> {
     if config.state.dir.is_some() {
         tokio::spawn(lifecycle::snapshot_every(Arc::downgrade(&gateway)));
     }
+    // The relay's scheduler: idle (one look at the config every tick) without
+    // subscribers, and stops when the gateway is gone.
+    tokio::spawn(Arc::clone(&gateway.webhooks.relay).run(Arc::downgrade(&gateway)));
     let (admin_stop, admin_stopped) = oneshot::channel::<()>();
     let admin_task = admin.map(|listener| {
         let admin = Arc::new(admin::Admin {

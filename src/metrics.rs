@@ -88,6 +88,22 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of `exagate_webhook_relayed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    /// The subscriber's name (from the config: bounded).
+    pub subscriber: String,
+    /// `delivered`, `retry`, `failed` or `disabled`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `exagate_webhook_queue_depth`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// `pending` or `failed`.
+    pub status: &'static str,
+}
+
 /// The label values of the families with a fixed set of them. Their series are created
 /// at zero when the gateway starts: Prometheus sees each from the first scrape, so a
 /// `rate()` or an alert on `increase()` counts the first event too, and a dashboard
@@ -105,6 +121,9 @@ pub const CLOSE_CAUSES: [&str; 5] = [
     "shutdown",
     "send_timeout",
 ];
+
+/// See [`EVICTION_CAUSES`]: what became of each delivery to the webhook receiver.
+pub const RECEIVED_OUTCOMES: [&str; 5] = ["primed", "unknown_job", "duplicate", "stale", "refused"];
 
 /// Every metric the gateway keeps.
 pub struct Metrics {
@@ -171,6 +190,14 @@ pub struct Metrics {
     pub upstream_streams_in_flight: Gauge,
     /// 1 while ready to take traffic, 0 while draining (set at scrape time).
     pub ready: Gauge,
+    /// Deliveries to the webhook receiver, by outcome.
+    pub webhooks_received: Family<CauseLabels, Counter>,
+    /// Attempts to relay events to subscribers, by subscriber and outcome.
+    pub webhooks_relayed: Family<RelayLabels, Counter>,
+    /// Relay deliveries pending or given up (set at scrape time).
+    pub webhook_queue: Family<StatusLabels, Gauge>,
+    /// Long-polls held now (set at scrape time).
+    pub waiters: Gauge,
     /// The hottest series, `requests{route="job",status="200",cache="hit",client=""}`,
     /// held directly so an open gateway's hits skip the family's lock and label hashing.
     open_job_hits: Counter,
@@ -358,6 +385,36 @@ impl Metrics {
             "1 when taking traffic, 0 when draining",
             ready.clone(),
         );
+        let webhooks_received = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries_received",
+            "Deliveries to the webhook receiver, by outcome (primed, unknown_job, duplicate, stale, refused)",
+            webhooks_received.clone(),
+        );
+        let webhooks_relayed = Family::<RelayLabels, Counter>::default();
+        registry.register(
+            "webhook_relayed",
+            "Attempts to relay events to subscribers, by subscriber and outcome",
+            webhooks_relayed.clone(),
+        );
+        let webhook_queue = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "webhook_queue_depth",
+            "Relay deliveries pending or given up",
+            webhook_queue.clone(),
+        );
+        let waiters = Gauge::default();
+        registry.register(
+            "longpoll_waiters",
+            "Long-polls (?wait=) held now",
+            waiters.clone(),
+        );
+        for cause in RECEIVED_OUTCOMES {
+            let _ = webhooks_received.get_or_create(&CauseLabels { cause });
+        }
+        for status in ["pending", "failed"] {
+            let _ = webhook_queue.get_or_create(&StatusLabels { status });
+        }
         for cause in EVICTION_CAUSES {
             let _ = evictions.get_or_create(&CauseLabels { cause });
         }
@@ -410,6 +467,10 @@ impl Metrics {
             upstream_in_flight,
             upstream_streams_in_flight,
             ready,
+            webhooks_received,
+            webhooks_relayed,
+            webhook_queue,
+            waiters,
         }
     }
 
@@ -443,6 +504,23 @@ impl Metrics {
         } else {
             self.saved_coalesced.inc();
         }
+    }
+
+    /// Counts one delivery to the webhook receiver.
+    pub fn webhook_received(&self, cause: &'static str) {
+        self.webhooks_received
+            .get_or_create(&CauseLabels { cause })
+            .inc();
+    }
+
+    /// Counts one relay attempt.
+    pub fn webhook_relayed(&self, subscriber: &str, outcome: &'static str) {
+        self.webhooks_relayed
+            .get_or_create(&RelayLabels {
+                subscriber: subscriber.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts one Redis command of the shared tier.

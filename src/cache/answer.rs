@@ -75,6 +75,17 @@ pub struct Answer {
     /// Read from the shared tier or a snapshot rather than fetched by this process: it
     /// cost no upstream call, and is answered as a hit.
     pub restored: bool,
+    /// A job's `ETag` (a digest of the body as sent), for `If-None-Match` and
+    /// long-polls; `None` for other answers.
+    pub etag: Option<HeaderValue>,
+}
+
+/// The strong `ETag` of a job body: 96 bits of its SHA-256, so every replica that sends
+/// the same bytes names them alike.
+fn etag_of(body: &[u8]) -> HeaderValue {
+    let digest = crate::auth::sha256(body);
+    let text = format!("\"{}\"", hex::encode(&digest[..12]));
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
 /// An answer's `Content-Type`: JSON (nearly every answer) costs nothing to keep.
@@ -142,7 +153,9 @@ impl Answer {
         } else {
             body
         };
+        let etag = (status == StatusCode::OK && job_state.is_some()).then(|| etag_of(&body));
         Answer {
+            etag,
             status,
             content_type,
             headers: (!headers.is_empty()).then(|| Box::new(headers)),
@@ -166,7 +179,10 @@ impl Answer {
             .content_type
             .clone()
             .and_then(|v| HeaderValue::from_maybe_shared(v).ok());
+        let etag = (envelope.status == StatusCode::OK && envelope.job_state.is_some())
+            .then(|| etag_of(&body));
         Some(Answer {
+            etag,
             status: envelope.status,
             content_type: ContentType::from_header(content_type, true),
             headers: None,
@@ -192,7 +208,33 @@ impl Answer {
             expires_at: None,
             upstream_micros: self.upstream_micros,
             restored: self.restored,
+            etag: self.etag.clone(),
         }
+    }
+
+    /// Whether an `If-None-Match` value names this answer (`*`, or one of its tags,
+    /// weak or strong: the comparison for `If-None-Match` is the weak one).
+    pub fn matches(&self, if_none_match: &HeaderValue) -> bool {
+        let Some(etag) = &self.etag else {
+            return false;
+        };
+        let Ok(tags) = if_none_match.to_str() else {
+            return false;
+        };
+        let ours = etag.as_bytes();
+        tags.split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
+    }
+
+    /// `304 Not Modified`: this answer's headers, no body.
+    pub fn not_modified(&self, cache: XCache, now: Instant) -> Response<Body> {
+        let mut response = self.respond(true, cache, now);
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let headers = response.headers_mut();
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::CONTENT_TYPE);
+        response
     }
 
     /// This stored answer as an envelope, dated against `now` and `now_ms` (the same
@@ -240,7 +282,7 @@ impl Answer {
         let headers = response.headers_mut();
         match &self.headers {
             Some(extra) => headers.clone_from(extra),
-            None => headers.reserve(6),
+            None => headers.reserve(7),
         }
         if let Some(content_type) = self.content_type.header() {
             headers.insert(header::CONTENT_TYPE, content_type);
@@ -251,6 +293,9 @@ impl Answer {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
         }
         headers.insert(X_CACHE, cache.header());
+        if let Some(etag) = &self.etag {
+            headers.insert(header::ETAG, etag.clone());
+        }
         match self.expires_at {
             Some(expires_at) => {
                 // `max-age` is the entry's whole lifetime and `Age` what has gone of it,

@@ -11,6 +11,7 @@ pub mod key;
 pub mod policy;
 pub mod snapshot;
 pub mod store;
+pub mod watch;
 
 pub use answer::Answer;
 pub use envelope::Envelope;

@@ -14,7 +14,9 @@ use http::Uri;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod shared;
+mod webhooks;
 pub use shared::{check_url as check_redis_url, redact_url, SharedConfig, StateConfig, UrlSource};
+pub use webhooks::{SecretSource, SubscriberConfig, WebhooksConfig, EVENT_TYPES, MIN_SECRET};
 
 /// A problem with the configuration file; the message names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,9 @@ pub struct Config {
     pub shared: Option<SharedConfig>,
     /// What is kept on disk across restarts.
     pub state: StateConfig,
+    /// The account's webhook, received and relayed by the gateway; `None`: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhooksConfig>,
 }
 
 /// `[server]`
@@ -108,6 +113,10 @@ pub struct ServerConfig {
     /// (nginx's `proxy_request_buffering`); larger ones stream after their first part.
     #[serde(with = "size")]
     pub upload_buffer: u64,
+    /// Longest a long-poll (`?wait=`) is held: below the 60 s idle cut of common load
+    /// balancers, since a held JSON answer cannot send keep-alive bytes.
+    #[serde(with = "duration")]
+    pub max_wait: Duration,
     /// TLS termination; absent means plain HTTP (and h2c).
     pub tls: Option<TlsConfig>,
 }
@@ -126,6 +135,7 @@ impl Default for ServerConfig {
             max_header_bytes: 16 * 1024,
             max_body: 100 * 1024 * 1024,
             upload_buffer: 1024 * 1024,
+            max_wait: Duration::from_secs(55),
             tls: None,
         }
     }
@@ -443,6 +453,8 @@ struct RawConfig {
     shared: Option<SharedConfig>,
     #[serde(default)]
     state: StateConfig,
+    #[serde(default)]
+    webhooks: Option<WebhooksConfig>,
 }
 
 impl From<RawConfig> for Config {
@@ -456,6 +468,7 @@ impl From<RawConfig> for Config {
             clients: raw.clients,
             shared: raw.shared,
             state: raw.state,
+            webhooks: raw.webhooks,
         }
     }
 }
@@ -596,6 +609,15 @@ impl Config {
             shared.validate().map_err(|(key, m)| invalid(key, m))?;
         }
         self.state.validate().map_err(|(key, m)| invalid(key, m))?;
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.validate().map_err(|(key, m)| invalid(key, m))?;
+        }
+        if s.max_wait > Duration::from_secs(600) {
+            return Err(invalid(
+                "server.max_wait",
+                "must be at most 10m (a held request holds a connection and a task)",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         let mut hashes = std::collections::HashSet::new();
         for client in &self.clients {

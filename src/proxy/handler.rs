@@ -42,11 +42,14 @@ where
     // With the access log off (log.level above info), skip even the clock and the path copy.
     let logging = tracing::enabled!(target: "exagate::access", tracing::Level::INFO);
     let head = logging.then(|| {
-        (
-            Instant::now(),
-            request.method().clone(),
-            request.uri().path().to_owned(),
-        )
+        let path = request.uri().path();
+        // The receiver's path holds the webhook secret: never written anywhere.
+        let path = if path.starts_with(crate::webhooks::RECEIVER_PREFIX) {
+            crate::webhooks::REDACTED_PATH.to_owned()
+        } else {
+            path.to_owned()
+        };
+        (Instant::now(), request.method().clone(), path)
     });
     let mut answering = Answering {
         gw: &gw,
@@ -147,6 +150,14 @@ where
     if let Err(e) = route::check_target(request.uri()) {
         return refuse(e, ex);
     }
+    if request
+        .uri()
+        .path()
+        .starts_with(crate::webhooks::RECEIVER_PREFIX)
+    {
+        // Before the clients' check: the API calls with no client token.
+        return Box::pin(crate::webhooks::receiver::receive(gw, request, ex)).await;
+    }
     let route = match route::route(request.method(), request.uri().path()) {
         Ok(route) => route,
         Err(e) => return refuse(e, ex),
@@ -170,10 +181,27 @@ where
         Ok(None) => {}
         Err(e) => return refuse(e, ex),
     }
+    let managed = live.webhooks.is_some();
     drop(live);
     let head = request.method() == Method::HEAD;
     match route {
-        Route::Job(job) => lookup::job(gw, JobKey { scope, job }, head, ex).await,
+        Route::Job(job) => {
+            let ask = lookup::Ask {
+                wait: match super::longpoll::wait_param(request.uri().query().unwrap_or("")) {
+                    Ok(wait) => wait,
+                    Err(e) => return refuse(e, ex),
+                },
+                if_none_match: request.headers().get(http::header::IF_NONE_MATCH).cloned(),
+            };
+            lookup::job(gw, JobKey { scope, job }, head, ask, ex).await
+        }
+        Route::Settings if managed && request.method() == Method::PUT => refuse(
+            crate::error::GatewayError::new(
+                crate::error::ErrorKind::WebhooksManaged,
+                "this gateway owns the account's webhook ([webhooks] is on): add a [[webhooks.subscribers]] entry to hear of jobs instead",
+            ),
+            ex,
+        ),
         Route::Chunks(job) => match route::chunk_window(request.uri().query().unwrap_or("")) {
             Ok(window) => lookup::chunks(gw, JobKey { scope, job }, &window, head, ex).await,
             Err(e) => refuse(e, ex),

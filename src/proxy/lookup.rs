@@ -24,9 +24,53 @@ use crate::gateway::{FetchResult, Gateway, Live};
 use crate::guard::Token;
 use crate::shared::tier::Found;
 
+/// What a job lookup asks beyond the job: a long-poll's wait, a validator.
+#[derive(Debug, Default)]
+pub struct Ask {
+    /// `?wait=`: hold the request while the job is in progress, up to this long.
+    pub wait: Option<Duration>,
+    /// `If-None-Match`: answer `304` when the job's `ETag` is one of these.
+    pub if_none_match: Option<http::HeaderValue>,
+}
+
 /// `GET`/`HEAD /v2/extract/{id}`.
-pub async fn job(gw: &Arc<Gateway>, key: JobKey, head: bool, ex: &mut Exchange) -> Response<Body> {
-    read(gw, CacheKey::Job(key), head, ex).await
+pub async fn job(
+    gw: &Arc<Gateway>,
+    key: JobKey,
+    head: bool,
+    ask: Ask,
+    ex: &mut Exchange,
+) -> Response<Body> {
+    match ask {
+        Ask {
+            wait: None,
+            if_none_match: None,
+        } => read(gw, CacheKey::Job(key), head, ex).await,
+        Ask {
+            wait: None,
+            if_none_match: Some(tags),
+        } => {
+            let now = Instant::now();
+            match answer_for(gw, CacheKey::Job(key), ex, now).await {
+                Ok((answer, cache)) => conditional(gw, &answer, head, cache, now, Some(&tags)),
+                Err(e) => failed(e, ex),
+            }
+        }
+        Ask {
+            wait: Some(wait),
+            if_none_match,
+        } => {
+            Box::pin(super::longpoll::hold(
+                gw,
+                key,
+                head,
+                wait,
+                if_none_match,
+                ex,
+            ))
+            .await
+        }
+    }
 }
 
 /// `GET`/`HEAD /v2/extract/{id}/chunks?...`.
@@ -43,30 +87,58 @@ pub async fn chunks(
 async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -> Response<Body> {
     // One clock read serves the lookup's freshness check and the hit's `Age`.
     let now = Instant::now();
+    match answer_for(gw, key, ex, now).await {
+        Ok((answer, cache)) => respond(gw, &answer, head, cache, now),
+        Err(e) => failed(e, ex),
+    }
+}
+
+/// An error answer, noted in the exchange.
+fn failed(e: GatewayError, ex: &mut Exchange) -> Response<Body> {
+    ex.error = Some(e.kind.code());
+    e.to_response(XCache::Miss.as_str())
+}
+
+/// The answer for `key` and how it was found: from the cache, else from a fetch (this
+/// request's, or one it joined), noted in the exchange.
+pub(super) async fn answer_for(
+    gw: &Arc<Gateway>,
+    key: CacheKey,
+    ex: &mut Exchange,
+    now: Instant,
+) -> Result<(Arc<Answer>, XCache), GatewayError> {
     if let Some(answer) = gw.cache.get(&key, now).await {
         ex.cache = XCache::Hit;
-        return respond(gw, &answer, head, XCache::Hit, now);
+        return Ok((answer, XCache::Hit));
     }
     ex.cache = XCache::Miss;
     // Boxed: a miss waits on the upstream anyway, and its state inline would make every
     // hit's future as large as a miss's.
-    match Box::pin(fetch_shared(gw, key, ex)).await {
-        Ok(answer) if answer.restored => {
-            // From the shared tier: no upstream call was made for it.
-            ex.cache = XCache::Hit;
-            respond(gw, &answer, head, XCache::Hit, now)
-        }
-        Ok(answer) => {
-            ex.upstream_status = Some(answer.status);
-            if !ex.coalesced {
-                ex.upstream_time = Some(Duration::from_micros(u64::from(answer.upstream_micros)));
-            }
-            respond(gw, &answer, head, XCache::Miss, now)
-        }
-        Err(e) => {
-            ex.error = Some(e.kind.code());
-            e.to_response(XCache::Miss.as_str())
-        }
+    let answer = Box::pin(fetch_shared(gw, key, ex)).await?;
+    if answer.restored {
+        // From the shared tier: no upstream call was made for it.
+        ex.cache = XCache::Hit;
+        return Ok((answer, XCache::Hit));
+    }
+    ex.upstream_status = Some(answer.status);
+    if !ex.coalesced {
+        ex.upstream_time = Some(Duration::from_micros(u64::from(answer.upstream_micros)));
+    }
+    Ok((answer, XCache::Miss))
+}
+
+/// The answer, or `304 Not Modified` when the request's `If-None-Match` names its `ETag`.
+pub(super) fn conditional(
+    gw: &Gateway,
+    answer: &Answer,
+    head: bool,
+    cache: XCache,
+    now: Instant,
+    if_none_match: Option<&http::HeaderValue>,
+) -> Response<Body> {
+    match if_none_match {
+        Some(tags) if answer.matches(tags) => answer.not_modified(cache, now),
+        _ => respond(gw, answer, head, cache, now),
     }
 }
 
@@ -154,7 +226,7 @@ const PACE: usize = 64 * 1024;
 /// `server.send_timeout` (a client that opens HTTP/2 streams with a window of 0 could
 /// otherwise pin any number of large bodies, evicted entries included, beyond
 /// `cache.max_size`). Small answers, nearly all hits, go as they are.
-fn respond(
+pub(super) fn respond(
     gw: &Gateway,
     answer: &Answer,
     head: bool,
@@ -210,7 +282,12 @@ async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -
                     CacheKey::Job(_) => None,
                 };
                 match restored(&live, key, &envelope, parent_left) {
-                    Some(answer) => return Ok(keep(gw, key, Arc::new(answer), epoch).await),
+                    Some(answer) => {
+                        if let CacheKey::Job(job) = key {
+                            gw.record_scope(&live, *job);
+                        }
+                        return Ok(keep(gw, key, Arc::new(answer), epoch).await);
+                    }
                     None => {
                         tracing::warn!(job = %key.job(), "the shared tier held an unusable answer: fetching it")
                     }
@@ -223,7 +300,13 @@ async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -
     }
     let result = fetch_upstream(gw, &live, key, share, deadline).await;
     let (result, original) = match result {
-        Ok((answer, original)) => (Ok(keep(gw, key, answer, epoch).await), Some(original)),
+        Ok((answer, original, seen)) => {
+            let answer = keep(gw, key, answer, epoch).await;
+            if let (CacheKey::Job(job), Some(seen)) = (key, seen) {
+                learned(gw, &live, *job, seen);
+            }
+            (Ok(answer), Some(original))
+        }
         Err(e) => (Err(e), None),
     };
     if let (Some(shared), Some(lock)) = (&gw.shared, lock) {
@@ -237,6 +320,87 @@ async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -
         shared.store(key, envelope, lock);
     }
     result
+}
+
+/// What the upstream's answer of a job said about it.
+struct Seen {
+    state: JobState,
+    created_at: Option<OffsetDateTime>,
+}
+
+/// The upstream answered `job` (200): it exists in that scope (a webhook for it may
+/// prime it there), its long-polls look again, and a terminal state is an event.
+fn learned(gw: &Gateway, live: &Live, job: JobKey, seen: Seen) {
+    gw.record_scope(live, job);
+    gw.watchers.changed(job.job);
+    if let Some(event) =
+        crate::webhooks::Event::of(job.job, seen.state, job.scope, seen.created_at, "lookup")
+    {
+        gw.emit(live, &event);
+    }
+}
+
+/// What became of a job body handed to the cache by a webhook delivery or a create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Primed {
+    /// Stored (or decided not to store by the state rules, as an upstream answer would
+    /// be): the next lookup sees it.
+    Stored,
+    /// The cache already held exactly this.
+    Duplicate,
+    /// The cache holds a finished state and this says in progress: kept what it had.
+    Stale,
+}
+
+/// Hands a job body that did not come from a lookup (a webhook delivery, a create's
+/// answer) to the cache of `key`'s scope, by the same rules as an upstream answer, and
+/// to the shared tier and the other replicas with `[shared]`; its long-polls look again.
+pub async fn prime(
+    gw: &Gateway,
+    live: &Live,
+    key: JobKey,
+    body: bytes::Bytes,
+) -> Result<Primed, GatewayError> {
+    let cache_key = CacheKey::Job(key);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let fetched = Fetched {
+        status: StatusCode::OK,
+        headers,
+        body: body.clone(),
+        elapsed: Duration::ZERO,
+    };
+    let (answer, _) = job_answer(live, key.job, fetched)?;
+    if let Some(current) = gw.cache.get(&cache_key, Instant::now()).await {
+        if current.status == StatusCode::OK && current.body == answer.body {
+            return Ok(Primed::Duplicate);
+        }
+        let finished = |s: Option<JobState>| {
+            matches!(
+                s,
+                Some(JobState::Completed | JobState::Failed | JobState::Cleaned)
+            )
+        };
+        if finished(current.job_state) && !finished(answer.job_state) {
+            return Ok(Primed::Stale);
+        }
+    }
+    // Turns away every fill of the job that began before (it would store an older
+    // state over this one), then stores this in the new epoch.
+    gw.cache.invalidate_scoped(key).await;
+    let epoch = gw.cache.epoch(key.job);
+    let answer = keep(gw, &cache_key, Arc::new(answer), epoch).await;
+    if let Some(shared) = gw.shared.as_ref().filter(|s| s.usable()) {
+        if let Some(envelope) = shared_envelope(&answer, body) {
+            shared.put(&cache_key, &envelope, now_ms()).await;
+        }
+        shared.announce(key).await;
+    }
+    gw.watchers.changed(key.job);
+    Ok(Primed::Stored)
 }
 
 /// Stores `answer` if it is to be stored and no invalidation overtook its fill; an
@@ -253,14 +417,15 @@ async fn keep(gw: &Gateway, key: &CacheKey, answer: Arc<Answer>, epoch: u64) -> 
     Arc::new(answer.unstored())
 }
 
-/// The upstream's answer for `key`, and its body as the upstream sent it.
+/// The upstream's answer for `key`, its body as the upstream sent it, and for a job
+/// found (200) what it said of itself.
 async fn fetch_upstream(
     gw: &Gateway,
     live: &Live,
     key: &CacheKey,
     share: Option<Token>,
     deadline: tokio::time::Instant,
-) -> Result<(Arc<Answer>, bytes::Bytes), GatewayError> {
+) -> Result<(Arc<Answer>, bytes::Bytes, Option<Seen>), GatewayError> {
     let job = key.job();
     let path = match key {
         CacheKey::Job(k) => format!("/v2/extract/{}", k.job),
@@ -276,11 +441,11 @@ async fn fetch_upstream(
         .get_buffered(route, &path, job.scope, share, deadline)
         .await?;
     let original = fetched.body.clone();
-    let answer = match key {
+    let (answer, seen) = match key {
         CacheKey::Job(k) => job_answer(live, k.job, fetched)?,
-        CacheKey::Chunks(k, _) => chunks_answer(gw, k, fetched).await?,
+        CacheKey::Chunks(k, _) => (chunks_answer(gw, k, fetched).await?, None),
     };
-    Ok((Arc::new(answer), original))
+    Ok((Arc::new(answer), original, seen))
 }
 
 /// A stored answer as the shared tier keeps it: dated, with the upstream's body.
@@ -372,7 +537,12 @@ fn is_job(facts: &crate::proxy::rewrite::JobFacts, asked: Uuid) -> bool {
 
 /// Builds the answer for a job lookup: a 200 is validated and rewritten, a 404 kept
 /// briefly, anything else passed on unstored.
-fn job_answer(live: &Live, asked: Uuid, fetched: Fetched) -> Result<Answer, GatewayError> {
+fn job_answer(
+    live: &Live,
+    asked: Uuid,
+    fetched: Fetched,
+) -> Result<(Answer, Option<Seen>), GatewayError> {
+    let mut seen = None;
     let (body, state, decision) = match fetched.status {
         StatusCode::OK => {
             let (body, facts) = live.rewriter.rewrite_job(&fetched.body).map_err(|e| {
@@ -392,13 +562,17 @@ fn job_answer(live: &Live, asked: Uuid, fetched: Fetched) -> Result<Answer, Gate
             let decision =
                 live.policy
                     .for_job(facts.state, facts.created_at, OffsetDateTime::now_utc());
+            seen = Some(Seen {
+                state: facts.state,
+                created_at: facts.created_at,
+            });
             (Some(body), Some(facts.state), decision)
         }
         StatusCode::NOT_FOUND => (None, None, live.policy.for_not_found()),
         _ => (None, None, Decision::Skip(NoCacheReason::Status)),
     };
     let lifetime = lifetime(fetched.status, decision);
-    Ok(answer(fetched, body, state, lifetime))
+    Ok((answer(fetched, body, state, lifetime), seen))
 }
 
 /// Builds the answer for a chunks window: stored only while the job itself is cached as

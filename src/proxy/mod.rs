@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod exchange;
 pub mod handler;
 pub mod headers;
+pub mod longpoll;
 pub mod lookup;
 pub mod passthrough;
 pub mod rewrite;

@@ -18,6 +18,7 @@ use crate::body::Body;
 use crate::cache::answer::XCache;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{Gateway, Live};
+use crate::proxy::rewrite::JobFacts;
 use crate::proxy::upstream::Failure;
 
 /// Forwards a request as it is (with the key) and streams the answer back.
@@ -143,7 +144,7 @@ where
         && !is_encoded(response.headers());
     if rewrite {
         // Read whole, then the slot goes.
-        return rewrite_collection(&live, &parts.method, response, ex).await;
+        return rewrite_collection(gw, &live, &parts.method, scope, response, ex).await;
     }
     let (parts, body) = response.into_parts();
     let send_timeout = live.config.server.send_timeout;
@@ -187,8 +188,10 @@ fn is_json(headers: &http::HeaderMap) -> bool {
 /// app that follows them from there also comes back through the gateway. These bodies
 /// are small JSON, read whole within `upstream.max_body`.
 async fn rewrite_collection(
+    gw: &Gateway,
     live: &Live,
     method: &Method,
+    scope: Scope,
     response: Response<Incoming>,
     ex: &mut Exchange,
 ) -> Response<Body> {
@@ -207,7 +210,11 @@ async fn rewrite_collection(
         }
     };
     let rewritten = if method == Method::POST {
-        live.rewriter.rewrite_job(&bytes).map(|(b, _)| b)
+        let rewritten = live.rewriter.rewrite_job(&bytes);
+        if let Ok((_, facts)) = &rewritten {
+            created(gw, live, scope, facts, &bytes).await;
+        }
+        rewritten.map(|(b, _)| b)
     } else {
         live.rewriter.rewrite_list(&bytes)
     };
@@ -223,6 +230,27 @@ async fn rewrite_collection(
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
     response
+}
+
+/// A job created through the gateway: its scope is known from now on (a webhook for it
+/// primes it there), and while webhooks are on the create's answer is its first lookup,
+/// so the app's first poll costs nothing.
+async fn created(gw: &Gateway, live: &Live, scope: Scope, facts: &JobFacts, body: &bytes::Bytes) {
+    if live.webhooks.is_none() {
+        return;
+    }
+    let Some(job) = facts
+        .id
+        .as_deref()
+        .and_then(|id| uuid::Uuid::try_parse(id).ok())
+    else {
+        return;
+    };
+    let key = crate::cache::JobKey { scope, job };
+    gw.record_scope(live, key);
+    if let Err(e) = super::lookup::prime(gw, live, key, body.clone()).await {
+        tracing::debug!(%job, error = %e.message, "created job not primed");
+    }
 }
 
 /// `413` for a declared request body over `server.max_body`, before any upstream call.

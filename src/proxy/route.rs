@@ -116,14 +116,17 @@ pub fn check_target(uri: &http::Uri) -> Result<(), GatewayError> {
 /// Methods of the read routes.
 const GET_HEAD: &str = "GET, HEAD";
 
+/// The answer for a path the gateway does not serve (the webhook receiver answers a
+/// wrong secret with it too, so a prober cannot tell the two apart).
+pub fn not_found() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::NotFound,
+        "exagate serves only the Extract API routes under /v2/extract",
+    )
+}
+
 /// Classifies a request by method and path.
 pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
-    let not_found = || {
-        GatewayError::new(
-            ErrorKind::NotFound,
-            "exagate serves only the Extract API routes under /v2/extract",
-        )
-    };
     let read = method == Method::GET || method == Method::HEAD;
     match path {
         "/v2/extract" => {

@@ -62,6 +62,29 @@ impl Shared {
         self.invalidate(Invalidation::Job(key)).await;
     }
 
+    /// Tells the other replicas that `key` has a new answer in Redis (a webhook primed
+    /// it): they drop their own copy, and their long-polls look again. Not kept while
+    /// Redis is away: the others' copies then live out their short in-progress life.
+    pub async fn announce(&self, key: JobKey) {
+        if !self.usable() {
+            return;
+        }
+        let channel = self.keys.channel();
+        let message = Invalidation::Job(key).encode(&self.node);
+        let sent = self
+            .run::<i64, _, _>("publish", true, |mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        if sent.is_ok() {
+            self.metrics.invalidations_sent.inc();
+        }
+    }
+
     /// Empties the tier for every replica: a new generation, announced.
     pub async fn invalidate_all(&self) {
         self.invalidate(Invalidation::All(0)).await;
@@ -220,11 +243,15 @@ async fn received(shared: &Shared, gw: &Gateway, payload: &[u8]) {
     }
     shared.metrics.invalidations_received.inc();
     match what {
-        Invalidation::Job(key) => gw.cache.invalidate_scoped(key).await,
+        Invalidation::Job(key) => {
+            gw.cache.invalidate_scoped(key).await;
+            gw.watchers.changed(key.job);
+        }
         Invalidation::All(generation) => {
             // The sender's bump is the counter's value now (messages arrive in order).
             shared.generation.store(generation, Ordering::Release);
             gw.cache.invalidate_all().await;
+            gw.watchers.changed_all();
         }
     }
 }

@@ -73,6 +73,12 @@ impl Keys {
         format!("{}:cooldown", self.prefix)
     }
 
+    /// The scopes a job was seen in (a set of scope name parts), for webhook priming on
+    /// whichever replica the delivery reaches.
+    pub fn scopes(&self, job: uuid::Uuid) -> String {
+        format!("{}:scopes:{job}", self.prefix)
+    }
+
     /// The invalidation channel.
     pub fn channel(&self) -> String {
         format!("{}:invalidate", self.prefix)

@@ -16,6 +16,7 @@
 //! shared mode is lost, one when it is back; `exagate_shared_mode` says which.
 
 pub mod bus;
+pub mod hooks;
 pub mod keys;
 pub mod quota;
 pub mod scripts;

@@ -198,6 +198,35 @@ impl Shared {
         });
     }
 
+    /// Stores an answer no fetch of this replica's made (a webhook delivery), replacing
+    /// what Redis holds for `key`, unless a purge came after `since_ms`.
+    pub async fn put(&self, key: &CacheKey, envelope: &Envelope, since_ms: u64) {
+        let now = crate::cache::envelope::now_ms();
+        let Some(left) = envelope.left(now) else {
+            return;
+        };
+        let hash = self.keys.entry(self.generation(), key.job());
+        let field = Keys::field(key);
+        let ttl = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+        let value = envelope.encode();
+        let script = &self.scripts.store;
+        let stored = self
+            .run::<i64, _, _>("store", true, |mut c| async move {
+                script
+                    .key(hash)
+                    .arg(field)
+                    .arg(value.as_ref())
+                    .arg(ttl)
+                    .arg(since_ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        if stored == Ok(0) {
+            self.metrics.shared_op("store", "refused");
+        }
+    }
+
     /// Lets a lock go if this replica still holds it.
     async fn release(&self, lock: Lock) {
         lock.renewing.abort();

@@ -1,0 +1,119 @@
+//! Webhooks: the gateway owns the account's one webhook URL.
+//!
+//! - [`receiver`]: `POST /webhooks/exabase/{secret}` hears the API's deliveries, primes
+//!   the cache from them (so every poller sees `completed` at once, with no upstream call)
+//!   and turns them into events.
+//! - [`scopes`]: which scopes each job was seen in; a delivery carries no base id, so
+//!   only those are primed.
+//! - [`relay`], [`outbox`], [`sign`]: events relayed to `[[webhooks.subscribers]]` as
+//!   Standard Webhooks deliveries, durable, retried, scoped.
+
+pub mod event;
+pub mod outbox;
+pub mod receiver;
+pub mod relay;
+pub mod scopes;
+pub mod sign;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::WebhooksConfig;
+use crate::metrics::Metrics;
+
+pub use event::Event;
+pub use relay::{Relay, Subscriber};
+pub use scopes::Scopes;
+
+/// The receiver's path, before the secret.
+pub const RECEIVER_PREFIX: &str = "/webhooks/exabase/";
+
+/// What the access log shows instead of the receiver's path.
+pub const REDACTED_PATH: &str = "/webhooks/exabase/[redacted]";
+
+/// `[webhooks]` as the current config has it (rebuilt on reload: a new secret, new
+/// subscribers).
+pub struct WebhooksLive {
+    /// SHA-256 of the path secret: compared digest to digest, so neither the length
+    /// nor the content of the secret shows in the timing of a refusal.
+    secret_digest: [u8; 32],
+    /// The subscribers.
+    pub subscribers: Vec<Arc<Subscriber>>,
+    /// Waits between relay attempts.
+    pub retry_schedule: Vec<Duration>,
+    /// Largest delivery accepted.
+    pub max_body: u64,
+    /// Where the API reaches the gateway.
+    pub public_url: String,
+    /// The receiver's full URL (holds the secret: never logged).
+    receiver_url: String,
+}
+
+impl std::fmt::Debug for WebhooksLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhooksLive")
+            .field("subscribers", &self.subscribers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhooksLive {
+    /// Reads the secrets the config names. Errors name variables and files, never values.
+    pub fn new(config: &WebhooksConfig) -> Result<WebhooksLive, String> {
+        let secret = config.load_secret()?;
+        let subscribers = config
+            .subscribers
+            .iter()
+            .map(|s| Subscriber::new(s).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(WebhooksLive {
+            secret_digest: crate::auth::sha256(secret.as_bytes()),
+            subscribers,
+            retry_schedule: config.retry_schedule.clone(),
+            max_body: config.max_body,
+            public_url: config.public_url.clone(),
+            receiver_url: receiver_url(&config.public_url, &secret),
+        })
+    }
+
+    /// Whether `presented` is the path secret.
+    pub fn is_secret(&self, presented: &str) -> bool {
+        bool::from(crate::auth::sha256(presented.as_bytes()).ct_eq(&self.secret_digest))
+    }
+
+    /// The URL the account's webhook must point at (it holds the secret).
+    pub fn receiver_url(&self) -> &str {
+        &self.receiver_url
+    }
+}
+
+/// `public_url` + the receiver's path.
+pub fn receiver_url(public_url: &str, secret: &str) -> String {
+    format!(
+        "{}{RECEIVER_PREFIX}{secret}",
+        public_url.trim_end_matches('/')
+    )
+}
+
+/// What outlives reloads: the scopes seen and the relay's queue.
+pub struct Webhooks {
+    /// Which scopes each job was seen in.
+    pub scopes: Scopes,
+    /// The relay and its outbox.
+    pub relay: Arc<Relay>,
+}
+
+impl Webhooks {
+    /// The runtime side; the outbox is journaled in `state_dir` when there is one.
+    pub fn new(
+        state_dir: Option<&std::path::Path>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Webhooks, crate::BoxError> {
+        Ok(Webhooks {
+            scopes: Scopes::default(),
+            relay: Arc::new(Relay::new(state_dir, metrics)?),
+        })
+    }
+}

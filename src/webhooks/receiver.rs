@@ -1,0 +1,169 @@
+//! `POST /webhooks/exabase/{secret}`: the API's deliveries.
+//!
+//! The API signs nothing, so the secret in the path is the proof. A wrong or missing
+//! secret is answered exactly like a path the gateway does not serve. A good delivery is
+//! checked to be a job, acknowledged at once (the API retries slow receivers) and
+//! processed after: the cache is primed in every scope the job was seen in, and the
+//! event goes to the relay.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{Event, RECEIVER_PREFIX};
+use crate::body::Body;
+use crate::cache::answer::XCache;
+use crate::cache::{JobKey, JobState};
+use crate::error::{BoxError, ErrorKind, GatewayError};
+use crate::gateway::Gateway;
+use crate::proxy::exchange::Exchange;
+use crate::proxy::lookup::{self, Primed};
+
+/// Handles one request to the receiver's path.
+pub async fn receive<B>(gw: &Arc<Gateway>, request: Request<B>, ex: &mut Exchange) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    ex.route = "webhook";
+    ex.cache = XCache::Bypass;
+    let refuse = |e: GatewayError, ex: &mut Exchange| {
+        ex.error = Some(e.kind.code());
+        e.to_response(XCache::Bypass.as_str())
+    };
+    let live = gw.live();
+    let Some(hooks) = live.webhooks.as_ref() else {
+        return refuse(crate::proxy::route::not_found(), ex);
+    };
+    let presented = request
+        .uri()
+        .path()
+        .strip_prefix(RECEIVER_PREFIX)
+        .unwrap_or("");
+    if !hooks.is_secret(presented) {
+        gw.metrics.webhook_received("refused");
+        return refuse(crate::proxy::route::not_found(), ex);
+    }
+    if request.method() != Method::POST {
+        return refuse(GatewayError::method_not_allowed("POST"), ex);
+    }
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            "the delivery is larger than webhooks.max_body",
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > hooks.max_body) {
+        gw.metrics.webhook_received("refused");
+        return refuse(too_large(), ex);
+    }
+    let limit = usize::try_from(hooks.max_body).unwrap_or(usize::MAX);
+    let stall = live.config.upstream.timeout;
+    let read =
+        tokio::time::timeout(stall, Limited::new(request.into_body(), limit).collect()).await;
+    let body = match read {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
+            gw.metrics.webhook_received("refused");
+            let e = if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                GatewayError::new(ErrorKind::BadRequest, "the delivery's body broke off")
+            };
+            return refuse(e, ex);
+        }
+        Err(_) => {
+            gw.metrics.webhook_received("refused");
+            return refuse(
+                GatewayError::new(
+                    ErrorKind::RequestTimeout,
+                    "the delivery's body stopped arriving",
+                ),
+                ex,
+            );
+        }
+    };
+    let facts = match live.rewriter.rewrite_job(&body) {
+        Ok((_, facts)) => facts,
+        Err(_) => {
+            gw.metrics.webhook_received("refused");
+            return refuse(
+                GatewayError::new(
+                    ErrorKind::InvalidWebhook,
+                    "the delivery is not a JSON job (an object with an id and a state)",
+                ),
+                ex,
+            );
+        }
+    };
+    let Some(job) = facts.id.as_deref().and_then(|id| Uuid::try_parse(id).ok()) else {
+        gw.metrics.webhook_received("refused");
+        return refuse(
+            GatewayError::new(
+                ErrorKind::InvalidWebhook,
+                "the delivery's job has no id that is a UUID",
+            ),
+            ex,
+        );
+    };
+    drop(live);
+    // Acknowledged now, processed on a task of its own: the API's retry clock is not
+    // this gateway's priming and relaying.
+    let gw = Arc::clone(gw);
+    let (state, created_at) = (facts.state, facts.created_at);
+    tokio::spawn(async move {
+        process(&gw, job, state, created_at, body).await;
+    });
+    let mut response = Response::new(Body::full(Bytes::from_static(br#"{"accepted":true}"#)));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Primes every scope the job is known in and hands its event to the relay.
+async fn process(
+    gw: &Arc<Gateway>,
+    job: Uuid,
+    state: JobState,
+    created_at: Option<OffsetDateTime>,
+    body: Bytes,
+) {
+    let live = gw.live();
+    let scopes = gw.known_scopes(job).await;
+    if scopes.is_empty() {
+        // Never guessed: a job this gateway never saw may be another scope's, and
+        // priming it in the wrong one would show one base another's job.
+        tracing::debug!(%job, "webhook for a job this gateway has not seen: acknowledged, nothing primed");
+        gw.metrics.webhook_received("unknown_job");
+        return;
+    }
+    let mut outcome = "duplicate";
+    for scope in scopes {
+        let key = JobKey { scope, job };
+        match lookup::prime(gw, &live, key, body.clone()).await {
+            Ok(Primed::Stored) => outcome = "primed",
+            Ok(Primed::Stale) if outcome == "duplicate" => outcome = "stale",
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(%job, error = %e.message, "webhook delivery not primed");
+            }
+        }
+        if let Some(event) = Event::of(job, state, scope, created_at, "webhook") {
+            gw.emit(&live, &event);
+        }
+    }
+    tracing::info!(%job, state = state.as_str(), outcome, "webhook delivery");
+    gw.metrics.webhook_received(outcome);
+}

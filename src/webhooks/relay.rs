@@ -1,0 +1,377 @@
+//! Relaying events to `[[webhooks.subscribers]]`: at least once, signed (Standard
+//! Webhooks), retried with jitter until a 2xx or the job's end of life, one queue per
+//! subscriber so a slow or dead one never holds up the others.
+
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use time::OffsetDateTime;
+
+use super::event::Event;
+use super::outbox::{delivery_id, Delivery, Outbox, Status};
+use super::sign::SigningKey;
+use crate::auth::ScopeRule;
+use crate::cache::envelope::now_ms;
+use crate::config::SubscriberConfig;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+
+/// Longest one attempt may take, connection included.
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Attempts under way at once per subscriber.
+pub const PER_SUBSCRIBER: usize = 4;
+
+/// How often the queue is looked at when nothing wakes it.
+const TICK: Duration = Duration::from_millis(250);
+
+/// One subscriber, as the current config has it.
+pub struct Subscriber {
+    /// Its name.
+    pub name: String,
+    /// Where deliveries go.
+    pub url: Uri,
+    key: SigningKey,
+    rule: ScopeRule,
+    events: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("name", &self.name)
+            .field("url", &redact(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// Builds one from its config, reading its secret from the environment. The error
+    /// names the variable, never its value.
+    pub fn new(config: &SubscriberConfig) -> Result<Subscriber, String> {
+        let secret = std::env::var(&config.secret_env).map_err(|_| {
+            format!(
+                "webhooks.subscribers `{}`: the variable {} (secret_env) is not set",
+                config.name, config.secret_env
+            )
+        })?;
+        let key = SigningKey::parse(&secret).map_err(|why| {
+            format!(
+                "webhooks.subscribers `{}`: the secret in {} {why}",
+                config.name, config.secret_env
+            )
+        })?;
+        let url = config
+            .url
+            .parse()
+            .map_err(|_| format!("webhooks.subscribers `{}`: url is not a URL", config.name))?;
+        Ok(Subscriber {
+            name: config.name.clone(),
+            url,
+            key,
+            rule: ScopeRule::new(config.bases.as_deref(), config.workspace),
+            events: config.events.clone(),
+        })
+    }
+
+    /// Whether it hears of `event`: its scopes allow the job's, and it wants the type.
+    pub fn wants(&self, event: &Event) -> bool {
+        self.rule.allows(event.scope)
+            && self
+                .events
+                .as_ref()
+                .is_none_or(|e| e.iter().any(|k| k == event.kind))
+    }
+
+    /// Its URL without query or credentials, for the admin routes and logs (a query may
+    /// hold a token of the app's).
+    pub fn shown_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+fn redact(url: &Uri) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme_str().unwrap_or("http"),
+        url.host().unwrap_or(""),
+        match url.port_u16() {
+            Some(port) => format!(":{port}{}", url.path()),
+            None => url.path().to_owned(),
+        }
+    )
+}
+
+/// The relay: the outbox and the client that empties it.
+pub struct Relay {
+    /// What is waiting, done and given up.
+    pub outbox: Outbox,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    wake: tokio::sync::Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Relay {
+    /// A relay whose outbox is journaled in `dir` (or kept in memory without one).
+    pub fn new(dir: Option<&Path>, metrics: Arc<Metrics>) -> Result<Relay, crate::BoxError> {
+        let outbox = match dir {
+            Some(dir) => Outbox::open(dir).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot use the webhook journal in the state directory: deliveries are kept in memory only");
+                Outbox::in_memory()
+            }),
+            None => Outbox::in_memory(),
+        };
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Relay {
+            outbox,
+            client,
+            wake: tokio::sync::Notify::new(),
+            metrics,
+        })
+    }
+
+    /// Queues `event` for every subscriber that hears of it, once per subscriber (a
+    /// duplicate event is a no-op). Returns how many deliveries were queued.
+    pub fn emit(
+        &self,
+        subscribers: &[Arc<Subscriber>],
+        event: &Event,
+        retention: Duration,
+    ) -> usize {
+        let now = now_ms();
+        let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        let end = event
+            .created_at
+            .and_then(|at| u64::try_from(at.unix_timestamp()).ok())
+            .map_or(now.saturating_add(retention_ms), |secs| {
+                secs.saturating_mul(1000).saturating_add(retention_ms)
+            });
+        // A cleaned job is past its end by definition: still worth an hour of attempts.
+        let give_up_at = end.max(now.saturating_add(3_600_000));
+        let payload = event.payload(OffsetDateTime::now_utc());
+        let mut queued = 0;
+        for subscriber in subscribers.iter().filter(|s| s.wants(event)) {
+            let delivery = Delivery {
+                id: delivery_id(&event.id, &subscriber.name),
+                subscriber: subscriber.name.clone(),
+                event: event.id.clone(),
+                kind: event.kind.to_owned(),
+                job: event.job,
+                payload: payload.clone(),
+                status: Status::Pending,
+                attempts: 0,
+                created_at: now,
+                next_at: now,
+                give_up_at,
+                last_outcome: None,
+            };
+            if self.outbox.offer(delivery) {
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            self.wake.notify_one();
+        }
+        queued
+    }
+
+    /// Wakes the scheduler (an operator's retry, a subscriber enabled again).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The scheduler: hands due deliveries to attempts, a few per subscriber at a time,
+    /// until the gateway is gone.
+    pub async fn run(self: Arc<Self>, gateway: Weak<Gateway>) {
+        let mut pruned = now_ms();
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            let Some(gw) = gateway.upgrade() else { return };
+            let live = gw.live();
+            drop(gw);
+            let Some(hooks) = live.webhooks.as_ref() else {
+                continue;
+            };
+            let now = now_ms();
+            for subscriber in &hooks.subscribers {
+                if self.outbox.is_disabled(&subscriber.name) {
+                    continue;
+                }
+                let free = PER_SUBSCRIBER.saturating_sub(self.outbox.in_flight(&subscriber.name));
+                if free == 0 {
+                    continue;
+                }
+                for delivery in self.outbox.claim(&subscriber.name, now, free) {
+                    let relay = Arc::clone(&self);
+                    let subscriber = Arc::clone(subscriber);
+                    let schedule = hooks.retry_schedule.clone();
+                    tokio::spawn(async move {
+                        let done = relay.attempt(&subscriber, &schedule, delivery).await;
+                        relay.outbox.finish(done);
+                    });
+                }
+            }
+            if now.saturating_sub(pruned) > 60_000 {
+                pruned = now;
+                self.outbox.prune(now);
+            }
+        }
+    }
+
+    /// One attempt, and what it makes of the delivery.
+    async fn attempt(
+        &self,
+        subscriber: &Subscriber,
+        schedule: &[Duration],
+        mut delivery: Delivery,
+    ) -> Delivery {
+        delivery.attempts += 1;
+        let timestamp = u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+        let signature =
+            subscriber
+                .key
+                .sign(&delivery.event, timestamp, delivery.payload.as_bytes());
+        let request = Request::post(subscriber.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("exagate/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("webhook-id", delivery.event.as_str())
+            .header("webhook-timestamp", timestamp)
+            .header("webhook-signature", signature)
+            .body(Full::new(Bytes::from(delivery.payload.clone())));
+        let request = match request {
+            Ok(r) => r,
+            Err(_) => {
+                delivery.status = Status::Failed;
+                delivery.last_outcome = Some("unsendable".into());
+                return delivery;
+            }
+        };
+        let outcome = tokio::time::timeout(TIMEOUT, self.client.request(request)).await;
+        let now = now_ms();
+        let (label, retry_after) = match outcome {
+            Err(_) => ("timeout".to_owned(), None),
+            Ok(Err(_)) => ("unreachable".to_owned(), None),
+            Ok(Ok(response)) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(retry_after);
+                // The body is not read: a subscriber that keeps streaming cannot hold
+                // the attempt; the connection is dropped with the response.
+                drop(response);
+                if status.is_success() {
+                    delivery.status = Status::Delivered;
+                    delivery.last_outcome = Some(status.as_u16().to_string());
+                    self.metrics.webhook_relayed(&subscriber.name, "delivered");
+                    return delivery;
+                }
+                if status == StatusCode::GONE {
+                    // The app says this endpoint is gone for good: no more attempts to
+                    // it until an operator enables it again.
+                    delivery.status = Status::Failed;
+                    delivery.last_outcome = Some("410".into());
+                    if self.outbox.set_disabled(&subscriber.name, true) {
+                        tracing::warn!(subscriber = %subscriber.name, "subscriber answered 410 Gone: disabled until enabled again on the admin listener");
+                    }
+                    self.metrics.webhook_relayed(&subscriber.name, "disabled");
+                    return delivery;
+                }
+                (status.as_u16().to_string(), retry_after)
+            }
+        };
+        let index = usize::try_from(delivery.attempts.saturating_sub(1)).unwrap_or(usize::MAX);
+        let wait = schedule
+            .get(index)
+            .or(schedule.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(60));
+        let wait = jitter(wait).max(retry_after.unwrap_or_default());
+        let next_at = now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        delivery.last_outcome = Some(label);
+        if next_at > delivery.give_up_at {
+            delivery.status = Status::Failed;
+            self.metrics.webhook_relayed(&subscriber.name, "failed");
+            tracing::warn!(subscriber = %subscriber.name, delivery = %delivery.id, attempts = delivery.attempts, "webhook delivery given up: the job's data is gone by the next attempt");
+        } else {
+            delivery.next_at = next_at;
+            self.metrics.webhook_relayed(&subscriber.name, "retry");
+        }
+        delivery
+    }
+
+    /// Sets the queue gauges (at scrape time).
+    pub fn gauges(&self) {
+        let counts = self.outbox.counts(None);
+        for (status, n) in counts {
+            if status == Status::Delivered {
+                continue;
+            }
+            self.metrics
+                .webhook_queue
+                .get_or_create(&crate::metrics::StatusLabels {
+                    status: status.as_str(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date, capped at a day.
+fn retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    let wait = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(text)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(wait.min(Duration::from_secs(86_400)))
+}
+
+/// `wait` give or take a fifth, so retries of many deliveries do not arrive together.
+pub fn jitter(wait: Duration) -> Duration {
+    wait.mul_f64(0.8 + 0.4 * fraction())
+}
+
+/// A random number in `[0, 1)`, for jitter: random enough for spreading, and already
+/// linked (uuid v4 reads the OS's RNG).
+pub fn fraction() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0
+}
