@@ -79,6 +79,17 @@ impl Admin {
                     Err(e) => e.to_response("bypass"),
                 }
             }
+            (method, p) if p.starts_with("/webhooks/") => {
+                let query = request.uri().query().unwrap_or("");
+                match crate::webhooks::admin::answer(gw, method, p, query, || {
+                    self.authorize(&request)
+                }) {
+                    Some(Ok((status, body))) => json(status, &body.to_string()),
+                    Some(Err(e)) => e.to_response("bypass"),
+                    None => GatewayError::new(ErrorKind::NotFound, "no such admin route")
+                        .to_response("bypass"),
+                }
+            }
             (_, "/metrics" | "/healthz" | "/readyz") => {
                 GatewayError::method_not_allowed("GET").to_response("bypass")
             }

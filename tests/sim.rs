@@ -1,15 +1,18 @@
 //! Real-HTTP tests of the simulated Exabase Extract API.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use exagate::sim::{Fault, SimOptions, Simulator};
+use exagate::sim::{Fault, SimOptions, Simulator, WebhookAttempt};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
@@ -704,4 +707,545 @@ async fn only_loopback() {
     };
     let err = Simulator::start(opts).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+// ---- Webhooks ----
+
+/// How a [`Receiver`] answers its `n`th delivery (0-based).
+#[derive(Clone, Copy)]
+enum Answer {
+    Status(u16),
+    /// Never answers (the simulator's timeout must end the attempt).
+    Hang,
+}
+
+/// One request a [`Receiver`] got.
+struct Hook {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A webhook receiver on 127.0.0.1 (hyper, HTTP/1.1) that records every request and
+/// answers the `n`th as `answer(n)` says. Stops when dropped.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    hooks: Arc<Mutex<Vec<Hook>>>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hooks = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let answer = Arc::new(answer);
+        let (recorded, counted) = (hooks.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            // Owned here, so dropping the receiver also drops its connections.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (recorded, answer) = (recorded.clone(), answer.clone());
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (recorded, answer) = (recorded.clone(), answer.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        let n = {
+                            let mut hooks = recorded.lock().unwrap();
+                            hooks.push(Hook {
+                                method: parts.method,
+                                path: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body,
+                            });
+                            hooks.len() - 1
+                        };
+                        match answer(n) {
+                            Answer::Status(s) => Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .status(s)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            ),
+                            Answer::Hang => std::future::pending().await,
+                        }
+                    }
+                });
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            hooks,
+            connections,
+            task,
+        }
+    }
+
+    /// Always 200.
+    async fn ok() -> Receiver {
+        Receiver::start(|_| Answer::Status(200)).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn count(&self) -> usize {
+        self.hooks.lock().unwrap().len()
+    }
+
+    /// The deliveries to `path`: (X-Trace-Id, body).
+    fn to(&self, path: &str) -> Vec<(String, Bytes)> {
+        self.hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.path == path)
+            .map(|h| {
+                (
+                    h.headers["x-trace-id"].to_str().unwrap().to_owned(),
+                    h.body.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Long enough for the sender to act on anything pending (several 50 ms ticks), to show
+/// that nothing more comes.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Polls `probe` every 10 ms until it gives a value; fails after 5 s.
+async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sets the webhook URL of `base` (`None`: the workspace) through the API.
+async fn set_webhook(sim: &Simulator, base: Option<Uuid>, url: Option<&str>) {
+    let base = base.map(|b| b.to_string());
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(b) = &base {
+        headers.push(("x-exabase-base-id", b));
+    }
+    let body = serde_json::json!({ "webhookUrl": url }).to_string();
+    let r = call(sim, Method::PUT, "/v2/extract-settings", &headers, &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["webhookUrl"], serde_json::json!(url));
+}
+
+/// `POST .../webhook/trigger` for job `id` in `base`; the `traceId` answered.
+async fn trigger(sim: &Simulator, base: Option<Uuid>, id: Uuid) -> String {
+    let base = base.map(|b| b.to_string());
+    let headers: Vec<(&str, &str)> = base.iter().map(|b| ("x-exabase-base-id", &b[..])).collect();
+    let path = format!("/v2/extract/{id}/webhook/trigger");
+    let r = call(sim, Method::POST, &path, &headers, "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    r.json()["traceId"].as_str().unwrap().to_owned()
+}
+
+/// A simulator with a fast schedule and the given retry pauses.
+async fn start_hooks(retry: &[u64]) -> Simulator {
+    Simulator::start(SimOptions {
+        pending_for: Duration::from_millis(50),
+        processing_for: Duration::from_millis(50),
+        webhook_retry: retry.iter().map(|&ms| Duration::from_millis(ms)).collect(),
+        ..opts()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_completing_job_delivers_its_body_once() {
+    let sim = start_hooks(&[100]).await;
+    let rx = Receiver::ok().await;
+    let url = rx.url("/hooks/exabase?src=sim");
+    set_webhook(&sim, None, Some(&url)).await;
+    // Born completed: no completion to announce.
+    let done = sim.add_completed(None);
+    let id = sim.add_progressing(None);
+
+    let hook = until("the webhook", || rx.hooks.lock().unwrap().pop()).await;
+    assert_eq!(hook.method, Method::POST);
+    assert_eq!(hook.path, "/hooks/exabase?src=sim");
+    assert_eq!(hook.headers["content-type"], "application/json");
+    assert_eq!(hook.headers["host"], rx.addr.to_string());
+    let trace = hook.headers["x-trace-id"].to_str().unwrap();
+    assert!(Uuid::parse_str(trace).is_ok(), "{trace}");
+    let job = get(&sim, &format!("/v2/extract/{id}")).await;
+    assert_eq!(hook.body, job.body, "the body GET answers, byte for byte");
+    assert_eq!(job.json()["state"], "completed");
+
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(rx.count(), 0, "once per completion");
+    assert_eq!(
+        sim.webhooks(),
+        [WebhookAttempt {
+            job: id,
+            url,
+            trace_id: trace.to_owned(),
+            attempt: 1,
+            outcome: Some(200),
+            refused: false,
+        }]
+    );
+    assert_eq!(sim.webhooks_acked(), 1);
+    assert!(sim.webhooks().iter().all(|a| a.job != done));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn set_state_and_reprocess_each_notify_their_completion() {
+    let sim = start_hooks(&[]).await;
+    let rx = Receiver::ok().await;
+    set_webhook(&sim, None, Some(&rx.url("/h"))).await;
+    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    sim.set_state(id, Some("completed"));
+    until("the set_state completion", || {
+        (rx.count() == 1).then_some(())
+    })
+    .await;
+    let first = rx.to("/h")[0].1.clone();
+    assert_eq!(first, get(&sim, &format!("/v2/extract/{id}")).await.body);
+    // Completed already: not a new completion.
+    sim.set_state(id, Some("completed"));
+
+    sim.set_state(id, Some("failed"));
+    let re = call(
+        &sim,
+        Method::POST,
+        &format!("/v2/extract/{id}/reprocess"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(re.json()["state"], "pending");
+    until("the reprocessed completion", || {
+        (rx.count() == 2).then_some(())
+    })
+    .await;
+    let again: Value = serde_json::from_slice(&rx.to("/h")[1].1).unwrap();
+    assert_eq!(
+        (again["id"].as_str(), again["state"].as_str()),
+        (Some(&*id.to_string()), Some("completed"))
+    );
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(rx.count(), 2);
+    assert_eq!(sim.webhooks_acked(), 2);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_retried() {
+    let sim = start_hooks(&[100, 100]).await;
+    let rx = Receiver::start(|n| Answer::Status(if n == 0 { 500 } else { 200 })).await;
+    set_webhook(&sim, None, Some(&rx.url("/h"))).await;
+    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    sim.set_state(id, Some("completed"));
+
+    until("the retry's ack", || {
+        (sim.webhooks_acked() == 1).then_some(())
+    })
+    .await;
+    let attempts = sim.webhooks();
+    let seen: Vec<(u32, Option<u16>)> = attempts.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(seen, [(1, Some(500)), (2, Some(200))]);
+    assert!(attempts.iter().all(|a| a.job == id && !a.refused));
+    let got = rx.to("/h");
+    assert_eq!(got.len(), 2);
+    assert_ne!(got[0].0, got[1].0, "a fresh trace id per attempt");
+    assert_eq!(
+        (&got[0].0, &got[1].0),
+        (&attempts[0].trace_id, &attempts[1].trace_id)
+    );
+    assert_eq!(got[0].1, got[1].1, "the retry sends the same body");
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(sim.webhooks().len(), 2, "no retry after an ack");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn timeouts_and_connect_errors_are_retried_then_given_up() {
+    let sim = Simulator::start(SimOptions {
+        webhook_timeout: Duration::from_millis(200),
+        webhook_retry: vec![Duration::from_millis(50); 2],
+        ..opts()
+    })
+    .await
+    .unwrap();
+    // A receiver that never answers its first delivery.
+    let slow = Receiver::start(|n| {
+        if n == 0 {
+            Answer::Hang
+        } else {
+            Answer::Status(204)
+        }
+    })
+    .await;
+    set_webhook(&sim, None, Some(&slow.url("/slow"))).await;
+    let id = sim.add_completed(None);
+    trigger(&sim, None, id).await;
+    until("the ack after a timeout", || {
+        (sim.webhooks_acked() == 1).then_some(())
+    })
+    .await;
+    let seen: Vec<_> = sim
+        .webhooks()
+        .iter()
+        .map(|a| (a.attempt, a.outcome))
+        .collect();
+    assert_eq!(seen, [(1, None), (2, Some(204))]);
+
+    // Nothing listens on this port: every attempt fails, and after the last retry it
+    // gives up.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let url = format!("http://{closed}/gone");
+    set_webhook(&sim, None, Some(&url)).await;
+    trigger(&sim, None, id).await;
+    let gone = || -> Vec<(u32, Option<u16>, bool)> {
+        sim.webhooks()
+            .iter()
+            .filter(|a| a.url == url)
+            .map(|a| (a.attempt, a.outcome, a.refused))
+            .collect()
+    };
+    until("three failed attempts", || {
+        (gone().len() == 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        gone(),
+        [(1, None, false), (2, None, false), (3, None, false)]
+    );
+    assert_eq!(sim.webhooks_acked(), 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn trigger_resends_the_current_body() {
+    let sim = start_hooks(&[]).await;
+    let rx = Receiver::ok().await;
+    let base = Uuid::from_u128(0x7e57);
+    set_webhook(&sim, Some(base), Some(&rx.url("/t"))).await;
+    let id = sim.add_completed(Some(base));
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        rx.count(),
+        0,
+        "a job added completed sends nothing by itself"
+    );
+
+    let first = trigger(&sim, Some(base), id).await;
+    until("the triggered webhook", || (rx.count() == 1).then_some(())).await;
+    sim.set_padding(3000);
+    let second = trigger(&sim, Some(base), id).await;
+    until("the second one", || (rx.count() == 2).then_some(())).await;
+    let got = rx.to("/t");
+    assert_eq!(
+        (&got[0].0, &got[1].0),
+        (&first, &second),
+        "X-Trace-Id is the traceId answered"
+    );
+    assert_ne!(first, second);
+    assert_eq!(
+        got[1].1,
+        get_in(&sim, base, &format!("/v2/extract/{id}")).await.body
+    );
+    assert_eq!(got[1].1.len(), 3000, "the job's current body");
+    assert!(got[0].1.len() < 3000);
+
+    // Unknown (or out-of-scope) jobs: 404, nothing sent.
+    let other = format!("/v2/extract/{id}/webhook/trigger");
+    assert_eq!(call(&sim, Method::POST, &other, &[], "").await.status, 404);
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(rx.count(), 2);
+    assert_eq!(sim.webhooks_acked(), 2);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_base_job_goes_to_the_base_url_else_to_the_workspace_url() {
+    let sim = start_hooks(&[]).await;
+    let rx = Receiver::ok().await;
+    let (own, bare) = (Uuid::from_u128(0xa), Uuid::from_u128(0xb));
+    set_webhook(&sim, None, Some(&rx.url("/workspace"))).await;
+    set_webhook(&sim, Some(own), Some(&rx.url("/own"))).await;
+    let in_own = sim.add_progressing(Some(own));
+    let in_bare = sim.add_progressing(Some(bare));
+    let in_ws = sim.add_progressing(None);
+
+    until("three webhooks", || (rx.count() == 3).then_some(())).await;
+    let ids = |path: &str| -> Vec<String> {
+        rx.to(path)
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_slice::<Value>(b).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(ids("/own"), [in_own.to_string()]);
+    let mut ws = ids("/workspace");
+    ws.sort();
+    let mut want = vec![in_bare.to_string(), in_ws.to_string()];
+    want.sort();
+    assert_eq!(ws, want);
+    assert_eq!(
+        rx.to("/own")[0].1,
+        get_in(&sim, own, &format!("/v2/extract/{in_own}"))
+            .await
+            .body,
+        "rendered in the job's scope"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn non_loopback_urls_are_refused_unsent() {
+    let sim = Simulator::start(SimOptions {
+        // A real attempt at an unroutable address would take this long to fail.
+        webhook_timeout: Duration::from_secs(30),
+        webhook_retry: vec![Duration::from_millis(50)],
+        ..opts()
+    })
+    .await
+    .unwrap();
+    let rx = Receiver::ok().await;
+    let port = rx.addr.port();
+    let id = sim.add_completed(None);
+    let started = Instant::now();
+    for url in [
+        "http://192.0.2.1/x".to_owned(),
+        // Both reach the receiver if contacted.
+        format!("https://127.0.0.1:{port}/tls"),
+        format!("http://2130706433:{port}/decimal"),
+    ] {
+        set_webhook(&sim, None, Some(&url)).await;
+        let trace_id = trigger(&sim, None, id).await;
+        let got = until("the refusal", || {
+            sim.webhooks().into_iter().find(|a| a.url == url)
+        })
+        .await;
+        assert_eq!(
+            got,
+            WebhookAttempt {
+                job: id,
+                url,
+                trace_id,
+                attempt: 1,
+                outcome: None,
+                refused: true,
+            }
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused without trying"
+    );
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(sim.webhooks().len(), 3, "refusals are not retried");
+    assert_eq!(rx.connections.load(Ordering::SeqCst), 0);
+
+    // The loopback names are sent to, `localhost` with its own Host header.
+    let url = format!("http://localhost:{port}/named");
+    set_webhook(&sim, None, Some(&url)).await;
+    trigger(&sim, None, id).await;
+    until("the localhost delivery", || (rx.count() == 1).then_some(())).await;
+    assert_eq!(
+        rx.hooks.lock().unwrap()[0].headers["host"],
+        format!("localhost:{port}")
+    );
+    assert_eq!(sim.webhooks_acked(), 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_is_sent_without_a_url_or_when_switched_off() {
+    let rx = Receiver::ok().await;
+    let sim = start_hooks(&[]).await;
+    let progressing = sim.add_progressing(None);
+    let set = sim.add_job(None, Some("pending"), time::OffsetDateTime::now_utc());
+    sim.set_state(set, Some("completed"));
+    trigger(&sim, None, set).await;
+    let path = format!("/v2/extract/{progressing}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&sim, &path).await.json()["state"] != "completed" {
+        assert!(Instant::now() < deadline, "the job completes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The ticker has had its chance; a URL set now is not retroactive.
+    tokio::time::sleep(SETTLE).await;
+    set_webhook(&sim, None, Some(&rx.url("/late"))).await;
+    tokio::time::sleep(SETTLE).await;
+    assert!(sim.webhooks().is_empty());
+    sim.shutdown().await;
+
+    let off = Simulator::start(SimOptions {
+        send_webhooks: false,
+        ..opts()
+    })
+    .await
+    .unwrap();
+    set_webhook(&off, None, Some(&rx.url("/off"))).await;
+    let id = off.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    off.set_state(id, Some("completed"));
+    assert!(Uuid::parse_str(&trigger(&off, None, id).await).is_ok());
+    tokio::time::sleep(SETTLE).await;
+    assert!(off.webhooks().is_empty());
+    assert_eq!(rx.connections.load(Ordering::SeqCst), 0);
+    off.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_pending_retries() {
+    let sim = start_hooks(&[300, 300]).await;
+    let rx = Receiver::start(|_| Answer::Status(503)).await;
+    set_webhook(&sim, None, Some(&rx.url("/h"))).await;
+    let id = sim.add_completed(None);
+    trigger(&sim, None, id).await;
+    until("the first attempt", || {
+        (!sim.webhooks().is_empty()).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    sim.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Past the first retry's due time.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rx.count(), 1, "no retry after shutdown");
+    let seen: Vec<_> = sim
+        .webhooks()
+        .iter()
+        .map(|a| (a.attempt, a.outcome))
+        .collect();
+    assert_eq!(seen, [(1, Some(503))]);
 }

@@ -227,6 +227,29 @@ impl CacheStore {
         true
     }
 
+    /// Stores an answer that is newer than any fill under way (a webhook delivery, a
+    /// create's answer): those fills are turned away, as by an invalidation, and the
+    /// answer takes the old one's place in one step, so no lookup in between finds the
+    /// key empty (and goes upstream for it).
+    pub async fn replace(&self, key: CacheKey, answer: Arc<Answer>) -> bool {
+        if answer.expires_at.is_none() {
+            return false;
+        }
+        let _replacing = self.gate.write().await;
+        self.stripe(key.job().job)
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let (table, other) = if answer.status == http::StatusCode::NOT_FOUND {
+            (&self.negative, self.positive(&key))
+        } else {
+            (self.positive(&key), &self.negative)
+        };
+        other.invalidate(&key).await;
+        table.insert(key, answer).await;
+        // The front table may hold the old answer: its epoch moves after the insert.
+        self.front.invalidate();
+        true
+    }
+
     /// Drops a job and all its chunk windows, in every scope (a job id is unique, and a
     /// write to it in one scope must not leave a stale copy anywhere).
     pub async fn invalidate_job(&self, job: Uuid) {

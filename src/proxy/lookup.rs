@@ -389,10 +389,11 @@ pub async fn prime(
         }
     }
     // Turns away every fill of the job that began before (it would store an older
-    // state over this one), then stores this in the new epoch.
-    gw.cache.invalidate_scoped(key).await;
-    let epoch = gw.cache.epoch(key.job);
-    let answer = keep(gw, &cache_key, Arc::new(answer), epoch).await;
+    // state over this one) and takes the old answer's place.
+    let answer = Arc::new(answer);
+    gw.cache
+        .replace(cache_key.clone(), Arc::clone(&answer))
+        .await;
     if let Some(shared) = gw.shared.as_ref().filter(|s| s.usable()) {
         if let Some(envelope) = shared_envelope(&answer, body) {
             shared.put(&cache_key, &envelope, now_ms()).await;

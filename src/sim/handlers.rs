@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::body::SimBody;
 use super::server::ConnCtl;
 use super::store::{new_uuid, parse_id, to_json, Reprocess, CHUNKS_PER_PAGE, CHUNK_COUNT};
-use super::{lock, Fault, Inner, RecordedRequest};
+use super::{lock, webhooks, Fault, Inner, RecordedRequest};
 
 /// Error type of the service; returning one makes hyper drop the connection
 /// (HTTP/1) or reset the stream (HTTP/2) without answering.
@@ -453,14 +453,15 @@ fn reprocess(inner: &Inner, scope: Option<Uuid>, id: &str) -> Response<SimBody> 
     }
 }
 
+/// Re-sends the job's webhook (queued: the answer never waits for the
+/// receiver). The `traceId` answered is the first attempt's `X-Trace-Id`.
 fn trigger(inner: &Inner, scope: Option<Uuid>, id: &str) -> Response<SimBody> {
-    if parse_id(id)
-        .and_then(|id| inner.jobs.state(scope, id))
-        .is_none()
-    {
+    let Some(id) = parse_id(id).filter(|id| inner.jobs.state(scope, *id).is_some()) else {
         return message(StatusCode::NOT_FOUND, JOB_NOT_FOUND);
-    }
-    let body = serde_json::json!({ "traceId": new_uuid().to_string() });
+    };
+    let trace_id = new_uuid().to_string();
+    webhooks::trigger(inner, scope, id, trace_id.clone());
+    let body = serde_json::json!({ "traceId": trace_id });
     json(StatusCode::OK, to_json(&body))
 }
 

@@ -6,9 +6,14 @@
 //! faults it can switch on ([`Fault`]) and counters of what reached it
 //! ([`Simulator::calls`], [`Simulator::requests`]).
 //!
+//! It sends webhooks like the real API: when a job reaches `completed`, and on
+//! `POST /v2/extract/{id}/webhook/trigger`, it POSTs the job's body to the
+//! webhook URL of the job's scope (or the workspace's), retrying failures on
+//! [`SimOptions::webhook_retry`]; [`Simulator::webhooks`] shows every attempt.
+//! It only ever contacts loopback URLs: any other is refused unsent.
+//!
 //! It is deliberately small: everything lives in memory, nothing is persisted,
-//! webhook settings are stored but no webhook is ever sent, and it only ever
-//! listens on a loopback address.
+//! and it only ever listens on a loopback address.
 #![warn(missing_docs)]
 
 mod body;
@@ -18,8 +23,10 @@ mod ports;
 mod server;
 mod store;
 mod tls;
+mod webhooks;
 
 pub use ports::free_port;
+pub use webhooks::WebhookAttempt;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -46,6 +53,11 @@ use store::{JobState, Jobs, RenderCtx, Schedule};
 /// the simulator's memory without limit.
 pub const MAX_RECORDED_REQUESTS: usize = 10_000;
 
+/// How many [`WebhookAttempt`]s are kept for [`Simulator::webhooks`], for the
+/// same reason as [`MAX_RECORDED_REQUESTS`]; [`Simulator::webhooks_acked`]
+/// counts them all.
+pub const MAX_RECORDED_WEBHOOKS: usize = 10_000;
+
 /// How the simulator is started.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -64,6 +76,15 @@ pub struct SimOptions {
     pub download_size: usize,
     /// Where to listen. Must be a loopback address; port 0 picks a free port.
     pub addr: SocketAddr,
+    /// Send webhooks (on completion and on trigger). Off, the settings are
+    /// still stored and the trigger still answers, but nothing is sent.
+    pub send_webhooks: bool,
+    /// How long a webhook receiver may take to answer before the attempt
+    /// counts as failed.
+    pub webhook_timeout: Duration,
+    /// The pause before each retry of a failed webhook delivery: one retry per
+    /// entry, then it gives up. Empty: no retries.
+    pub webhook_retry: Vec<Duration>,
 }
 
 impl Default for SimOptions {
@@ -75,6 +96,10 @@ impl Default for SimOptions {
             processing_for: Duration::from_secs(3),
             download_size: 4 * 1024 * 1024,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            send_webhooks: true,
+            webhook_timeout: Duration::from_secs(5),
+            // Backoff, doubling, as the real API retries.
+            webhook_retry: [1, 2, 4, 8, 16].map(Duration::from_secs).to_vec(),
         }
     }
 }
@@ -110,6 +135,7 @@ struct Inner {
     jobs: Jobs,
     faults: Mutex<FaultState>,
     log: Mutex<RequestLog>,
+    webhooks: webhooks::Webhooks,
     /// Flipped to `true` once by [`Simulator::shutdown`]; every task watches it.
     shutdown: watch::Sender<bool>,
 }
@@ -149,7 +175,9 @@ pub struct Simulator {
     inner: Arc<Inner>,
     addr: SocketAddr,
     ca_pem: Option<Arc<str>>,
-    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The accept loop and, with webhooks on, the webhook sender; taken (and
+    /// awaited) by [`Simulator::shutdown`].
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -193,21 +221,34 @@ impl Simulator {
             processing_for: opts.processing_for,
         };
         let (shutdown, _) = watch::channel(false);
+        let (hooks, queue) = webhooks::Webhooks::new(opts.send_webhooks);
         let inner = Arc::new(Inner {
             api_key: opts.api_key,
             origin,
             download_size: opts.download_size,
-            jobs: Jobs::new(ctx, schedule),
+            jobs: Jobs::new(ctx, schedule, opts.send_webhooks),
             faults: Mutex::new(FaultState::default()),
             log: Mutex::new(RequestLog::default()),
+            webhooks: hooks,
             shutdown,
         });
-        let task = tokio::spawn(server::accept_loop(inner.clone(), listener, acceptor));
+        let mut tasks = vec![tokio::spawn(server::accept_loop(
+            inner.clone(),
+            listener,
+            acceptor,
+        ))];
+        if let Some(queue) = queue {
+            let policy = webhooks::Policy {
+                timeout: opts.webhook_timeout,
+                retry: opts.webhook_retry,
+            };
+            tasks.push(tokio::spawn(webhooks::run(inner.clone(), queue, policy)));
+        }
         Ok(Simulator {
             inner,
             addr,
             ca_pem,
-            task: Arc::new(Mutex::new(Some(task))),
+            tasks: Arc::new(Mutex::new(tasks)),
         })
     }
 
@@ -229,14 +270,15 @@ impl Simulator {
     }
 
     /// Stops accepting, closes every connection (requests held by
-    /// [`Fault::Silent`] included) and waits for that to finish.
+    /// [`Fault::Silent`] included), stops sending webhooks (deliveries in
+    /// flight and pending retries are dropped) and waits for that to finish.
     ///
     /// Open connections get a short grace period to finish a response in
     /// flight. Calling it again is harmless.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        let task = lock(&self.task).take();
-        if let Some(task) = task {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
             let _ = task.await;
         }
     }
@@ -261,7 +303,8 @@ impl Simulator {
     }
 
     /// Adds a job created now that reads `pending`, then `processing`, then
-    /// `completed`, on the schedule of [`SimOptions`].
+    /// `completed`, on the schedule of [`SimOptions`]; reaching `completed`
+    /// sends its webhook.
     pub fn add_progressing(&self, base: Option<Uuid>) -> Uuid {
         let state = JobState::Progressing {
             since: Instant::now(),
@@ -288,6 +331,9 @@ impl Simulator {
 
     /// Sets the fixed state of job `id` (`None` is served as JSON `null`),
     /// stopping its progression if it had one. Unknown ids are ignored.
+    ///
+    /// Setting `completed` on a job that did not read `completed` counts as
+    /// its completion: its webhook is sent (within a tick of the sender, 50 ms).
     pub fn set_state(&self, id: Uuid, state: Option<&str>) {
         self.inner.jobs.set_state(id, state.map(str::to_owned));
     }
@@ -339,9 +385,21 @@ impl Simulator {
     }
 
     /// Zeroes [`Simulator::calls`], [`Simulator::calls_to`] and clears
-    /// [`Simulator::requests`].
+    /// [`Simulator::requests`] (not [`Simulator::webhooks`]).
     pub fn reset_counters(&self) {
         *lock(&self.inner.log) = RequestLog::default();
+    }
+
+    /// The webhook delivery attempts so far, in the order their outcomes were
+    /// known (at most the last [`MAX_RECORDED_WEBHOOKS`]).
+    pub fn webhooks(&self) -> Vec<WebhookAttempt> {
+        self.inner.webhooks.attempts()
+    }
+
+    /// How many webhook attempts were answered 2xx (all of them, unlike the
+    /// bounded [`Simulator::webhooks`]).
+    pub fn webhooks_acked(&self) -> usize {
+        self.inner.webhooks.acked()
     }
 }
 

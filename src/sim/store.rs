@@ -1,7 +1,7 @@
 //! The simulator's jobs: scopes, states and their schedule, and job JSON.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -105,6 +105,18 @@ pub(super) enum JobState {
 }
 
 impl JobState {
+    /// Whether it reads `completed` at `now`; [`JobState::current`] without
+    /// the allocation, for the webhook ticker's scan.
+    fn is_completed(&self, schedule: &Schedule, now: Instant) -> bool {
+        match self {
+            JobState::Fixed(s) => s.as_deref() == Some("completed"),
+            JobState::Progressing { since } => {
+                now.saturating_duration_since(*since)
+                    >= schedule.pending_for + schedule.processing_for
+            }
+        }
+    }
+
     fn current(&self, schedule: &Schedule, now: Instant) -> Option<String> {
         match self {
             JobState::Fixed(s) => s.clone(),
@@ -160,6 +172,11 @@ struct Store {
     padding_gen: u64,
     redirect: Option<String>,
     webhooks: HashMap<Option<Uuid>, String>,
+    /// Jobs on their way to `completed` (progressing, or just set to it) whose
+    /// completion has not been noticed yet: the webhook ticker only scans
+    /// these, and removing an id when it is noticed is what makes the
+    /// notification once per completion. Empty when webhooks are off.
+    armed: HashSet<Uuid>,
 }
 
 /// Everything a job body is rendered from, copied out of the lock so that
@@ -184,16 +201,41 @@ pub(super) enum Reprocess {
 pub(super) struct Jobs {
     ctx: Arc<RenderCtx>,
     schedule: Schedule,
+    /// Whether completions are tracked for webhooks; off, nothing is armed,
+    /// so a simulator without webhooks keeps no set that nobody drains.
+    notify: bool,
     store: Mutex<Store>,
 }
 
 impl Jobs {
-    pub(super) fn new(ctx: RenderCtx, schedule: Schedule) -> Jobs {
+    pub(super) fn new(ctx: RenderCtx, schedule: Schedule, notify: bool) -> Jobs {
         Jobs {
             ctx: Arc::new(ctx),
             schedule,
+            notify,
             store: Mutex::new(Store::default()),
         }
+    }
+
+    /// Takes the armed jobs that now read `completed`, with their scopes:
+    /// each completion is returned once.
+    pub(super) fn take_completed(&self) -> Vec<(Uuid, Option<Uuid>)> {
+        let mut st = lock(&self.store);
+        let Store { jobs, armed, .. } = &mut *st;
+        if armed.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut done = Vec::new();
+        armed.retain(|id| match jobs.get(id) {
+            Some(job) if job.state.is_completed(&self.schedule, now) => {
+                done.push((*id, job.scope));
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        done
     }
 
     fn insert(
@@ -208,6 +250,11 @@ impl Jobs {
         let mut st = lock(&self.store);
         let seq = st.next_seq;
         st.next_seq += 1;
+        // A job born completed (`add_completed`) never became completed, so
+        // only progressing ones are watched.
+        if self.notify && matches!(state, JobState::Progressing { .. }) {
+            st.armed.insert(id);
+        }
         st.jobs.insert(
             id,
             Job {
@@ -271,6 +318,8 @@ impl Jobs {
         let mut st = lock(&self.store);
         let seq = st.next_seq;
         st.next_seq += 1;
+        // It may replace a job that was on its way to completion.
+        st.armed.remove(&id);
         st.jobs.insert(
             id,
             Job {
@@ -288,12 +337,23 @@ impl Jobs {
     }
 
     /// Fixes a job's state; also drops an odd body given by `add_raw`.
+    ///
+    /// Setting `completed` on a job that did not read `completed` arms it for
+    /// the webhook ticker; any other state disarms it (it will not complete).
     pub(super) fn set_state(&self, id: Uuid, state: Option<String>) {
         let mut st = lock(&self.store);
-        if let Some(job) = st.jobs.get_mut(&id) {
+        let Store { jobs, armed, .. } = &mut *st;
+        if let Some(job) = jobs.get_mut(&id) {
+            let was_completed = job.state.is_completed(&self.schedule, Instant::now());
+            let completes = state.as_deref() == Some("completed");
             job.state = JobState::Fixed(state);
             job.raw = None;
             job.cache = None;
+            if !completes {
+                armed.remove(&id);
+            } else if self.notify && !was_completed {
+                armed.insert(id);
+            }
         }
     }
 
@@ -346,6 +406,10 @@ impl Jobs {
         };
         job.raw = None;
         job.cache = None;
+        // It will complete again, and that completion is notified again.
+        if self.notify {
+            st.armed.insert(id);
+        }
         Reprocess::Done
     }
 
@@ -644,7 +708,7 @@ mod tests {
             pending_for: Duration::from_secs(60),
             processing_for: Duration::from_secs(60),
         };
-        Jobs::new(ctx, schedule)
+        Jobs::new(ctx, schedule, true)
     }
 
     #[test]
@@ -682,6 +746,44 @@ mod tests {
         assert_eq!(j.body(None, id).map(|b| b.len()), Some(2048));
         j.set_padding(0);
         assert!(j.body(None, id).is_some_and(|b| b.len() < 2048));
+    }
+
+    #[test]
+    fn each_completion_is_taken_once() {
+        let ctx = RenderCtx {
+            origin: "http://127.0.0.1:1".to_owned(),
+            workspace_id: new_uuid().to_string(),
+            user_id: new_uuid().to_string(),
+        };
+        let instant = Schedule {
+            pending_for: Duration::ZERO,
+            processing_for: Duration::ZERO,
+        };
+        let j = Jobs::new(ctx, instant, true);
+        let base = new_uuid();
+        let born_done = j.add(
+            None,
+            JobState::Fixed(Some("completed".into())),
+            OffsetDateTime::now_utc(),
+        );
+        let progressing = j.create(Some(base), None, None);
+        assert_eq!(j.take_completed(), vec![(progressing, Some(base))]);
+        assert!(j.take_completed().is_empty());
+        // Already completed: setting it again is no new completion.
+        j.set_state(born_done, Some("completed".into()));
+        assert!(j.take_completed().is_empty());
+        j.set_state(born_done, Some("failed".into()));
+        assert!(matches!(j.reprocess(None, born_done), Reprocess::Done));
+        assert_eq!(j.take_completed(), vec![(born_done, None)]);
+        // Disarmed by a state that is not completed.
+        let pending = j.add(
+            None,
+            JobState::Fixed(Some("pending".into())),
+            OffsetDateTime::now_utc(),
+        );
+        j.set_state(pending, Some("completed".into()));
+        j.set_state(pending, Some("failed".into()));
+        assert!(j.take_completed().is_empty());
     }
 
     #[test]

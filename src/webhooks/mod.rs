@@ -8,6 +8,7 @@
 //! - [`relay`], [`outbox`], [`sign`]: events relayed to `[[webhooks.subscribers]]` as
 //!   Standard Webhooks deliveries, durable, retried, scoped.
 
+pub mod admin;
 pub mod event;
 pub mod outbox;
 pub mod receiver;

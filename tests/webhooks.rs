@@ -1,0 +1,697 @@
+//! Webhooks (#12): the receiver primes the cache, the relay tells subscribers, long-polls
+//! answer at the change. Everything through real HTTP on 127.0.0.1: the simulator, the
+//! gateway, and subscriber servers started here.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{job_path, Harness, Reply, KEY};
+use exagate::config::{SubscriberConfig, WebhooksConfig};
+use http::{Method, StatusCode};
+use uuid::Uuid;
+
+/// The receiver's path secret in these tests: distinctive, so output can be searched.
+const SECRET: &str = "whk-path-secret-3b9e51c0d7a24f68a1c5e2b7d9f04a36";
+
+/// A subscriber's signing secret (24 bytes, base64).
+const SIGNING: &str = "whsec_c2lnbmluZy1rZXktZm9yLXRoZS10ZXN0cy0x";
+
+/// `[webhooks]` with the secret in a file under `dir` and a fast retry schedule.
+fn hooks(dir: &std::path::Path) -> WebhooksConfig {
+    let file = dir.join("webhook-secret");
+    std::fs::write(&file, format!("{SECRET}\n")).expect("secret file");
+    let mut config: WebhooksConfig = toml::from_str(&format!(
+        "secret_file = \"{}\"\npublic_url = \"http://127.0.0.1:1\"\nretry_schedule = [\"200ms\"]\n",
+        file.display()
+    ))
+    .expect("webhooks config");
+    config.subscribers = Vec::new();
+    config
+}
+
+/// A harness with `[webhooks]` on (and the admin listener), adjusted further by `adjust`.
+async fn harness(dir: &std::path::Path, adjust: impl FnOnce(&mut exagate::Config)) -> Harness {
+    let hooks = hooks(dir);
+    Harness::with(move |c| {
+        c.webhooks = Some(hooks);
+        c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        adjust(c);
+    })
+    .await
+}
+
+/// The job's body as the upstream itself answers it (what the API's webhook carries).
+async fn upstream_body(h: &Harness, id: Uuid, base: Option<Uuid>) -> Bytes {
+    let base = base.map(|b| b.to_string());
+    let mut headers = vec![("x-api-key", KEY)];
+    if let Some(base) = &base {
+        headers.push(("x-exabase-base-id", base));
+    }
+    let reply = common::send(
+        &h.client,
+        Method::GET,
+        &format!("{}{}", h.sim.url(), job_path(id)),
+        &headers,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.body
+}
+
+/// POSTs a delivery to the receiver, as the API does.
+async fn deliver(h: &Harness, secret: &str, body: Bytes) -> Reply {
+    h.send(
+        Method::POST,
+        &format!("/webhooks/exabase/{secret}"),
+        &[
+            ("content-type", "application/json"),
+            ("x-trace-id", "trace-1"),
+        ],
+        body,
+    )
+    .await
+}
+
+/// Polls `f` every 20 ms until it holds, for at most `within`.
+async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn state(reply: &Reply) -> String {
+    reply.json()["state"]
+        .as_str()
+        .unwrap_or("<none>")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_primes_the_polled_job_so_the_next_poll_is_completed_with_no_upstream_call() {
+    let dir = common::tempdir();
+    let h = harness(dir.path(), |_| {}).await;
+    let id = h
+        .sim
+        .add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    let first = h.get(&job_path(id)).await;
+    assert_eq!(state(&first), "processing");
+    // In progress lives webhooks.in_progress_ttl (15 s) now, not 1 s.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = h.get(&job_path(id)).await;
+    assert_eq!(
+        (again.cache(), state(&again).as_str()),
+        ("hit", "processing")
+    );
+
+    h.sim.set_state(id, Some("completed"));
+    let body = upstream_body(&h, id, None).await;
+    let calls = h.sim.calls_to(&job_path(id));
+    let ack = deliver(&h, SECRET, body).await;
+    assert_eq!(ack.status, StatusCode::ACCEPTED);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            state(&h.get(&job_path(id)).await) == "completed"
+        })
+        .await,
+        "the poll sees the delivery"
+    );
+    let reply = h.get(&job_path(id)).await;
+    assert_eq!(reply.cache(), "hit");
+    // Links rewritten, as for an upstream answer.
+    let chunks = reply.json()["links"]["chunks"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(chunks.starts_with(&h.url()), "{chunks}");
+    assert_eq!(h.sim.calls_to(&job_path(id)), calls, "no upstream call");
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            h.metric("exagate_webhook_deliveries_received_total{cause=\"primed\"}")
+                .await
+                == 1.0
+        })
+        .await
+    );
+    // The API's retry of the same delivery changes nothing twice.
+    let body = upstream_body(&h, id, None).await;
+    assert_eq!(deliver(&h, SECRET, body).await.status, StatusCode::ACCEPTED);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            h.metric("exagate_webhook_deliveries_received_total{cause=\"duplicate\"}")
+                .await
+                == 1.0
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secrets_and_bad_bodies_change_nothing() {
+    let dir = common::tempdir();
+    let h = harness(dir.path(), |c| {
+        c.webhooks.as_mut().expect("on").max_body = 4096;
+    })
+    .await;
+    let id = h
+        .sim
+        .add_job(None, Some("pending"), time::OffsetDateTime::now_utc());
+    assert_eq!(state(&h.get(&job_path(id)).await), "pending");
+    h.sim.set_state(id, Some("completed"));
+    let good = upstream_body(&h, id, None).await;
+    let unknown_path = h.get("/no/such/path").await;
+    for secret in [
+        "",
+        "x",
+        &SECRET[1..],
+        &format!("{SECRET}x"),
+        &SECRET.to_uppercase(),
+    ] {
+        let reply = deliver(&h, secret, good.clone()).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{secret:?}");
+        assert_eq!(
+            reply.body, unknown_path.body,
+            "answered like any unknown path"
+        );
+    }
+    for (body, status, code) in [
+        (&b"not json"[..], StatusCode::BAD_REQUEST, "invalid_webhook"),
+        (
+            &br#"{"state":"completed"}"#[..],
+            StatusCode::BAD_REQUEST,
+            "invalid_webhook",
+        ),
+        (
+            &br#"{"id":"nope","state":"completed"}"#[..],
+            StatusCode::BAD_REQUEST,
+            "invalid_webhook",
+        ),
+        (
+            &[b' '; 5000][..],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+    ] {
+        let reply = deliver(&h, SECRET, Bytes::copy_from_slice(body)).await;
+        assert_eq!((reply.status, reply.error_code().as_str()), (status, code));
+    }
+    let get = h
+        .send(
+            Method::GET,
+            &format!("/webhooks/exabase/{SECRET}"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = h.get(&job_path(id)).await;
+    assert_eq!((reply.cache(), state(&reply).as_str()), ("hit", "pending"));
+    assert_eq!(
+        h.metric("exagate_webhook_deliveries_received_total{cause=\"refused\"}")
+            .await,
+        9.0
+    );
+    // The secret is in no metric.
+    let metrics = h.admin_get("/metrics").await;
+    assert!(!String::from_utf8_lossy(&metrics.body).contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_scopes_a_job_was_seen_in_are_primed() {
+    let dir = common::tempdir();
+    let h = harness(dir.path(), |_| {}).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = h
+        .sim
+        .add_job(Some(a), Some("processing"), time::OffsetDateTime::now_utc());
+    assert_eq!(state(&h.get_in(a, &job_path(id)).await), "processing");
+    h.sim.set_state(id, Some("completed"));
+    let body = upstream_body(&h, id, Some(a)).await;
+    assert_eq!(deliver(&h, SECRET, body).await.status, StatusCode::ACCEPTED);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            state(&h.get_in(a, &job_path(id)).await) == "completed"
+        })
+        .await
+    );
+    let calls = h.sim.calls_to(&job_path(id));
+    // Base B and the workspace were never primed: they go upstream (which does not
+    // know the job there).
+    assert_eq!(
+        h.get_in(b, &job_path(id)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(h.get(&job_path(id)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(h.sim.calls_to(&job_path(id)), calls + 2);
+
+    // A job never seen is acknowledged and left alone.
+    let other = h.sim.add_completed(None);
+    let body = upstream_body(&h, other, None).await;
+    assert_eq!(deliver(&h, SECRET, body).await.status, StatusCode::ACCEPTED);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            h.metric("exagate_webhook_deliveries_received_total{cause=\"unknown_job\"}")
+                .await
+                == 1.0
+        })
+        .await
+    );
+    assert_eq!(h.get(&job_path(other)).await.cache(), "miss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_created_through_the_gateway_costs_no_first_poll_and_settings_stay_the_gateways() {
+    let dir = common::tempdir();
+    let h = harness(dir.path(), |_| {}).await;
+    let created = h
+        .send(
+            Method::POST,
+            "/v2/extract",
+            &[("content-type", "application/json")],
+            Bytes::from_static(br#"{"url":"https://example.com/a.pdf","name":"a"}"#),
+        )
+        .await;
+    assert!(created.status.is_success(), "{:?}", created.status);
+    let id: Uuid = created.json()["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let calls = h.sim.calls_to(&job_path(id));
+    let poll = h.get(&job_path(id)).await;
+    assert_eq!((poll.cache(), state(&poll).as_str()), ("hit", "pending"));
+    assert_eq!(h.sim.calls_to(&job_path(id)), calls);
+
+    let before = h.sim.calls_to("/v2/extract-settings");
+    let put = h
+        .send(
+            Method::PUT,
+            "/v2/extract-settings",
+            &[("content-type", "application/json")],
+            Bytes::from_static(br#"{"webhookUrl":"https://app.example.com/hook"}"#),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::CONFLICT);
+    assert_eq!(put.error_code(), "webhooks_managed");
+    assert!(put.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("subscribers"));
+    assert_eq!(
+        h.sim.calls_to("/v2/extract-settings"),
+        before,
+        "never forwarded"
+    );
+    // Reading them still works.
+    assert_eq!(h.get("/v2/extract-settings").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etags_answer_if_none_match_with_304() {
+    let h = Harness::new().await;
+    let id = h.sim.add_completed(None);
+    let first = h.get(&job_path(id)).await;
+    let etag = first
+        .headers
+        .get("etag")
+        .expect("etag")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let same = h
+        .send(
+            Method::GET,
+            &job_path(id),
+            &[("if-none-match", &etag)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(same.status, StatusCode::NOT_MODIFIED);
+    assert!(same.body.is_empty());
+    assert_eq!(
+        same.headers.get("etag").map(|v| v.to_str().ok()),
+        Some(Some(etag.as_str()))
+    );
+    let weak = format!("\"other\", W/{etag}");
+    let listed = h
+        .send(
+            Method::GET,
+            &job_path(id),
+            &[("if-none-match", &weak)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::NOT_MODIFIED);
+    let other = h
+        .send(
+            Method::GET,
+            &job_path(id),
+            &[("if-none-match", "\"other\"")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.body, first.body);
+    assert_eq!(h.sim.calls_to(&job_path(id)), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_at_the_delivery_at_the_end_of_its_wait_or_at_once_when_finished() {
+    let dir = common::tempdir();
+    let h = Arc::new(harness(dir.path(), |_| {}).await);
+    // Finished: at once.
+    let done = h.sim.add_completed(None);
+    let started = Instant::now();
+    let reply = h.get(&format!("{}?wait=30s", job_path(done))).await;
+    assert_eq!(state(&reply), "completed");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Unparseable: 400.
+    let bad = h.get(&format!("{}?wait=soon", job_path(done))).await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_wait")
+    );
+
+    // Nothing happens: the current state at the end of the wait.
+    let id = h
+        .sim
+        .add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    let started = Instant::now();
+    let reply = h.get(&format!("{}?wait=1s", job_path(id))).await;
+    let waited = started.elapsed();
+    assert_eq!(state(&reply), "processing");
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+
+    // A delivery during the wait: answered a moment after it.
+    let waiter = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move {
+            let reply = h.get(&format!("{}?wait=20s", job_path(id))).await;
+            (reply, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "held while in progress");
+    h.sim.set_state(id, Some("completed"));
+    let body = upstream_body(&h, id, None).await;
+    let delivered = Instant::now();
+    assert_eq!(deliver(&h, SECRET, body).await.status, StatusCode::ACCEPTED);
+    let (reply, answered) = waiter.await.expect("waiter");
+    assert_eq!(state(&reply), "completed");
+    let delay = answered.duration_since(delivered);
+    assert!(delay < Duration::from_millis(500), "{delay:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiters_cost_one_upstream_refresh_per_ttl() {
+    // Webhooks off: in-progress entries live 1 s, so the job is refreshed once a second
+    // however many wait on it.
+    let h = Arc::new(Harness::new().await);
+    let id = h
+        .sim
+        .add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    let started = Instant::now();
+    let waiters: Vec<_> = (0..1000)
+        .map(|_| {
+            let h = Arc::clone(&h);
+            tokio::spawn(async move { h.get(&format!("{}?wait=3s", job_path(id))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = h.gateway.gateway.watchers.waiting();
+    assert!(held >= 900, "{held} waiters held at once");
+    for waiter in waiters {
+        let reply = waiter.await.expect("waiter");
+        assert_eq!(state(&reply), "processing");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = h.sim.calls_to(&job_path(id));
+    // One call per second of waiting (and one more at each end at most).
+    assert!(
+        calls as f64 <= elapsed.ceil() + 2.0,
+        "{calls} upstream calls in {elapsed:.1} s for 1000 waiters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_answers_waiters_at_once() {
+    let h = Harness::new().await;
+    let id = h
+        .sim
+        .add_job(None, Some("pending"), time::OffsetDateTime::now_utc());
+    let url = format!("{}{}?wait=30s", h.url(), job_path(id));
+    let client = h.client.clone();
+    let waiter =
+        tokio::spawn(
+            async move { common::send(&client, Method::GET, &url, &[], Bytes::new()).await },
+        );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    h.gateway.begin_shutdown();
+    let reply = waiter.await.expect("waiter");
+    assert_eq!(state(&reply), "pending");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// One delivery as a subscriber received it.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+/// A subscriber: records deliveries, answers each with the next status of `script`
+/// (then 200), and checks nothing itself (the tests verify the signatures).
+struct Endpoint {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn endpoint(script: Vec<u16>) -> Endpoint {
+    endpoint_on(0, script).await
+}
+
+async fn endpoint_on(port: u16, script: Vec<u16>) -> Endpoint {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+    let log = Arc::clone(&received);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (log, script) = (Arc::clone(&log), Arc::clone(&script));
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (log, script) = (Arc::clone(&log), Arc::clone(&script));
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            log.lock().expect("log").push(Received {
+                                headers: parts.headers,
+                                body,
+                            });
+                            let status = script.lock().expect("script").pop_front().unwrap_or(200);
+                            let mut response =
+                                http::Response::new(http_body_util::Full::new(Bytes::new()));
+                            *response.status_mut() = StatusCode::from_u16(status).expect("status");
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Endpoint {
+        url: format!("http://{addr}/hooks"),
+        received,
+        task,
+    }
+}
+
+fn subscriber(name: &str, url: &str, env: &str, bases: Option<Vec<Uuid>>) -> SubscriberConfig {
+    // Each test names its own variable: tests run side by side in one process.
+    std::env::set_var(env, SIGNING);
+    SubscriberConfig {
+        name: name.into(),
+        url: url.into(),
+        secret_env: env.into(),
+        workspace: bases.is_none().then_some(true),
+        bases,
+        events: None,
+    }
+}
+
+/// Checks a delivery with the reference Standard Webhooks library.
+fn verify(received: &Received) -> serde_json::Value {
+    let reference = standardwebhooks::Webhook::new(SIGNING).expect("key");
+    reference
+        .verify(&received.body, &received.headers)
+        .expect("the signature verifies");
+    serde_json::from_slice(&received.body).expect("json body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_signed_retried_scoped_deliveries_once_per_event() {
+    let dir = common::tempdir();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    // Fails twice, then takes it.
+    let everything = endpoint(vec![500, 503]).await;
+    let only_b = endpoint(vec![]).await;
+    let (all_url, b_url) = (everything.url.clone(), only_b.url.clone());
+    let h = harness(dir.path(), move |c| {
+        let hooks = c.webhooks.as_mut().expect("on");
+        hooks.subscribers = vec![
+            subscriber("everything", &all_url, "EXAGATE_TEST_SIGNING_1", None),
+            subscriber("only-b", &b_url, "EXAGATE_TEST_SIGNING_2", Some(vec![b])),
+        ];
+    })
+    .await;
+    let id = h
+        .sim
+        .add_job(Some(a), Some("processing"), time::OffsetDateTime::now_utc());
+    assert_eq!(state(&h.get_in(a, &job_path(id)).await), "processing");
+    h.sim.set_state(id, Some("completed"));
+    let body = upstream_body(&h, id, Some(a)).await;
+    deliver(&h, SECRET, body.clone()).await;
+    deliver(&h, SECRET, body).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            everything.received.lock().expect("log").len() >= 3
+        })
+        .await,
+        "retried until taken"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got = everything.received.lock().expect("log").clone();
+    assert_eq!(
+        got.len(),
+        3,
+        "two failures and one success, for two deliveries of one event"
+    );
+    let ids: Vec<_> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "one event id on every attempt"
+    );
+    let event = verify(&got[2]);
+    assert_eq!(event["type"], "extract.job.completed");
+    assert_eq!(event["data"]["id"], id.to_string());
+    assert_eq!(event["data"]["baseId"], a.to_string());
+    assert!(
+        only_b.received.lock().expect("log").is_empty(),
+        "a job of base A never reaches a subscriber of B"
+    );
+
+    // The admin listener shows it delivered, after two attempts that failed.
+    let list = h.admin_get("/webhooks/deliveries?status=delivered").await;
+    let items = list.json()["items"].clone();
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{items}");
+    assert_eq!(items[0]["attempts"], 3);
+    assert_eq!(
+        h.metric("exagate_webhook_relayed_total{subscriber=\"everything\",outcome=\"delivered\"}")
+            .await,
+        1.0
+    );
+    // The app fetches the job through the gateway: a hit.
+    assert_eq!(h.get_in(a, &job_path(id)).await.cache(), "hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_subscriber_until_an_operator_enables_it_and_retries() {
+    let dir = common::tempdir();
+    let gone = endpoint(vec![410]).await;
+    let url = gone.url.clone();
+    std::env::set_var("EXAGATE_TEST_ADMIN_TOKEN_WH", "admin-token-wh");
+    let h = harness(dir.path(), move |c| {
+        c.admin.token_env = "EXAGATE_TEST_ADMIN_TOKEN_WH".into();
+        c.webhooks.as_mut().expect("on").subscribers =
+            vec![subscriber("gone", &url, "EXAGATE_TEST_SIGNING_3", None)];
+    })
+    .await;
+    let id = h
+        .sim
+        .add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    // A failure learned by a lookup is an event too.
+    assert_eq!(state(&h.get(&job_path(id)).await), "failed");
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            h.admin_get("/webhooks/subscribers").await.json()["items"][0]["state"] == "disabled"
+        })
+        .await
+    );
+    let failed = h
+        .admin_get("/webhooks/deliveries?status=failed")
+        .await
+        .json();
+    let delivery = failed["items"][0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(failed["items"][0]["kind"], "extract.job.failed");
+    let auth = [("authorization", "Bearer admin-token-wh")];
+    let refused = h
+        .admin_send(Method::POST, "/webhooks/subscribers/gone/enable", &[])
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let enabled = h
+        .admin_send(Method::POST, "/webhooks/subscribers/gone/enable", &auth)
+        .await;
+    assert_eq!(enabled.status, StatusCode::OK);
+    let retried = h
+        .admin_send(
+            Method::POST,
+            &format!("/webhooks/deliveries/{delivery}/retry"),
+            &auth,
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::OK);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            gone.received.lock().expect("log").len() == 2
+        })
+        .await
+    );
+    let last = gone.received.lock().expect("log")[1].clone();
+    assert_eq!(verify(&last)["type"], "extract.job.failed");
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            h.admin_get("/webhooks/deliveries?status=delivered")
+                .await
+                .json()["items"]
+                .as_array()
+                .map(Vec::len)
+                == Some(1)
+        })
+        .await
+    );
+}
