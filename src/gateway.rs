@@ -104,7 +104,11 @@ impl Gateway {
         // Journaled only for a gateway that relays: one without [webhooks] at start
         // leaves no file behind.
         let journal = config.webhooks.as_ref().and(config.state.dir.as_deref());
-        let webhooks = Webhooks::new(journal, Arc::clone(&metrics))?;
+        let webhooks = Webhooks::new(
+            journal,
+            config.upstream.ca_file.as_deref(),
+            Arc::clone(&metrics),
+        )?;
         Ok(Arc::new(Gateway {
             watchers: crate::cache::watch::Watchers::new(),
             webhooks,

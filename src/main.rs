@@ -50,6 +50,12 @@ enum Command {
     Healthcheck,
     /// Read a client token on stdin, print its SHA-256 for `[[clients]] token_sha256`.
     HashToken,
+    /// The account's webhook, which the gateway owns while `[webhooks]` is on.
+    Webhooks {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: WebhooksAction,
+    },
     /// Run only the simulated Extract API (for load tests with external tools).
     #[command(hide = true)]
     Sim {
@@ -66,6 +72,17 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         padding: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum WebhooksAction {
+    /// Point the account's webhook URL at this gateway's receiver (`webhooks.public_url`
+    /// + the receiver path), with the key; the secret is not printed.
+    Register,
+    /// Say whether the account's webhook points at this gateway (exit 1 when it does not).
+    Status,
+    /// Print a new random receiver secret (for `webhooks.secret_env` or `secret_file`).
+    Secret,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +102,7 @@ fn main() -> ExitCode {
             Command::Run => run(&cli.config).await,
             Command::Check => check(&cli.config),
             Command::HashToken => hash_token(),
+            Command::Webhooks { action } => webhooks(&cli.config, action).await,
             Command::Healthcheck => healthcheck(&cli.config).await,
             Command::Demo { listen } => exagate::demo::run(listen, shutdown_signal()).await,
             Command::Sim {
@@ -187,6 +205,49 @@ fn check(path: &std::path::Path) -> Result<(), exagate::BoxError> {
     writeln!(out)?;
     write!(out, "{config}")?;
     out.flush()?;
+    Ok(())
+}
+
+async fn webhooks(path: &std::path::Path, action: WebhooksAction) -> Result<(), exagate::BoxError> {
+    use exagate::webhooks::account::{self, Pointing};
+    let mut out = std::io::stdout().lock();
+    if let WebhooksAction::Secret = action {
+        // 256 random bits from the OS (uuid v4 reads getrandom), in path-safe hex.
+        let secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        writeln!(out, "{secret}")?;
+        return Ok(());
+    }
+    let config = Config::load(path)?;
+    let key = ApiKey::load(&config.upstream)?;
+    let receiver = account::shown_receiver(&config).unwrap_or_default();
+    let describe = |p: &Pointing| match p {
+        Pointing::Here => format!("this gateway ({receiver})"),
+        Pointing::Elsewhere(origin) => format!("somewhere else ({origin}/...)"),
+        Pointing::Nowhere => "nothing (no webhook set)".to_string(),
+    };
+    match action {
+        WebhooksAction::Register => {
+            let before = account::register(&config, &key).await?;
+            writeln!(
+                out,
+                "the account's webhook now points at {receiver} (it pointed at {}); the secret is not shown",
+                describe(&before)
+            )?;
+        }
+        WebhooksAction::Status | WebhooksAction::Secret => {
+            let now = account::status(&config, &key).await?;
+            writeln!(out, "the account's webhook points at {}", describe(&now))?;
+            if now != Pointing::Here {
+                return Err(
+                    "it does not point at this gateway: run `exagate webhooks register`".into(),
+                );
+            }
+        }
+    }
     Ok(())
 }
 

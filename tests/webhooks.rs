@@ -695,3 +695,231 @@ async fn a_410_disables_the_subscriber_until_an_operator_enables_it_and_retries(
         .await
     );
 }
+
+/// Runs the `exagate` binary with `config` (written to `dir`), its output to files there.
+fn spawn_gateway(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> common::KillOnDrop {
+    use std::process::{Command, Stdio};
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).expect("config");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_exagate"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("stdout.log"))
+                .expect("log"),
+        )
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("stderr.log"))
+                .expect("log"),
+        );
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    common::KillOnDrop(command.spawn().expect("spawn"))
+}
+
+/// Runs `exagate webhooks ACTION --config dir/config.toml`: (success, stdout + stderr).
+fn webhooks_command(dir: &std::path::Path, action: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_exagate"));
+    command
+        .args(["webhooks", action, "--config"])
+        .arg(dir.join("config.toml"))
+        .env_remove("RUST_LOG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The whole loop, as ops run it: `webhooks register` points the (simulated) account at
+/// the gateway; an app creates a job through it and long-polls; the simulator's webhook
+/// answers the long-poll the moment the job completes, with no upstream poll at all; the
+/// secret is in no output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_then_a_long_poll_returns_when_the_apis_webhook_arrives() {
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let (port, admin) = (common::free_port(), common::free_port());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [log]\nlevel = \"debug\"\n\
+         [webhooks]\nsecret_env = \"EXAGATE_TEST_WEBHOOK_SECRET\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
+        sim.url(),
+        key_file.display()
+    );
+    std::fs::write(dir.path().join("config.toml"), &config).expect("config");
+    let env = [("EXAGATE_TEST_WEBHOOK_SECRET", SECRET)];
+    let (ok, said) = webhooks_command(dir.path(), "status", &env);
+    assert!(!ok, "not registered yet: {said}");
+    assert!(said.contains("nothing (no webhook set)"), "{said}");
+    let (ok, said) = webhooks_command(dir.path(), "register", &env);
+    assert!(ok, "{said}");
+    assert!(said.contains("/webhooks/exabase/[redacted]"), "{said}");
+    let (ok, status) = webhooks_command(dir.path(), "status", &env);
+    assert!(ok, "{status}");
+    for text in [&said, &status] {
+        assert!(!text.contains(SECRET), "the secret is printed: {text}");
+    }
+    // The account now holds the receiver's URL, secret included.
+    let settings = common::send(
+        &common::client(),
+        Method::GET,
+        &format!("{}/v2/extract-settings", sim.url()),
+        &[("x-api-key", KEY)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        settings.json()["webhookUrl"],
+        format!("http://127.0.0.1:{port}/webhooks/exabase/{SECRET}")
+    );
+
+    let _gateway = spawn_gateway(dir.path(), &config, &env);
+    common::wait_listening(port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = common::client();
+    let created = common::send(
+        &client,
+        Method::POST,
+        &format!("{base}/v2/extract"),
+        &[("content-type", "application/json")],
+        Bytes::from_static(br#"{"url":"https://example.com/doc.pdf","name":"doc"}"#),
+    )
+    .await;
+    assert!(created.status.is_success());
+    let id: Uuid = created.json()["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let started = Instant::now();
+    let mut polls = 0;
+    let reply = loop {
+        // An app's long-poll loop: each answer either is the change or the wait's end.
+        let reply = common::send(
+            &client,
+            Method::GET,
+            &format!("{base}{}?wait=5s", job_path(id)),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        polls += 1;
+        if state(&reply) == "completed" || polls > 5 {
+            break reply;
+        }
+    };
+    assert_eq!(state(&reply), "completed", "after {polls} long-polls");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The job's create and completion came by the gateway's own answers and the
+    // webhook: the gateway never polled the upstream for it.
+    assert_eq!(sim.calls_to(&job_path(id)), 0, "no upstream poll");
+    assert!(sim.webhooks_acked() >= 1);
+    drop(_gateway);
+    for log in ["stdout.log", "stderr.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+        assert!(!text.contains(SECRET), "{log} holds the secret");
+        assert!(!text.contains(KEY), "{log} holds the API key");
+    }
+    let all = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.path().join("stdout.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+    );
+    assert!(
+        all.contains("/webhooks/exabase/[redacted]"),
+        "the access log shows the delivery, redacted"
+    );
+}
+
+/// A delivery accepted before a `kill -9` is delivered after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_survive_kill_9() {
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).expect("state dir");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let (port, admin, hook_port) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [state]\ndir = \"{}\"\n\
+         [webhooks]\nsecret_env = \"EXAGATE_TEST_WEBHOOK_SECRET\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_schedule = [\"300ms\"]\n\
+         [[webhooks.subscribers]]\nname = \"app\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\nsecret_env = \"EXAGATE_TEST_SIGNING\"\n",
+        sim.url(),
+        key_file.display(),
+        state_dir.display()
+    );
+    let env = [
+        ("EXAGATE_TEST_WEBHOOK_SECRET", SECRET),
+        ("EXAGATE_TEST_SIGNING", SIGNING),
+    ];
+    let mut first = spawn_gateway(dir.path(), &config, &env);
+    common::wait_listening(port).await;
+    let id = sim.add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    let reply = common::send(
+        &common::client(),
+        Method::GET,
+        &format!("http://127.0.0.1:{port}{}", job_path(id)),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(state(&reply), "failed");
+    // The subscriber is down: the delivery waits, attempted and pending.
+    let pending = format!("http://127.0.0.1:{admin}/webhooks/deliveries?status=pending");
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let list =
+                common::send(&common::client(), Method::GET, &pending, &[], Bytes::new()).await;
+            list.json()["items"][0]["attempts"].as_u64().unwrap_or(0) >= 1
+        })
+        .await
+    );
+    first.kill().expect("kill -9");
+    let _ = first.wait();
+    let endpoint = endpoint_on(hook_port, vec![]).await;
+    let _second = spawn_gateway(dir.path(), &config, &env);
+    common::wait_listening(port).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            !endpoint.received.lock().expect("log").is_empty()
+        })
+        .await,
+        "delivered after the restart"
+    );
+    let got = endpoint.received.lock().expect("log")[0].clone();
+    let event = verify(&got);
+    assert_eq!(event["type"], "extract.job.failed");
+    assert_eq!(event["data"]["id"], id.to_string());
+    // No upstream call was needed for it after the restart.
+    assert_eq!(sim.calls_to(&job_path(id)), 1);
+}

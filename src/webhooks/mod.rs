@@ -8,6 +8,7 @@
 //! - [`relay`], [`outbox`], [`sign`]: events relayed to `[[webhooks.subscribers]]` as
 //!   Standard Webhooks deliveries, durable, retried, scoped.
 
+pub mod account;
 pub mod admin;
 pub mod event;
 pub mod outbox;
@@ -110,11 +111,12 @@ impl Webhooks {
     /// The runtime side; the outbox is journaled in `state_dir` when there is one.
     pub fn new(
         state_dir: Option<&std::path::Path>,
+        ca_file: Option<&std::path::Path>,
         metrics: Arc<Metrics>,
     ) -> Result<Webhooks, crate::BoxError> {
         Ok(Webhooks {
             scopes: Scopes::default(),
-            relay: Arc::new(Relay::new(state_dir, metrics)?),
+            relay: Arc::new(Relay::new(state_dir, ca_file, metrics)?),
         })
     }
 }

@@ -120,8 +120,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay whose outbox is journaled in `dir` (or kept in memory without one).
-    pub fn new(dir: Option<&Path>, metrics: Arc<Metrics>) -> Result<Relay, crate::BoxError> {
+    /// A relay whose outbox is journaled in `dir` (or kept in memory without one),
+    /// trusting the public roots and `ca_file` (`upstream.ca_file`: subscribers are often
+    /// internal apps behind the same private CA).
+    pub fn new(
+        dir: Option<&Path>,
+        ca_file: Option<&Path>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Relay, crate::BoxError> {
         let outbox = match dir {
             Some(dir) => Outbox::open(dir).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, dir = %dir.display(), "cannot use the webhook journal in the state directory: deliveries are kept in memory only");
@@ -129,28 +135,7 @@ impl Relay {
             }),
             None => Outbox::in_memory(),
         };
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = https_client(crate::proxy::upstream::roots(ca_file)?)?;
         Ok(Relay {
             outbox,
             client,
@@ -350,6 +335,32 @@ impl Relay {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// An HTTP/1.1 client over plain TCP or TLS (rustls, `roots`), for the relay and the
+/// account's settings.
+pub fn https_client(
+    roots: rustls::RootCertStore,
+) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>, crate::BoxError> {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector))
 }
 
 /// `Retry-After` in seconds or as an HTTP date, capped at a day.

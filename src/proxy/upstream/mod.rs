@@ -45,6 +45,32 @@ pub struct Fetched {
     pub elapsed: Duration,
 }
 
+/// The public roots, plus the certificates of `ca_file` (`upstream.ca_file`: a private CA
+/// in front of the API, or the tests' simulator).
+pub fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, BoxError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?
+        {
+            let cert = cert.map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(
+                format!("upstream.ca_file {}: no certificate in it", path.display()).into(),
+            );
+        }
+    }
+    Ok(roots)
+}
+
 /// The pooled client for the Extract API.
 pub struct UpstreamClient {
     /// hyper-util's pooled client; HTTP/1.1 or HTTP/2 as ALPN decides.
@@ -73,26 +99,7 @@ impl UpstreamClient {
         metrics: Arc<Metrics>,
     ) -> Result<UpstreamClient, BoxError> {
         let origin = http_origin(&config.url)?;
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = &config.ca_file {
-            let mut added = 0;
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?
-            {
-                let cert = cert.map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(
-                    format!("upstream.ca_file {}: no certificate in it", path.display()).into(),
-                );
-            }
-        }
+        let roots = roots(config.ca_file.as_deref())?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
