@@ -54,7 +54,14 @@ async fn links_point_at_the_gateway_and_nothing_else_changes() {
         via_gateway.headers["content-length"].to_str().ok(),
         Some(via_gateway.body.len().to_string().as_str())
     );
-    assert!(!via_gateway.headers.contains_key("etag"));
+    // The validator is the gateway's own, of the rewritten body: never the upstream's.
+    let etag = via_gateway.headers.get("etag").expect("etag");
+    assert_ne!(Some(etag), direct.headers.get("etag"));
+    let digest = exagate::auth::sha256(&via_gateway.body);
+    assert_eq!(
+        etag.to_str().ok(),
+        Some(format!("\"{}\"", hex::encode(&digest[..12])).as_str())
+    );
 }
 
 #[tokio::test]
