@@ -81,9 +81,11 @@ impl Admin {
             }
             (method, p) if p.starts_with("/webhooks/") => {
                 let query = request.uri().query().unwrap_or("");
-                match crate::webhooks::admin::answer(gw, method, p, query, || {
+                let answer = crate::webhooks::admin::answer(gw, method, p, query, || {
                     self.authorize(&request)
-                }) {
+                })
+                .await;
+                match answer {
                     Some(Ok((status, body))) => json(status, &body.to_string()),
                     Some(Err(e)) => e.to_response("bypass"),
                     None => GatewayError::new(ErrorKind::NotFound, "no such admin route")

@@ -107,6 +107,7 @@ impl Gateway {
         let webhooks = Webhooks::new(
             journal,
             config.upstream.ca_file.as_deref(),
+            shared.clone(),
             Arc::clone(&metrics),
         )?;
         Ok(Arc::new(Gateway {
@@ -213,13 +214,18 @@ impl Gateway {
         scopes
     }
 
-    /// Hands an event to the relay (each subscriber that hears of it gets it once).
+    /// Hands an event to the relay (each subscriber that hears of it gets it once), on a
+    /// task of its own: the request that learned of it waits for no queue.
     pub fn emit(&self, live: &Live, event: &Event) {
-        if let Some(hooks) = &live.webhooks {
-            self.webhooks
-                .relay
-                .emit(&hooks.subscribers, event, live.config.cache.retention);
-        }
+        let Some(hooks) = live.webhooks.as_ref().filter(|h| !h.subscribers.is_empty()) else {
+            return;
+        };
+        let relay = Arc::clone(&self.webhooks.relay);
+        let subscribers = hooks.subscribers.clone();
+        let (event, retention) = (event.clone(), live.config.cache.retention);
+        tokio::spawn(async move {
+            relay.emit(&subscribers, &event, retention).await;
+        });
     }
 
     /// Empties the cache here, in Redis and on every other replica.
@@ -267,7 +273,7 @@ impl Gateway {
         m.ready.set(i64::from(self.is_ready()));
         m.waiters
             .set(i64::try_from(self.watchers.waiting()).unwrap_or(i64::MAX));
-        self.webhooks.relay.gauges();
+        self.webhooks.relay.gauges().await;
         m.encode()
     }
 }

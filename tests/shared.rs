@@ -5,40 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::redis::{replica_config, replicas, wait_shared, RedisServer};
 use common::{get_from as get, job_path, start_gateway, start_sim, test_config, Reply};
 use exagate::config::Rate;
 use exagate::sim::{Fault, Simulator};
-use exagate::{Config, RunningGateway};
+use exagate::RunningGateway;
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
-
-/// A config for one replica sharing `redis`.
-fn replica_config(redis: &RedisServer) -> Config {
-    let mut config = test_config();
-    config.shared = Some(redis.config());
-    config
-}
-
-/// `n` replicas in front of `sim`, sharing `redis`, each in shared mode before it is
-/// handed back.
-async fn replicas(
-    sim: &Simulator,
-    redis: &RedisServer,
-    n: usize,
-    adjust: impl Fn(&mut Config),
-) -> Vec<RunningGateway> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let mut config = replica_config(redis);
-        adjust(&mut config);
-        out.push(start_gateway(sim, config).await);
-    }
-    for gw in &out {
-        wait_shared(gw, true).await;
-    }
-    out
-}
 
 /// Asks `gw` for `path` until it is a miss (an invalidation reached it), failing after
 /// `within`.
@@ -48,21 +21,6 @@ async fn until_miss(gw: &RunningGateway, path: &str, within: Duration, what: &st
         assert!(started.elapsed() < within, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Waits (up to 5 s) for a replica to be in (or out of) shared mode.
-async fn wait_shared(gw: &RunningGateway, on: bool) {
-    let shared = gw.gateway.shared.as_ref().expect("[shared] configured");
-    for _ in 0..200 {
-        if shared.usable() == on {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "the replica did not turn shared mode {}",
-        if on { "on" } else { "off" }
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

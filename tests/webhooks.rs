@@ -923,3 +923,150 @@ async fn pending_deliveries_survive_kill_9() {
     // No upstream call was needed for it after the restart.
     assert_eq!(sim.calls_to(&job_path(id)), 1);
 }
+
+/// Two replicas sharing a real Redis: a job seen only by one is primed by a delivery
+/// that reaches the other (scopes, the answer and the news go through Redis), with no
+/// upstream call; events learned by both replicas reach a subscriber once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers_hear_once() {
+    if !common::redis::installed() {
+        return;
+    }
+    let redis = common::redis::RedisServer::start().await;
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    let app = endpoint(vec![]).await;
+    let url = app.url.clone();
+    std::env::set_var("EXAGATE_TEST_SIGNING_S", SIGNING);
+    let hooks = hooks(dir.path());
+    let gws = common::redis::replicas(&sim, &redis, 2, |c| {
+        let mut hooks = hooks.clone();
+        hooks.subscribers = vec![subscriber("app", &url, "EXAGATE_TEST_SIGNING_S", None)];
+        c.webhooks = Some(hooks);
+    })
+    .await;
+    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    let path = job_path(id);
+    assert_eq!(state(&common::get_from(&gws[0], &path).await), "processing");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Replica 1 has it too (from Redis), then the API completes it and its webhook
+    // reaches replica 1 only.
+    assert_eq!(state(&common::get_from(&gws[1], &path).await), "processing");
+    sim.set_state(id, Some("completed"));
+    let body = common::send(
+        &common::client(),
+        Method::GET,
+        &format!("{}{path}", sim.url()),
+        &[("x-api-key", KEY)],
+        Bytes::new(),
+    )
+    .await
+    .body;
+    let calls = sim.calls_to(&path);
+    let ack = common::send(
+        &common::client(),
+        Method::POST,
+        &format!("{}/webhooks/exabase/{SECRET}", gws[1].url()),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(ack.status, StatusCode::ACCEPTED);
+    for gw in &gws {
+        assert!(
+            eventually(Duration::from_secs(3), async || {
+                state(&common::get_from(gw, &path).await) == "completed"
+            })
+            .await,
+            "every replica sees the completion"
+        );
+    }
+    assert_eq!(
+        sim.calls_to(&path),
+        calls,
+        "no upstream call on either replica"
+    );
+    // Both replicas learn of a failure by a lookup: the subscriber hears it once.
+    let failed = sim.add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    for gw in &gws {
+        common::get_from(gw, &job_path(failed)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            app.received.lock().expect("log").len() >= 2
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = app.received.lock().expect("log").clone();
+    let kinds: Vec<String> = got
+        .iter()
+        .map(|r| verify(r)["type"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        2,
+        "one delivery per event, not per replica: {kinds:?}"
+    );
+    assert!(kinds.contains(&"extract.job.completed".to_owned()));
+    assert!(kinds.contains(&"extract.job.failed".to_owned()));
+}
+
+/// With `[shared]`, a delivery waiting in Redis is relayed by another replica after the
+/// one that queued it is gone (no state directory anywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_pending_deliveries_live_in_redis() {
+    if !common::redis::installed() {
+        return;
+    }
+    let redis = common::redis::RedisServer::start().await;
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    let hook_port = common::free_port();
+    let url = format!("http://127.0.0.1:{hook_port}/hooks");
+    std::env::set_var("EXAGATE_TEST_SIGNING_R", SIGNING);
+    let hooks = hooks(dir.path());
+    let adjust = |c: &mut exagate::Config| {
+        let mut hooks = hooks.clone();
+        hooks.subscribers = vec![subscriber("app", &url, "EXAGATE_TEST_SIGNING_R", None)];
+        c.webhooks = Some(hooks);
+    };
+    let first = common::redis::replicas(&sim, &redis, 1, adjust).await;
+    let id = sim.add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    assert_eq!(
+        state(&common::get_from(&first[0], &job_path(id)).await),
+        "failed"
+    );
+    let relay = std::sync::Arc::clone(&first[0].gateway.webhooks.relay);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            relay
+                .list(Some(exagate::webhooks::outbox::Status::Pending), None)
+                .await
+                .first()
+                .is_some_and(|d| d.attempts >= 1)
+        })
+        .await,
+        "attempted while the subscriber is down"
+    );
+    assert!(
+        relay.outbox.list(None, None).is_empty(),
+        "queued in Redis, not here"
+    );
+    drop(relay);
+    for gw in first {
+        gw.shutdown().await;
+    }
+    let app = endpoint_on(hook_port, vec![]).await;
+    // The claim of the replica that left ends after its lease: then another takes it.
+    let _second = common::redis::replicas(&sim, &redis, 1, adjust).await;
+    assert!(
+        eventually(Duration::from_secs(40), async || {
+            !app.received.lock().expect("log").is_empty()
+        })
+        .await,
+        "relayed by the other replica"
+    );
+    let event = verify(&app.received.lock().expect("log")[0]);
+    assert_eq!(event["data"]["id"], id.to_string());
+}

@@ -79,6 +79,31 @@ impl Keys {
         format!("{}:scopes:{job}", self.prefix)
     }
 
+    /// One relay delivery (its JSON), for `webhooks` with `[shared]`.
+    pub fn relay_delivery(&self, id: &str) -> String {
+        format!("{}{id}", self.relay_delivery_prefix())
+    }
+
+    /// What every relay delivery's name starts with.
+    pub fn relay_delivery_prefix(&self) -> String {
+        format!("{}:relay:d:", self.prefix)
+    }
+
+    /// One subscriber's due deliveries: a sorted set of ids by due time (ms).
+    pub fn relay_due(&self, subscriber: &str) -> String {
+        format!("{}:relay:due:{subscriber}", self.prefix)
+    }
+
+    /// Every relay delivery by creation time (ms), for the admin routes.
+    pub fn relay_all(&self) -> String {
+        format!("{}:relay:all", self.prefix)
+    }
+
+    /// Exists while a subscriber is disabled (it answered 410).
+    pub fn relay_disabled(&self, subscriber: &str) -> String {
+        format!("{}:relay:off:{subscriber}", self.prefix)
+    }
+
     /// The invalidation channel.
     pub fn channel(&self) -> String {
         format!("{}:invalidate", self.prefix)

@@ -19,6 +19,7 @@ pub mod bus;
 pub mod hooks;
 pub mod keys;
 pub mod quota;
+pub mod relay;
 pub mod scripts;
 pub mod tier;
 
@@ -48,6 +49,9 @@ pub struct Unavailable;
 /// a Redis restart).
 struct Scripts {
     find_or_lock: Script,
+    relay_offer: Script,
+    relay_claim: Script,
+    relay_finish: Script,
     store: Script,
     unlock: Script,
     purge: Script,
@@ -139,6 +143,9 @@ impl Shared {
             timeout: config.timeout,
             scripts: Scripts {
                 find_or_lock: Script::new(scripts::FIND_OR_LOCK),
+                relay_offer: Script::new(scripts::RELAY_OFFER),
+                relay_claim: Script::new(scripts::RELAY_CLAIM),
+                relay_finish: Script::new(scripts::RELAY_FINISH),
                 store: Script::new(scripts::STORE),
                 unlock: Script::new(scripts::UNLOCK),
                 purge: Script::new(scripts::PURGE),

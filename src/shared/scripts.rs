@@ -187,3 +187,48 @@ local left = redis.call('PTTL', KEYS[1])
 if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
 return 1
 ";
+
+/// Queues a relay delivery unless one of its id exists (a duplicate event, another
+/// replica's). KEYS: the delivery, its subscriber's due set, the index of all. ARGV: the
+/// JSON, its TTL (ms), its due time, its creation time, its id. Returns 1 if queued.
+pub const RELAY_OFFER: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+  return 1
+end
+return 0
+";
+
+/// Claims a subscriber's due deliveries for one replica's attempts: each claimed one is
+/// pushed past a lease, so no other replica claims it while the attempt runs, and a
+/// replica that dies mid-attempt gives it back when the lease ends. KEYS: the due set.
+/// ARGV: now, most to claim, the lease's end, the prefix of delivery names (the names are
+/// made here: standalone Redis only, which `[shared]` requires anyway). Returns the
+/// claimed deliveries' JSON.
+pub const RELAY_CLAIM: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local v = redis.call('GET', ARGV[4] .. id)
+  if v then
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    table.insert(out, v)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+";
+
+/// Records an attempt's result. KEYS: the delivery, its due set. ARGV: the JSON, its TTL
+/// (ms), "1" if still pending, its next due time, its id.
+pub const RELAY_FINISH: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+else
+  redis.call('ZREM', KEYS[2], ARGV[5])
+end
+return 1
+";

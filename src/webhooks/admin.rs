@@ -19,7 +19,7 @@ const PAGE: usize = 500;
 /// What a route under `/webhooks/` answers: `Ok((status, JSON))`, or `None` when the path
 /// is not one of these routes. `authorized` is the admin token's check, run only for
 /// the routes that change something.
-pub fn answer(
+pub async fn answer(
     gw: &Gateway,
     method: &Method,
     path: &str,
@@ -27,26 +27,28 @@ pub fn answer(
     authorized: impl FnOnce() -> Result<(), GatewayError>,
 ) -> Option<Result<(StatusCode, serde_json::Value), GatewayError>> {
     let live = gw.live();
-    let outbox = &gw.webhooks.relay.outbox;
+    let relay = &gw.webhooks.relay;
     let rest = path.strip_prefix("/webhooks/")?;
     let segments: Vec<&str> = rest.split('/').collect();
     let result = match (method, segments.as_slice()) {
         (&Method::GET, ["subscribers"]) => {
-            let subscribers = live.webhooks.as_ref().map_or(&[][..], |h| &h.subscribers[..]);
-            let items: Vec<_> = subscribers
-                .iter()
-                .map(|s| {
-                    let counts = outbox.counts(Some(&s.name));
-                    serde_json::json!({
-                        "name": s.name,
-                        "url": s.shown_url(),
-                        "state": if outbox.is_disabled(&s.name) { "disabled" } else { "active" },
-                        "pending": counts[0].1,
-                        "delivered": counts[1].1,
-                        "failed": counts[2].1,
-                    })
-                })
-                .collect();
+            let subscribers = live
+                .webhooks
+                .as_ref()
+                .map_or(&[][..], |h| &h.subscribers[..]);
+            let mut items = Vec::new();
+            for s in subscribers {
+                let counts = relay.counts(Some(&s.name)).await;
+                let disabled = relay.is_disabled(&s.name).await;
+                items.push(serde_json::json!({
+                    "name": s.name,
+                    "url": s.shown_url(),
+                    "state": if disabled { "disabled" } else { "active" },
+                    "pending": counts[0].1,
+                    "delivered": counts[1].1,
+                    "failed": counts[2].1,
+                }));
+            }
             Ok((StatusCode::OK, serde_json::json!({ "items": items })))
         }
         (&Method::GET, ["deliveries"]) => {
@@ -71,8 +73,9 @@ pub fn answer(
                     _ => {}
                 }
             }
-            let items: Vec<_> = outbox
+            let items: Vec<_> = relay
                 .list(status, subscriber.as_deref())
+                .await
                 .into_iter()
                 .take(PAGE)
                 .map(|d| {
@@ -93,10 +96,10 @@ pub fn answer(
                 .collect();
             Ok((StatusCode::OK, serde_json::json!({ "items": items })))
         }
-        (&Method::POST, ["deliveries", id, "retry"]) => authorized().and_then(|()| {
-            match outbox.retry_now(id, crate::cache::envelope::now_ms()) {
+        (&Method::POST, ["deliveries", id, "retry"]) => match authorized() {
+            Err(e) => Err(e),
+            Ok(()) => match relay.retry_now(id).await {
                 Some(d) => {
-                    gw.webhooks.relay.nudge();
                     tracing::info!(delivery = %d.id, subscriber = %d.subscriber, "webhook delivery retried by an operator");
                     Ok((
                         StatusCode::OK,
@@ -104,24 +107,28 @@ pub fn answer(
                     ))
                 }
                 None => Err(GatewayError::new(ErrorKind::NotFound, "no such delivery")),
+            },
+        },
+        (&Method::POST, ["subscribers", name, "enable"]) => match authorized() {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let known = live
+                    .webhooks
+                    .as_ref()
+                    .is_some_and(|h| h.subscribers.iter().any(|s| s.name == *name));
+                if known {
+                    relay.set_disabled(name, false).await;
+                    relay.nudge();
+                    tracing::info!(subscriber = %name, "webhook subscriber enabled by an operator");
+                    Ok((
+                        StatusCode::OK,
+                        serde_json::json!({ "name": name, "state": "active" }),
+                    ))
+                } else {
+                    Err(GatewayError::new(ErrorKind::NotFound, "no such subscriber"))
+                }
             }
-        }),
-        (&Method::POST, ["subscribers", name, "enable"]) => authorized().and_then(|()| {
-            let known = live
-                .webhooks
-                .as_ref()
-                .is_some_and(|h| h.subscribers.iter().any(|s| s.name == *name));
-            if !known {
-                return Err(GatewayError::new(ErrorKind::NotFound, "no such subscriber"));
-            }
-            outbox.set_disabled(name, false);
-            gw.webhooks.relay.nudge();
-            tracing::info!(subscriber = %name, "webhook subscriber enabled by an operator");
-            Ok((
-                StatusCode::OK,
-                serde_json::json!({ "name": name, "state": "active" }),
-            ))
-        }),
+        },
         (_, ["subscribers"] | ["deliveries"]) => Err(GatewayError::method_not_allowed("GET")),
         (_, ["deliveries", _, "retry"] | ["subscribers", _, "enable"]) => {
             Err(GatewayError::method_not_allowed("POST"))

@@ -112,11 +112,12 @@ impl Webhooks {
     pub fn new(
         state_dir: Option<&std::path::Path>,
         ca_file: Option<&std::path::Path>,
+        shared: Option<Arc<crate::shared::Shared>>,
         metrics: Arc<Metrics>,
     ) -> Result<Webhooks, crate::BoxError> {
         Ok(Webhooks {
             scopes: Scopes::default(),
-            relay: Arc::new(Relay::new(state_dir, ca_file, metrics)?),
+            relay: Arc::new(Relay::new(state_dir, ca_file, shared, metrics)?),
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::cache::envelope::now_ms;
 use crate::config::SubscriberConfig;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 
 /// Longest one attempt may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
@@ -110,13 +111,27 @@ fn redact(url: &Uri) -> String {
     )
 }
 
-/// The relay: the outbox and the client that empties it.
+/// The relay: its queues and the client that empties them.
+///
+/// With `[shared]` the queue is in Redis (one per subscriber for all replicas); while
+/// Redis is away, and without `[shared]`, it is this process's outbox (journaled in
+/// `state.dir`). The scheduler empties both.
 pub struct Relay {
-    /// What is waiting, done and given up.
+    /// This process's queue: what is waiting, done and given up here.
     pub outbox: Outbox,
+    shared: Option<Arc<Shared>>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     wake: tokio::sync::Notify,
     metrics: Arc<Metrics>,
+    /// Attempts under way here, by subscriber (both queues').
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// Which queue a claimed delivery came from, and goes back to.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    Local,
+    Shared,
 }
 
 impl Relay {
@@ -126,6 +141,7 @@ impl Relay {
     pub fn new(
         dir: Option<&Path>,
         ca_file: Option<&Path>,
+        shared: Option<Arc<Shared>>,
         metrics: Arc<Metrics>,
     ) -> Result<Relay, crate::BoxError> {
         let outbox = match dir {
@@ -138,6 +154,8 @@ impl Relay {
         let client = https_client(crate::proxy::upstream::roots(ca_file)?)?;
         Ok(Relay {
             outbox,
+            shared,
+            in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
             client,
             wake: tokio::sync::Notify::new(),
             metrics,
@@ -146,7 +164,7 @@ impl Relay {
 
     /// Queues `event` for every subscriber that hears of it, once per subscriber (a
     /// duplicate event is a no-op). Returns how many deliveries were queued.
-    pub fn emit(
+    pub async fn emit(
         &self,
         subscribers: &[Arc<Subscriber>],
         event: &Event,
@@ -179,7 +197,16 @@ impl Relay {
                 give_up_at,
                 last_outcome: None,
             };
-            if self.outbox.offer(delivery) {
+            let offered = match self.usable() {
+                Some(shared) => match shared.relay_offer(&delivery).await {
+                    Ok(queued) => queued,
+                    // Redis away: kept here (another replica may relay it too: at least
+                    // once).
+                    Err(_) => self.outbox.offer(delivery),
+                },
+                None => self.outbox.offer(delivery),
+            };
+            if offered {
                 queued += 1;
             }
         }
@@ -211,20 +238,37 @@ impl Relay {
             };
             let now = now_ms();
             for subscriber in &hooks.subscribers {
-                if self.outbox.is_disabled(&subscriber.name) {
+                if self.is_disabled(&subscriber.name).await {
                     continue;
                 }
-                let free = PER_SUBSCRIBER.saturating_sub(self.outbox.in_flight(&subscriber.name));
+                let free = PER_SUBSCRIBER.saturating_sub(self.busy(&subscriber.name, 0));
                 if free == 0 {
                     continue;
                 }
-                for delivery in self.outbox.claim(&subscriber.name, now, free) {
+                let mut claimed: Vec<(Delivery, Origin)> = self
+                    .outbox
+                    .claim(&subscriber.name, now, free)
+                    .into_iter()
+                    .map(|d| (d, Origin::Local))
+                    .collect();
+                if let Some(shared) = self.usable().filter(|_| claimed.len() < free) {
+                    claimed.extend(
+                        shared
+                            .relay_claim(&subscriber.name, now, free - claimed.len())
+                            .await
+                            .into_iter()
+                            .map(|d| (d, Origin::Shared)),
+                    );
+                }
+                for (delivery, origin) in claimed {
+                    self.busy(&subscriber.name, 1);
                     let relay = Arc::clone(&self);
                     let subscriber = Arc::clone(subscriber);
                     let schedule = hooks.retry_schedule.clone();
                     tokio::spawn(async move {
                         let done = relay.attempt(&subscriber, &schedule, delivery).await;
-                        relay.outbox.finish(done);
+                        relay.finish(origin, done).await;
+                        relay.busy(&subscriber.name, -1);
                     });
                 }
             }
@@ -291,7 +335,7 @@ impl Relay {
                     // it until an operator enables it again.
                     delivery.status = Status::Failed;
                     delivery.last_outcome = Some("410".into());
-                    if self.outbox.set_disabled(&subscriber.name, true) {
+                    if self.set_disabled(&subscriber.name, true).await {
                         tracing::warn!(subscriber = %subscriber.name, "subscriber answered 410 Gone: disabled until enabled again on the admin listener");
                     }
                     self.metrics.webhook_relayed(&subscriber.name, "disabled");
@@ -320,9 +364,115 @@ impl Relay {
         delivery
     }
 
+    /// Tallies attempts under way for `subscriber` (`change` of +1 or -1; 0 reads).
+    fn busy(&self, subscriber: &str, change: i32) -> usize {
+        let mut busy = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = busy.entry(subscriber.to_owned()).or_insert(0);
+        match change {
+            1 => *n += 1,
+            -1 => *n = n.saturating_sub(1),
+            _ => {}
+        }
+        *n
+    }
+
+    /// The shared tier, while it is usable.
+    fn usable(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref().filter(|s| s.usable())
+    }
+
+    async fn finish(&self, origin: Origin, delivery: Delivery) {
+        match origin {
+            Origin::Local => self.outbox.finish(delivery),
+            Origin::Shared => {
+                if let Some(shared) = &self.shared {
+                    if shared.relay_finish(&delivery).await.is_err() {
+                        tracing::warn!(delivery = %delivery.id, "could not record a webhook attempt in Redis: it is tried again when its claim ends");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a subscriber is disabled, here or (with `[shared]`) by any replica.
+    pub async fn is_disabled(&self, subscriber: &str) -> bool {
+        if self.outbox.is_disabled(subscriber) {
+            return true;
+        }
+        match self.usable() {
+            Some(shared) => shared.relay_disabled(subscriber).await,
+            None => false,
+        }
+    }
+
+    /// Disables or enables a subscriber, here and for every replica; whether it changed.
+    pub async fn set_disabled(&self, subscriber: &str, disabled: bool) -> bool {
+        let was = self.is_disabled(subscriber).await;
+        self.outbox.set_disabled(subscriber, disabled);
+        if let Some(shared) = &self.shared {
+            shared.relay_set_disabled(subscriber, disabled).await;
+        }
+        was != disabled
+    }
+
+    /// Deliveries, newest first, filtered: this process's and (with `[shared]`) Redis's.
+    pub async fn list(&self, status: Option<Status>, subscriber: Option<&str>) -> Vec<Delivery> {
+        let mut list = self.outbox.list(status, subscriber);
+        if let Some(shared) = self.usable() {
+            for d in shared.relay_list().await {
+                let wanted = status.is_none_or(|s| d.status == s)
+                    && subscriber.is_none_or(|s| d.subscriber == s);
+                if wanted && !list.iter().any(|l| l.id == d.id) {
+                    list.push(d);
+                }
+            }
+        }
+        list.sort_by_key(|d| std::cmp::Reverse(d.created_at));
+        list
+    }
+
+    /// Makes a delivery due now (an operator's retry), in whichever queue holds it.
+    pub async fn retry_now(&self, id: &str) -> Option<Delivery> {
+        let now = now_ms();
+        if let Some(shared) = self.usable() {
+            if let Some(mut d) = shared.relay_get(id).await {
+                d.status = Status::Pending;
+                d.next_at = now;
+                d.give_up_at = d.give_up_at.max(now + 60_000);
+                if shared.relay_finish(&d).await.is_ok() {
+                    self.wake.notify_one();
+                    return Some(d);
+                }
+            }
+        }
+        let d = self.outbox.retry_now(id, now)?;
+        self.wake.notify_one();
+        Some(d)
+    }
+
+    /// How many deliveries are in each status, for `subscriber` or all.
+    pub async fn counts(&self, subscriber: Option<&str>) -> [(Status, usize); 3] {
+        let mut counts = [
+            (Status::Pending, 0),
+            (Status::Delivered, 0),
+            (Status::Failed, 0),
+        ];
+        for d in self.list(None, subscriber).await {
+            for (status, n) in &mut counts {
+                if *status == d.status {
+                    *n += 1;
+                }
+            }
+        }
+        counts
+    }
+
     /// Sets the queue gauges (at scrape time).
-    pub fn gauges(&self) {
-        let counts = self.outbox.counts(None);
+    pub async fn gauges(&self) {
+        let counts = self.counts(None).await;
         for (status, n) in counts {
             if status == Status::Delivered {
                 continue;

@@ -5,6 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use exagate::config::SharedConfig;
+use exagate::sim::Simulator;
+use exagate::{Config, RunningGateway};
 
 /// Whether `redis-server` is installed. When it is not, the shared-tier tests say so and
 /// pass without running, so `cargo test` works on a machine with only Rust; `.ci/run`
@@ -220,4 +222,46 @@ impl Drop for RedisServer {
         self.thaw();
         self.kill();
     }
+}
+
+/// A config for one replica sharing `redis`.
+pub fn replica_config(redis: &RedisServer) -> Config {
+    let mut config = super::test_config();
+    config.shared = Some(redis.config());
+    config
+}
+
+/// `n` replicas in front of `sim`, sharing `redis`, each in shared mode before it is
+/// handed back.
+pub async fn replicas(
+    sim: &Simulator,
+    redis: &RedisServer,
+    n: usize,
+    adjust: impl Fn(&mut Config),
+) -> Vec<RunningGateway> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut config = replica_config(redis);
+        adjust(&mut config);
+        out.push(super::start_gateway(sim, config).await);
+    }
+    for gw in &out {
+        wait_shared(gw, true).await;
+    }
+    out
+}
+
+/// Waits (up to 5 s) for a replica to be in (or out of) shared mode.
+pub async fn wait_shared(gw: &RunningGateway, on: bool) {
+    let shared = gw.gateway.shared.as_ref().expect("[shared] configured");
+    for _ in 0..200 {
+        if shared.usable() == on {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "the replica did not turn shared mode {}",
+        if on { "on" } else { "off" }
+    );
 }
