@@ -370,6 +370,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     };
     check("[shared]", shared(old) != shared(new));
     check(
+        "[webhooks] (turned on: its relay queue is journaled in state.dir only from a start)",
+        old.webhooks.is_none() && new.webhooks.is_some() && new.state.dir.is_some(),
+    );
+    check(
         "[state]",
         old.state.dir != new.state.dir
             || old.state.snapshot_interval != new.state.snapshot_interval,

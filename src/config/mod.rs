@@ -733,15 +733,49 @@ pub fn describe(config: &Config) -> Vec<String> {
         format!("cleaned jobs are kept {}", d(c.cleaned_ttl)),
         format!("failed jobs are kept {}", d(c.failed_ttl)),
     ];
-    if c.in_progress_ttl.is_zero() {
+    let in_progress_ttl = config
+        .webhooks
+        .as_ref()
+        .map_or(c.in_progress_ttl, |w| w.in_progress_ttl);
+    if in_progress_ttl.is_zero() {
         lines.push(
             "pending and processing jobs are not kept (polls still share in-flight calls)".into(),
         );
     } else {
         lines.push(format!(
             "pending and processing jobs are kept {}: polls within that share one upstream call",
-            d(c.in_progress_ttl)
+            d(in_progress_ttl)
         ));
+    }
+    lines.push(format!(
+        "long-polls (?wait=) are held at most {}",
+        d(config.server.max_wait)
+    ));
+    match &config.webhooks {
+        None => lines.push(
+            "webhooks off: the account's webhook is not the gateway's ([webhooks] turns it on)"
+                .into(),
+        ),
+        Some(w) => {
+            let from = match w.secret_source() {
+                SecretSource::Env(name) => format!("${name}"),
+                SecretSource::File(path) => path.display().to_string(),
+            };
+            lines.push(format!(
+                "receives the API's webhooks at {}/webhooks/exabase/[secret from {from}] (exagate webhooks register points the account there); PUT /v2/extract-settings is refused",
+                w.public_url.trim_end_matches('/')
+            ));
+            let names: Vec<&str> = w.subscribers.iter().map(|s| s.name.as_str()).collect();
+            lines.push(if names.is_empty() {
+                "relays events to no subscriber".into()
+            } else {
+                format!(
+                    "relays job events to {} subscriber(s), signed, retried until the job's data is gone: {}",
+                    names.len(),
+                    names.join(", ")
+                )
+            });
+        }
     }
     if c.not_found_ttl.is_zero() {
         lines.push("404s are not kept".into());
