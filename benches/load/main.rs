@@ -12,7 +12,7 @@
 //!   mode installs them by default when run as root, the quick mode only with
 //!   `--install`. Without wrk, throughput is measured with the harness's own client;
 //!   without nginx, its column is skipped; the output says so;
-//! - `--only hits,miss,memory,coalescing,shared`: a subset (results go to `partial.md`);
+//! - `--only hits,miss,memory,coalescing,shared,webhooks`: a subset (results go to `partial.md`);
 //! - `--latency-load F`: the open-loop rate as a share of the lower measured throughput
 //!   of the gateway and the bare server (default 0.25);
 //! - `--without wrk,nginx`: act as if a tool were missing (exercises the fallbacks);
@@ -42,7 +42,10 @@
 //! 1000 concurrent requests for one cold job, and 1000 clients polling 100 pending jobs
 //! every 100 ms; (f) the shared tier, in-process against a real redis-server: local-hit
 //! throughput with `[shared]` on against off, a hit from Redis against a local hit, and 2
-//! and 3 replicas behind round-robin against one gateway in upstream calls per job.
+//! and 3 replicas behind round-robin against one gateway in upstream calls per job; (g)
+//! webhooks: the team workload with the simulator's webhooks pointed at the gateway
+//! against without (polling and long-polling, one gateway and two replicas sharing
+//! Redis), and thousands of long-polls held on one job by a gateway process.
 //!
 //! Output: one Markdown table (printed, and written to `benches/results/latest.md`, or
 //! `quick.md` in quick mode) and `benches/results/throughput.svg` (`quick.svg`).
@@ -105,6 +108,8 @@ enum Scenario {
     Coalescing,
     /// The shared tier: hits with it on and off, a hit from Redis, replicas.
     Shared,
+    /// Webhooks: calls per job with them on, long-poll waiters.
+    Webhooks,
 }
 
 impl Scenario {
@@ -115,6 +120,7 @@ impl Scenario {
             "memory" => Some(Scenario::Memory),
             "coalescing" => Some(Scenario::Coalescing),
             "shared" => Some(Scenario::Shared),
+            "webhooks" => Some(Scenario::Webhooks),
             _ => None,
         }
     }
@@ -219,7 +225,7 @@ fn main() -> ExitCode {
                         Some(s) => options.only.push(s),
                         None => {
                             eprintln!(
-                                "load: --only takes hits,miss,memory,coalescing,shared, not {name:?}"
+                                "load: --only takes hits,miss,memory,coalescing,shared,webhooks, not {name:?}"
                             );
                             return ExitCode::FAILURE;
                         }
@@ -254,7 +260,7 @@ fn main() -> ExitCode {
             "-h" | "--help" => {
                 println!(
                     "cargo bench --bench load [-- [--quick] [--install|--no-install] \
-                     [--only hits,miss,memory,coalescing,shared] [--latency-load 0.25] [--without wrk,nginx] [--keep]]"
+                     [--only hits,miss,memory,coalescing,shared,webhooks] [--latency-load 0.25] [--without wrk,nginx] [--keep]]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -462,6 +468,12 @@ fn measure(options: &Options, plan: &Plan, tools: &Tools, dir: &Path) -> Result<
     if options.runs(Scenario::Shared) {
         println!("\n== shared tier (in-process, real redis-server)");
         results.shared = scenarios::shared::measure(plan, tools, dir)?;
+    }
+    if options.runs(Scenario::Webhooks) {
+        println!(
+            "\n== webhooks (in-process team workloads; long-poll waiters on a gateway process)"
+        );
+        results.webhooks = Some(scenarios::webhooks::measure(plan, dir)?);
     }
     Ok(results)
 }

@@ -30,6 +30,7 @@ pub struct Results {
     pub burst: Option<inproc::Burst>,
     pub polling: Option<inproc::Polling>,
     pub shared: Option<crate::scenarios::shared::Shared>,
+    pub webhooks: Option<crate::scenarios::webhooks::Webhooks>,
 }
 
 /// A row with the gateway's figure only (the others do not apply).
@@ -264,6 +265,48 @@ pub fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
                 ),
                 "= one gateway's (≤ +5%), none failed",
                 Verdict::check(team.calls <= single * 1.05 + 0.01 && team.failed == 0),
+            ));
+        }
+    }
+    if let Some(hooks) = &results.webhooks {
+        let reference = hooks.runs.first().map_or(0.0, |(_, r)| r.calls);
+        for (label, run) in hooks.runs.iter().skip(1) {
+            let mut seen = run.seen_after_ms.clone();
+            let seen_text = if seen.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; seen {:.0} ms (median) / {:.0} ms (max) after the webhook",
+                    crate::client::quantile(&mut seen, 0.5),
+                    crate::client::quantile(&mut seen, 1.0)
+                )
+            };
+            let seen_ok = seen.is_empty() || crate::client::quantile(&mut seen, 1.0) <= 1000.0;
+            rows.push(gateway_row(
+                format!("team workload, {label} ({} jobs)", hooks.jobs),
+                format!(
+                    "{:.2} upstream calls/job (webhooks off: {reference:.2}); {} polls late, {} failed{seen_text}",
+                    run.calls, run.late, run.failed
+                ),
+                "≤ 2.5 calls/job; seen within 1 s of the webhook; none failed",
+                Verdict::check(run.calls <= 2.5 && run.late == 0 && run.failed == 0 && seen_ok),
+            ));
+        }
+        if let Some(w) = &hooks.waiters {
+            rows.push(gateway_row(
+                format!("{} long-polls held on one job (gateway process)", w.held),
+                format!(
+                    "{:.0} B per waiter (an idle keep-alive connection: {:.0} B); answered {:.1} ms (median) / {:.1} ms (last) after the webhook; {}/{} completed, {} upstream calls",
+                    w.per_waiter(),
+                    w.idle_connection,
+                    w.median_ms,
+                    w.last_ms,
+                    w.completed,
+                    w.held,
+                    w.calls
+                ),
+                "all answered ≤ 1 s after the webhook, no upstream call",
+                Verdict::check(w.completed == w.held && w.last_ms <= 1000.0 && w.calls == 0),
             ));
         }
     }

@@ -49,6 +49,9 @@ pub struct WebhookAttempt {
     /// The receiver's status, or `None` for a connection error, a timeout
     /// ([`super::SimOptions::webhook_timeout`]) or a refused URL.
     pub outcome: Option<u16>,
+    /// When the attempt ended (its answer's head arrived, or it failed): what a
+    /// benchmark measures the receiver's reaction from.
+    pub at: std::time::Instant,
     /// The URL was not contacted at all: not plain `http://` to `127.0.0.1`,
     /// `localhost` or `[::1]`. Refused deliveries are not retried.
     pub refused: bool,
@@ -221,6 +224,7 @@ impl Sender {
             attempt: 1,
             outcome: None,
             refused: false,
+            at: std::time::Instant::now(),
         };
         let Some(target) = loopback_target(&attempt.url) else {
             attempt.refused = true;
@@ -230,6 +234,7 @@ impl Sender {
         let mut pauses = self.policy.retry.iter();
         loop {
             attempt.outcome = self.post(&target, &d.body, &attempt.trace_id).await;
+            attempt.at = std::time::Instant::now();
             let acked = attempt.outcome.is_some_and(is_success);
             self.inner.webhooks.record(attempt.clone());
             if acked {

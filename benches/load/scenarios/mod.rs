@@ -8,7 +8,9 @@ pub mod latency;
 pub mod memory;
 pub mod miss;
 pub mod shared;
+pub mod team;
 pub mod throughput;
+pub mod webhooks;
 
 /// Connections of the headline throughput and latency scenarios.
 pub const CONNS: usize = 50;

@@ -6,22 +6,16 @@
 //! workload, as upstream calls per job against one gateway's.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exagate::config::SharedConfig;
-use exagate::secret::{ApiKey, KeySource};
-use exagate::sim::{SimOptions, Simulator};
-use exagate::{Config, RunningGateway};
 use http::HeaderMap;
-use tokio::net::TcpListener;
 
 use std::path::Path;
 
 use crate::client::{quantile, Conn};
 use crate::procs::{self, Logging};
-use crate::scenarios::{throughput, CONNS, PADDING};
+use crate::scenarios::{team, throughput, CONNS, PADDING};
 use crate::{warm, wrk, BoxError, Plan, Tools};
 
 /// What the shared-tier scenarios measured.
@@ -54,9 +48,9 @@ impl Shared {
 }
 
 /// A redis-server child on a free loopback port, killed when dropped.
-struct Redis {
+pub struct Redis {
     child: Child,
-    port: u16,
+    pub port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -67,7 +61,7 @@ impl Drop for Redis {
     }
 }
 
-fn start_redis() -> Result<Option<Redis>, BoxError> {
+pub fn start_redis() -> Result<Option<Redis>, BoxError> {
     if crate::procs::which("redis-server").is_none() {
         return Ok(None);
     }
@@ -102,51 +96,6 @@ fn start_redis() -> Result<Option<Redis>, BoxError> {
         std::thread::sleep(Duration::from_millis(25));
     }
     Err("redis-server did not start".into())
-}
-
-async fn gateway(sim: &Simulator, redis: Option<&Redis>) -> Result<RunningGateway, BoxError> {
-    let mut config = Config::defaults();
-    config.upstream.url = sim.url();
-    config.admin.listen = None;
-    config.server.shutdown_timeout = Duration::from_secs(2);
-    config.server.drain_delay = Duration::ZERO;
-    config.shared = redis.map(|r| SharedConfig {
-        redis_url: Some(format!("redis://127.0.0.1:{}/0", r.port)),
-        redis_url_env: None,
-        namespace: "exagate-bench".into(),
-        timeout: Duration::from_millis(250),
-        max_replicas: 3,
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    config.server.listen = listener.local_addr()?;
-    config.server.public_url = format!("http://{}", config.server.listen);
-    config.validate()?;
-    let key = ApiKey::from_secret(crate::procs::SIM_KEY, KeySource::Env("(bench)".into()))?;
-    let gw = exagate::start(exagate::Launch::in_memory(config, key, listener))?;
-    if let Some(shared) = &gw.gateway.shared {
-        for _ in 0..200 {
-            if shared.usable() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        if !shared.usable() {
-            return Err("a replica did not reach shared mode".into());
-        }
-    }
-    Ok(gw)
-}
-
-async fn sim(pending: Duration, processing: Duration) -> Result<Simulator, BoxError> {
-    let sim = Simulator::start(SimOptions {
-        api_key: crate::procs::SIM_KEY.to_string(),
-        pending_for: pending,
-        processing_for: processing,
-        ..SimOptions::default()
-    })
-    .await?;
-    sim.set_padding(PADDING);
-    Ok(sim)
 }
 
 /// Runs the three; `None` when redis-server is not installed.
@@ -210,11 +159,11 @@ fn local_hits(
 }
 
 async fn run(plan: &Plan, redis: &Redis, off_rps: f64, on_rps: f64) -> Result<Shared, BoxError> {
-    let upstream = sim(Duration::from_secs(1), Duration::from_secs(1)).await?;
-    let on = gateway(&upstream, Some(redis)).await?;
+    let upstream = team::sim(Duration::from_secs(1), Duration::from_secs(1)).await?;
+    let on = team::gateway(&upstream, Some(redis.port), None).await?;
     // A hit from Redis against a local hit: jobs filled through one replica, then read
     // twice through another.
-    let other = gateway(&upstream, Some(redis)).await?;
+    let other = team::gateway(&upstream, Some(redis.port), None).await?;
     let samples = if plan.warmup { 300 } else { 60 };
     let mut filler = Conn::open(on.addr, HeaderMap::new()).await?;
     let mut reader = Conn::open(other.addr, HeaderMap::new()).await?;
@@ -251,7 +200,13 @@ async fn run(plan: &Plan, redis: &Redis, off_rps: f64, on_rps: f64) -> Result<Sh
     let jobs = if plan.warmup { 100 } else { 20 };
     let mut teams = Vec::new();
     for (n, shared) in [(1usize, false), (2, true), (3, true)] {
-        let (calls, failed) = team(jobs, n, shared.then_some(redis), plan.warmup).await?;
+        let setup = team::Setup {
+            replicas: n,
+            redis: shared.then_some(redis.port),
+            webhooks: false,
+            long_poll: false,
+        };
+        let team::TeamRun { calls, failed, .. } = team::team(jobs, setup, plan.warmup).await?;
         println!(
             "shared: {n} replica(s){}: {calls:.2} upstream calls per job, {failed} failed",
             if shared { " sharing Redis" } else { " alone" }
@@ -271,94 +226,4 @@ async fn run(plan: &Plan, redis: &Redis, off_rps: f64, on_rps: f64) -> Result<Sh
         teams,
         jobs,
     })
-}
-
-/// The team workload: `jobs` jobs, each polled by its creator every 1.5 s until it is
-/// completed, then read (job and chunks) by 4 other apps; every request goes to the next
-/// replica in turn. Returns upstream calls per job and failed requests.
-async fn team(
-    jobs: usize,
-    replicas: usize,
-    redis: Option<&Redis>,
-    full: bool,
-) -> Result<(f64, u64), BoxError> {
-    let (pending, processing) = if full {
-        (Duration::from_secs(2), Duration::from_secs(4))
-    } else {
-        (Duration::from_millis(800), Duration::from_millis(1500))
-    };
-    let upstream = sim(pending, processing).await?;
-    let mut gws = Vec::new();
-    for _ in 0..replicas {
-        gws.push(gateway(&upstream, redis).await?);
-    }
-    let addrs: Arc<Vec<std::net::SocketAddr>> = Arc::new(gws.iter().map(|g| g.addr).collect());
-    let turn = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    let upstream = Arc::new(upstream);
-    for i in 0..jobs {
-        let addrs = Arc::clone(&addrs);
-        let turn = Arc::clone(&turn);
-        let sim = Arc::clone(&upstream);
-        tasks.push(tokio::spawn(async move {
-            // Jobs are created over the first 1.5 s, as a team's would be, and polled on a
-            // fixed schedule from then on: every run asks the same questions at the same
-            // moments of each job's life, whatever its latencies.
-            tokio::time::sleep(Duration::from_millis((i as u64 * 1500) / jobs as u64)).await;
-            let id = sim.add_progressing(None);
-            let mut tick = tokio::time::interval(Duration::from_millis(1500));
-            let next = || addrs[turn.fetch_add(1, Ordering::Relaxed) % addrs.len()];
-            let job = format!("/v2/extract/{id}");
-            let chunks = format!("{job}/chunks");
-            let mut failed = 0u64;
-            // The creator polls until completed.
-            loop {
-                tick.tick().await;
-                let done = match Conn::open(next(), HeaderMap::new()).await {
-                    Ok(mut c) => match c.get(&job).await {
-                        Ok(r) if r.status == 200 => {
-                            r.body.windows(11).any(|w| w == b"\"completed\"")
-                        }
-                        _ => {
-                            failed += 1;
-                            false
-                        }
-                    },
-                    Err(_) => {
-                        failed += 1;
-                        false
-                    }
-                };
-                if done {
-                    break;
-                }
-            }
-            // The creator and four other apps read it.
-            for reader in 0..5u64 {
-                tokio::time::sleep(Duration::from_millis(37 * reader)).await;
-                for path in [&job, &chunks] {
-                    match Conn::open(next(), HeaderMap::new()).await {
-                        Ok(mut c) => match c.get(path).await {
-                            Ok(r) if r.status == 200 => {}
-                            _ => failed += 1,
-                        },
-                        Err(_) => failed += 1,
-                    }
-                }
-            }
-            failed
-        }));
-    }
-    let mut failed = 0;
-    for task in tasks {
-        failed += task.await?;
-    }
-    let calls = upstream.calls() as f64 / jobs as f64;
-    for gw in gws {
-        gw.shutdown().await;
-    }
-    if let Ok(sim) = Arc::try_unwrap(upstream) {
-        sim.shutdown().await;
-    }
-    Ok((calls, failed))
 }
