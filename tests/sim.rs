@@ -901,8 +901,9 @@ async fn a_completing_job_delivers_its_body_once() {
 
     tokio::time::sleep(SETTLE).await;
     assert_eq!(rx.count(), 0, "once per completion");
+    let attempts = sim.webhooks();
     assert_eq!(
-        sim.webhooks(),
+        attempts,
         [WebhookAttempt {
             job: id,
             url,
@@ -910,6 +911,7 @@ async fn a_completing_job_delivers_its_body_once() {
             attempt: 1,
             outcome: Some(200),
             refused: false,
+            at: attempts[0].at,
         }]
     );
     assert_eq!(sim.webhooks_acked(), 1);
@@ -1164,6 +1166,7 @@ async fn non_loopback_urls_are_refused_unsent() {
                 attempt: 1,
                 outcome: None,
                 refused: true,
+                at: got.at,
             }
         );
     }
