@@ -112,7 +112,24 @@ async fn the_dashboard_and_the_rules_name_only_exported_metrics() {
     // With [shared] on a real Redis, so the shared tier's series exist too.
     let redis = common::redis::RedisServer::start().await;
     let shared = redis.config();
+    // And with [webhooks] relaying to a subscriber that is down, so the relay's series
+    // exist too.
+    let dir = common::tempdir();
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "dashboards-webhook-secret-0123456789abcdef").expect("secret");
+    std::env::set_var(
+        "EXAGATE_TEST_DASHBOARD_WHSEC",
+        "whsec_ZGFzaGJvYXJkcy1zaWduaW5nLWtleS0xMjM0NTY=",
+    );
+    let hooks: exagate::config::WebhooksConfig = toml::from_str(&format!(
+        "secret_file = {:?}\npublic_url = \"http://127.0.0.1:1\"\nretry_schedule = [\"100ms\"]\n\
+         [[subscribers]]\nname = \"app\"\nurl = \"http://127.0.0.1:{}/hooks\"\nsecret_env = \"EXAGATE_TEST_DASHBOARD_WHSEC\"\n",
+        secret.display().to_string(),
+        common::free_port()
+    ))
+    .expect("webhooks");
     let h = Harness::with(move |c| {
+        c.webhooks = Some(hooks);
         c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         c.shared = Some(shared);
         c.upstream.rate_limit = Some(exagate::config::Rate {
@@ -136,6 +153,18 @@ async fn the_dashboard_and_the_rules_name_only_exported_metrics() {
         http::StatusCode::OK
     );
     assert_eq!(h.get(&common::job_path(id)).await.cache(), "hit");
+    // A failed job is an event; its delivery fails (nobody listens) and is retried.
+    let failed = h
+        .sim
+        .add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    h.get(&common::job_path(failed)).await;
+    for _ in 0..100 {
+        let text = String::from_utf8_lossy(&h.admin_get("/metrics").await.body).to_string();
+        if text.contains("exagate_webhook_relayed_total{") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let scraped = h.admin_get("/metrics").await;
     let text = String::from_utf8(scraped.body.to_vec()).expect("utf8");
     let exported = exported(&text);
@@ -186,6 +215,10 @@ async fn the_dashboard_and_the_rules_name_only_exported_metrics() {
         "exagate_upstream_duration_seconds_bucket",
         "exagate_config_reloads_total",
         "exagate_ready",
+        "exagate_webhook_deliveries_received_total",
+        "exagate_webhook_relayed_total",
+        "exagate_webhook_queue_depth",
+        "exagate_longpoll_waiters",
     ] {
         assert!(
             in_dashboard.contains(needed),
@@ -211,6 +244,9 @@ fn every_alert_has_unit_tests_and_the_alerts_asked_for_exist() {
         "ExagateCacheEvictingBySize",
         "ExagateBadGatewayAnswers",
         "ExagateSharedModeLost",
+        "ExagateWebhookRelayFailing",
+        "ExagateWebhookBacklog",
+        "ExagateWebhookReceiverRefusing",
     ] {
         assert!(names.contains(needed), "no alert {needed} in {names:?}");
     }
