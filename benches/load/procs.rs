@@ -269,6 +269,8 @@ impl Logging {
 pub struct Server {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// The gateway's admin listener (`/metrics`); `None` for the other servers.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Starts the gateway in front of the simulator at `sim`, from a generated config.
@@ -331,7 +333,9 @@ format = "text"
         .arg(&path)
         .env("EXABASE_API_KEY", SIM_KEY)
         .env_remove("RUST_LOG");
-    launch(command, "exagate", addr, stderr)
+    let mut server = launch(command, "exagate", addr, stderr)?;
+    server.admin = Some(admin);
+    Ok(server)
 }
 
 /// Spawns `command` with its stderr to the file `stderr`, and waits until it listens on
@@ -353,7 +357,11 @@ fn launch(
         stderr,
     };
     proc.wait_listening(addr)?;
-    Ok(Server { proc, addr })
+    Ok(Server {
+        proc,
+        addr,
+        admin: None,
+    })
 }
 
 /// Starts the bare hyper server (this bench binary re-executed with `--serve-bare`),
@@ -485,7 +493,11 @@ http {{
         stderr,
     };
     proc.wait_listening(addr)?;
-    Ok(Server { proc, addr })
+    Ok(Server {
+        proc,
+        addr,
+        admin: None,
+    })
 }
 
 /// Runs as root (apt-get works, nginx needs `user root`).
