@@ -454,7 +454,14 @@ pub fn document(
          simulator's call counters are only readable there). For the burst the upstream \
          answers after 200 ms, so every request arrives while the fetch is in flight; \
          polling clients start spread over 100 ms, and the bound is \
-         floor(duration / ttl) + 1 calls per job.\n",
+         floor(duration / ttl) + 1 calls per job.\n\
+         - **webhooks**: the team workload in-process, each run on a fresh simulator whose \
+         webhook points at the (first) gateway; a poll is late when it was made more than \
+         1 s after the job's webhook was acknowledged and still saw it in progress; \
+         long-polls are held by a gateway process over one connection each, the job \
+         completed once the gateway reports every one held \
+         (`exagate_longpoll_waiters`), each delay measured from the webhook's \
+         acknowledgement to the waiter's last byte.\n",
         options.latency_load * 100.0,
         plan.latency_duration.as_secs(),
     ));
