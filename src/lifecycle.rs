@@ -139,12 +139,20 @@ pub async fn restore_state(gateway: &Gateway) {
     };
     use crate::cache::snapshot::{load, LoadError};
     match load(&gateway.cache, &dir, &live.identity).await {
-        Ok((loaded, expired)) => tracing::info!(
-            loaded,
-            expired,
-            dir = %dir.display(),
-            "cache restored from state.dir (expired entries dropped)"
-        ),
+        Ok((loaded, expired)) => {
+            tracing::info!(
+                loaded,
+                expired,
+                dir = %dir.display(),
+                "cache restored from state.dir (expired entries dropped)"
+            );
+            // A restored job was seen in its scope: a webhook for it primes it there.
+            for (key, answer) in gateway.cache.entries() {
+                if let (crate::cache::CacheKey::Job(job), Some(_)) = (&key, answer.job_state) {
+                    gateway.record_scope(&live, *job);
+                }
+            }
+        }
         Err(LoadError::Missing) => {
             tracing::info!(dir = %dir.display(), "no cache snapshot in state.dir: starting cold")
         }

@@ -559,3 +559,52 @@ fn check_refuses_a_redis_url_from_the_environment_that_run_would_refuse() {
         );
     }
 }
+
+/// `exagate demo` shows the whole webhook loop itself: a long-poll answered `completed`
+/// the moment its job completes, with no upstream poll.
+#[test]
+fn the_demo_shows_a_long_poll_answered_by_the_webhook() {
+    use std::io::BufRead as _;
+    let port = common::free_port();
+    let mut child = common::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_exagate"))
+            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the demo"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let answered = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("demo long-poll: answered") => break line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no long-poll line within 30 s; printed: {seen:#?}"),
+        }
+    };
+    assert!(answered.contains("\"completed\""), "{answered}");
+    assert!(
+        answered.ends_with("upstream polls of the job: 0"),
+        "{answered}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("?wait=30s")),
+        "the demo prints the long-poll to try"
+    );
+}

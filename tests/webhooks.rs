@@ -1070,3 +1070,216 @@ async fn with_shared_pending_deliveries_live_in_redis() {
     let event = verify(&app.received.lock().expect("log")[0]);
     assert_eq!(event["data"]["id"], id.to_string());
 }
+
+/// A subscriber that never answers holds up neither another subscriber nor the gateway;
+/// one that answers `503` with `Retry-After` is not tried again before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_subscriber_slows_no_other_and_retry_after_is_honoured() {
+    let dir = common::tempdir();
+    // Accepts connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung_url = format!("http://{}/hooks", hung.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = hung.accept().await {
+            open.push(stream);
+        }
+    });
+    let healthy = endpoint(vec![]).await;
+    let throttled = endpoint_throttling(3).await;
+    let (healthy_url, throttled_url) = (healthy.url.clone(), throttled.url.clone());
+    let h = harness(dir.path(), move |c| {
+        c.webhooks.as_mut().expect("on").subscribers = vec![
+            subscriber("hung", &hung_url, "EXAGATE_TEST_SIGNING_H1", None),
+            subscriber("healthy", &healthy_url, "EXAGATE_TEST_SIGNING_H2", None),
+            subscriber("throttled", &throttled_url, "EXAGATE_TEST_SIGNING_H3", None),
+        ];
+    })
+    .await;
+    // Ten failed jobs: ten events for each subscriber.
+    let ids: Vec<Uuid> = (0..10)
+        .map(|_| {
+            h.sim
+                .add_job(None, Some("failed"), time::OffsetDateTime::now_utc())
+        })
+        .collect();
+    let started = Instant::now();
+    for id in &ids {
+        assert_eq!(state(&h.get(&job_path(*id)).await), "failed");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            healthy.received.lock().expect("log").len() == 10
+        })
+        .await,
+        "the healthy subscriber gets every event while the hung one holds its attempts"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The gateway answers as ever.
+    let id = h.sim.add_completed(None);
+    assert_eq!(h.get(&job_path(id)).await.status, StatusCode::OK);
+    // The throttled one answered 503 + Retry-After: 3 to the first attempt of each: no
+    // second attempt came before 3 s (the schedule alone says 200 ms).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let early: Vec<_> = throttled.received.lock().expect("log").clone();
+    let firsts = early.len();
+    assert!(firsts >= 1, "first attempts arrive");
+    let ids_seen: std::collections::HashSet<_> = early
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    assert_eq!(
+        ids_seen.len(),
+        firsts,
+        "no event tried twice within its Retry-After"
+    );
+    assert!(
+        eventually(Duration::from_secs(8), async || {
+            throttled.received.lock().expect("log").len() > firsts
+        })
+        .await,
+        "tried again after the Retry-After"
+    );
+    held.abort();
+}
+
+/// A subscriber that answers every first attempt of an event `503` with `Retry-After:
+/// secs`, and takes it after.
+async fn endpoint_throttling(secs: u64) -> Endpoint {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&received);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let log = Arc::clone(&log);
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut log = log.lock().expect("log");
+                            let seen = log.iter().any(|r: &Received| {
+                                r.headers.get("webhook-id") == parts.headers.get("webhook-id")
+                            });
+                            log.push(Received {
+                                headers: parts.headers,
+                                body,
+                            });
+                            let mut response =
+                                http::Response::new(http_body_util::Full::new(Bytes::new()));
+                            if !seen {
+                                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                                response.headers_mut().insert(
+                                    "retry-after",
+                                    secs.to_string().parse().expect("header"),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Endpoint {
+        url: format!("http://{addr}/hooks"),
+        received,
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_is_cut_at_server_max_wait() {
+    let h = Harness::with(|c| c.server.max_wait = Duration::from_secs(1)).await;
+    let id = h
+        .sim
+        .add_job(None, Some("pending"), time::OffsetDateTime::now_utc());
+    let started = Instant::now();
+    let reply = h.get(&format!("{}?wait=10m", job_path(id))).await;
+    let waited = started.elapsed();
+    assert_eq!(state(&reply), "pending");
+    // Within the cap, less its jitter (at most a sixteenth).
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+/// A restarted gateway (`state.dir`) still knows the scopes of the jobs it had cached:
+/// a delivery after the restart primes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_deliveries_prime_the_jobs_it_had_seen() {
+    let dir = common::tempdir();
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).expect("dir");
+    let sim = common::start_sim(false).await;
+    let mut config = common::test_config();
+    config.webhooks = Some(hooks(dir.path()));
+    config.state.dir = Some(state_dir.clone());
+    // The same address both times: the snapshot is of links to it.
+    let port = common::free_port();
+    config.server.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    config.server.public_url = format!("http://127.0.0.1:{port}");
+    config.upstream.url = sim.url();
+    let start = |config: exagate::Config| async move {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .expect("bind");
+        let key = exagate::secret::ApiKey::from_secret(
+            KEY,
+            exagate::secret::KeySource::Env("TEST".into()),
+        )
+        .expect("key");
+        exagate::start(exagate::Launch::in_memory(config, key, listener)).expect("starts")
+    };
+    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    let first = start(config.clone()).await;
+    assert_eq!(
+        state(&common::get_from(&first, &job_path(id)).await),
+        "processing"
+    );
+    first.shutdown().await;
+    let second = start(config).await;
+    sim.set_state(id, Some("completed"));
+    let body = common::send(
+        &common::client(),
+        Method::GET,
+        &format!("{}{}", sim.url(), job_path(id)),
+        &[("x-api-key", KEY)],
+        Bytes::new(),
+    )
+    .await
+    .body;
+    let calls = sim.calls_to(&job_path(id));
+    let ack = common::send(
+        &common::client(),
+        Method::POST,
+        &format!("{}/webhooks/exabase/{SECRET}", second.url()),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(ack.status, StatusCode::ACCEPTED);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            state(&common::get_from(&second, &job_path(id)).await) == "completed"
+        })
+        .await
+    );
+    assert_eq!(sim.calls_to(&job_path(id)), calls, "primed, not fetched");
+}

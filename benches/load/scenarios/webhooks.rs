@@ -220,7 +220,9 @@ async fn waiters(dir: &Path, held: usize) -> Result<Waiters, BoxError> {
     let started = Instant::now();
     loop {
         let response = client.get(metrics.clone()).await?;
-        let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await?
+            .to_bytes();
         let text = String::from_utf8_lossy(&body);
         let waiting = text
             .lines()
