@@ -489,24 +489,38 @@ async fn endpoint(script: Vec<u16>) -> Endpoint {
 }
 
 async fn endpoint_on(port: u16, script: Vec<u16>) -> Endpoint {
+    let script = Mutex::new(std::collections::VecDeque::from(script));
+    serve_endpoint(port, move |_, _| {
+        let status = script.lock().expect("script").pop_front().unwrap_or(200);
+        (StatusCode::from_u16(status).expect("status"), None)
+    })
+    .await
+}
+
+/// A subscriber on `port` (0: any) that records each delivery and answers what
+/// `respond` makes of it and of those before it: a status and a `Retry-After`.
+async fn serve_endpoint(
+    port: u16,
+    respond: impl Fn(&[Received], &Received) -> (StatusCode, Option<u64>) + Send + Sync + 'static,
+) -> Endpoint {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let received = Arc::new(Mutex::new(Vec::new()));
-    let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+    let respond = Arc::new(respond);
     let log = Arc::clone(&received);
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let (log, script) = (Arc::clone(&log), Arc::clone(&script));
+            let (log, respond) = (Arc::clone(&log), Arc::clone(&respond));
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (log, script) = (Arc::clone(&log), Arc::clone(&script));
+                        let (log, respond) = (Arc::clone(&log), Arc::clone(&respond));
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -514,14 +528,25 @@ async fn endpoint_on(port: u16, script: Vec<u16>) -> Endpoint {
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
-                            log.lock().expect("log").push(Received {
+                            let this = Received {
                                 headers: parts.headers,
                                 body,
-                            });
-                            let status = script.lock().expect("script").pop_front().unwrap_or(200);
+                            };
+                            let (status, retry_after) = {
+                                let mut log = log.lock().expect("log");
+                                let answer = respond(&log, &this);
+                                log.push(this);
+                                answer
+                            };
                             let mut response =
                                 http::Response::new(http_body_util::Full::new(Bytes::new()));
-                            *response.status_mut() = StatusCode::from_u16(status).expect("status");
+                            *response.status_mut() = status;
+                            if let Some(secs) = retry_after {
+                                response.headers_mut().insert(
+                                    "retry-after",
+                                    secs.to_string().parse().expect("header"),
+                                );
+                            }
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
@@ -1148,61 +1173,15 @@ async fn a_hung_subscriber_slows_no_other_and_retry_after_is_honoured() {
 /// A subscriber that answers every first attempt of an event `503` with `Retry-After:
 /// secs`, and takes it after.
 async fn endpoint_throttling(secs: u64) -> Endpoint {
-    use http_body_util::BodyExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&received);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let log = Arc::clone(&log);
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let mut log = log.lock().expect("log");
-                            let seen = log.iter().any(|r: &Received| {
-                                r.headers.get("webhook-id") == parts.headers.get("webhook-id")
-                            });
-                            log.push(Received {
-                                headers: parts.headers,
-                                body,
-                            });
-                            let mut response =
-                                http::Response::new(http_body_util::Full::new(Bytes::new()));
-                            if !seen {
-                                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                                response.headers_mut().insert(
-                                    "retry-after",
-                                    secs.to_string().parse().expect("header"),
-                                );
-                            }
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+    serve_endpoint(0, move |before, this| {
+        let id = this.headers.get("webhook-id");
+        if before.iter().any(|r| r.headers.get("webhook-id") == id) {
+            (StatusCode::OK, None)
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, Some(secs))
         }
-    });
-    Endpoint {
-        url: format!("http://{addr}/hooks"),
-        received,
-        task,
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

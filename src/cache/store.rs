@@ -215,8 +215,13 @@ impl CacheStore {
             tracing::debug!(key = ?key, "answer not stored: an invalidation came after its fetch began");
             return false;
         }
-        // A key lives in one table at a time: a 404 after a 200 (or the reverse) must
-        // not leave the other answer to be read.
+        self.put(key, answer).await;
+        true
+    }
+
+    /// Puts `answer` in its table. A key lives in one table at a time: a 404 after a 200
+    /// (or the reverse) must not leave the other answer to be read.
+    async fn put(&self, key: CacheKey, answer: Arc<Answer>) {
         let (table, other) = if answer.status == http::StatusCode::NOT_FOUND {
             (&self.negative, self.positive(&key))
         } else {
@@ -224,7 +229,6 @@ impl CacheStore {
         };
         other.invalidate(&key).await;
         table.insert(key, answer).await;
-        true
     }
 
     /// Stores an answer that is newer than any fill under way (a webhook delivery, a
@@ -238,13 +242,7 @@ impl CacheStore {
         let _replacing = self.gate.write().await;
         self.stripe(key.job().job)
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let (table, other) = if answer.status == http::StatusCode::NOT_FOUND {
-            (&self.negative, self.positive(&key))
-        } else {
-            (self.positive(&key), &self.negative)
-        };
-        other.invalidate(&key).await;
-        table.insert(key, answer).await;
+        self.put(key, answer).await;
         // The front table may hold the old answer: its epoch moves after the insert.
         self.front.invalidate();
         true

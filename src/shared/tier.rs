@@ -167,45 +167,33 @@ impl Shared {
     /// `None` for an answer that is not stored: the lock alone goes.
     pub fn store(self: &Arc<Self>, key: &CacheKey, envelope: Option<Envelope>, lock: Lock) {
         let shared = Arc::clone(self);
-        let hash = lock.hash.clone();
-        let field = Keys::field(key);
+        let key = key.clone();
         super::spawn(async move {
             if let Some(envelope) = envelope {
-                let now = crate::cache::envelope::now_ms();
-                if let Some(left) = envelope.left(now) {
-                    let ttl = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
-                    let value = envelope.encode();
-                    let script = &shared.scripts.store;
-                    let taken_at = lock.taken_at;
-                    let stored = shared
-                        .run::<i64, _, _>("store", true, |mut c| async move {
-                            script
-                                .key(hash)
-                                .arg(field)
-                                .arg(value.as_ref())
-                                .arg(ttl)
-                                .arg(taken_at)
-                                .invoke_async(&mut c)
-                                .await
-                        })
-                        .await;
-                    if stored == Ok(0) {
-                        shared.metrics.shared_op("store", "refused");
-                    }
-                }
+                // Into the generation the lock was taken in: after an "empty everything"
+                // since, nobody reads it again.
+                shared
+                    .put_in(lock.hash.clone(), &key, &envelope, lock.taken_at)
+                    .await;
             }
             shared.release(lock).await;
         });
     }
 
-    /// Stores an answer no fetch of this replica's made (a webhook delivery), replacing
-    /// what Redis holds for `key`, unless a purge came after `since_ms`.
+    /// Stores an answer no fetch made (a webhook delivery) for `key` in Redis, replacing
+    /// what Redis holds, unless a purge came after `since_ms`.
     pub async fn put(&self, key: &CacheKey, envelope: &Envelope, since_ms: u64) {
+        let hash = self.keys.entry(self.generation(), key.job());
+        self.put_in(hash, key, envelope, since_ms).await;
+    }
+
+    /// Stores an answer in the job hash `hash` (of one generation), unless a purge came
+    /// after `since_ms` (Redis time; for a fill, when its lock was taken).
+    async fn put_in(&self, hash: String, key: &CacheKey, envelope: &Envelope, since_ms: u64) {
         let now = crate::cache::envelope::now_ms();
         let Some(left) = envelope.left(now) else {
             return;
         };
-        let hash = self.keys.entry(self.generation(), key.job());
         let field = Keys::field(key);
         let ttl = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
         let value = envelope.encode();
