@@ -16,7 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 mod shared;
 mod webhooks;
 pub use shared::{check_url as check_redis_url, redact_url, SharedConfig, StateConfig, UrlSource};
-pub use webhooks::{SecretSource, SubscriberConfig, WebhooksConfig, EVENT_TYPES, MIN_SECRET};
+pub use webhooks::{
+    shown_url as shown_subscriber_url, SecretSource, SubscriberConfig, WebhooksConfig, EVENT_TYPES,
+    MIN_SECRET,
+};
 
 /// A problem with the configuration file; the message names the key at fault.
 #[derive(Debug, thiserror::Error)]

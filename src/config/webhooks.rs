@@ -79,7 +79,9 @@ mod durations {
 pub struct SubscriberConfig {
     /// Shown in logs, metrics and the admin routes.
     pub name: String,
-    /// Where its deliveries are POSTed (`http://` or `https://`).
+    /// Where its deliveries are POSTed (`http://` or `https://`). Printed (by `check`)
+    /// without its query or user info, which may hold an app's token.
+    #[serde(serialize_with = "without_query")]
     pub url: String,
     /// The variable holding its `whsec_...` signing secret.
     pub secret_env: String,
@@ -93,6 +95,30 @@ pub struct SubscriberConfig {
     /// The event types it wants; absent means all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
+}
+
+fn without_query<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&shown_url(url))
+}
+
+/// A subscriber URL as shown: scheme, host, port and path; a query or user info is
+/// replaced by `***`.
+pub fn shown_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => {
+            let host = uri.host().unwrap_or("");
+            let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            let userinfo = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+            format!(
+                "{}://{}{host}{port}{}{}",
+                uri.scheme_str().unwrap_or("http"),
+                if userinfo { "***@" } else { "" },
+                uri.path(),
+                if uri.query().is_some() { "?***" } else { "" }
+            )
+        }
+        Err(_) => "(not a URL)".into(),
+    }
 }
 
 /// The event types the gateway sends.

@@ -43,8 +43,10 @@ where
     let logging = tracing::enabled!(target: "exagate::access", tracing::Level::INFO);
     let head = logging.then(|| {
         let path = request.uri().path();
-        // The receiver's path holds the webhook secret: never written anywhere.
-        let path = if path.starts_with(crate::webhooks::RECEIVER_PREFIX) {
+        // The receiver's path holds the webhook secret: never written anywhere, in any
+        // spelling of it (a webhook URL registered with another case or a doubled slash
+        // still carries the secret).
+        let path = if crate::webhooks::names_receiver(path) {
             crate::webhooks::REDACTED_PATH.to_owned()
         } else {
             path.to_owned()

@@ -32,6 +32,15 @@ pub use scopes::Scopes;
 /// The receiver's path, before the secret.
 pub const RECEIVER_PREFIX: &str = "/webhooks/exabase/";
 
+/// Whether `path` may be a spelling of the receiver's (and hold its secret): it holds
+/// `webhooks/exabase/` in any case.
+pub fn names_receiver(path: &str) -> bool {
+    const NEEDLE: &[u8] = b"webhooks/exabase/";
+    path.as_bytes()
+        .windows(NEEDLE.len())
+        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+}
+
 /// What the access log shows instead of the receiver's path.
 pub const REDACTED_PATH: &str = "/webhooks/exabase/[redacted]";
 

@@ -49,7 +49,7 @@ impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscriber")
             .field("name", &self.name)
-            .field("url", &redact(&self.url))
+            .field("url", &self.shown_url())
             .finish_non_exhaustive()
     }
 }
@@ -95,20 +95,8 @@ impl Subscriber {
     /// Its URL without query or credentials, for the admin routes and logs (a query may
     /// hold a token of the app's).
     pub fn shown_url(&self) -> String {
-        redact(&self.url)
+        crate::config::shown_subscriber_url(&self.url.to_string())
     }
-}
-
-fn redact(url: &Uri) -> String {
-    format!(
-        "{}://{}{}",
-        url.scheme_str().unwrap_or("http"),
-        url.host().unwrap_or(""),
-        match url.port_u16() {
-            Some(port) => format!(":{port}{}", url.path()),
-            None => url.path().to_owned(),
-        }
-    )
 }
 
 /// The relay: its queues and the client that empties them.
