@@ -214,6 +214,16 @@ impl Gateway {
         scopes
     }
 
+    /// Hands an event to the relay and returns once it is queued (journaled, or in Redis).
+    pub async fn emit_now(&self, live: &Live, event: &Event) {
+        if let Some(hooks) = live.webhooks.as_ref().filter(|h| !h.subscribers.is_empty()) {
+            self.webhooks
+                .relay
+                .emit(&hooks.subscribers, event, live.config.cache.retention)
+                .await;
+        }
+    }
+
     /// Hands an event to the relay (each subscriber that hears of it gets it once), on a
     /// task of its own: the request that learned of it waits for no queue.
     pub fn emit(&self, live: &Live, event: &Event) {

@@ -75,6 +75,9 @@ fn watched_files(config_path: &Path, gateway: &Gateway) -> Vec<PathBuf> {
         files.push(tls.cert_file.clone());
         files.push(tls.key_file.clone());
     }
+    if let Some(hooks) = &live.config.webhooks {
+        files.extend(hooks.secret_file.clone());
+    }
     files
 }
 

@@ -192,6 +192,10 @@ fn check(path: &std::path::Path) -> Result<(), exagate::BoxError> {
     }
     // Written, not `println!`ed: a closed pipe (`exagate check | head`) or a full disk
     // is an error to report, not a panic.
+    if let Some(hooks) = &config.webhooks {
+        // The secrets `run` reads at start: what it would refuse, `check` refuses too.
+        exagate::webhooks::WebhooksLive::new(hooks)?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "# {}: valid", path.display())?;
     writeln!(

@@ -117,12 +117,11 @@ async fn a_delivery_primes_the_polled_job_so_the_next_poll_is_completed_with_no_
     let calls = h.sim.calls_to(&job_path(id));
     let ack = deliver(&h, SECRET, body).await;
     assert_eq!(ack.status, StatusCode::ACCEPTED);
-    assert!(
-        eventually(Duration::from_secs(2), async || {
-            state(&h.get(&job_path(id)).await) == "completed"
-        })
-        .await,
-        "the poll sees the delivery"
+    // Primed before the acknowledgement: the very next poll sees it.
+    assert_eq!(
+        state(&h.get(&job_path(id)).await),
+        "completed",
+        "the poll after the 202 sees the delivery"
     );
     let reply = h.get(&job_path(id)).await;
     assert_eq!(reply.cache(), "hit");
@@ -203,22 +202,53 @@ async fn wrong_secrets_and_bad_bodies_change_nothing() {
         let reply = deliver(&h, SECRET, Bytes::copy_from_slice(body)).await;
         assert_eq!((reply.status, reply.error_code().as_str()), (status, code));
     }
-    let get = h
-        .send(
-            Method::GET,
-            &format!("/webhooks/exabase/{SECRET}"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
-    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    // The job's id in any other spelling than the API's (upper case, braces, no
+    // hyphens, a URN) is not a job for the receiver.
+    let text = String::from_utf8_lossy(&good).to_string();
+    let plain = id.to_string();
+    for odd in [
+        plain.to_uppercase(),
+        format!("{{{plain}}}"),
+        id.simple().to_string(),
+        format!("urn:uuid:{plain}"),
+    ] {
+        let body = text.replacen(
+            &format!("\"id\":\"{plain}\""),
+            &format!("\"id\":\"{odd}\""),
+            1,
+        );
+        assert_ne!(body, text, "the id was replaced");
+        let reply = deliver(&h, SECRET, Bytes::from(body)).await;
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_webhook"),
+            "{odd}"
+        );
+    }
+    // Another method is a 404 too, whatever the secret: no way to tell a right one.
+    for method in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
+        for secret in [SECRET, "wrong"] {
+            let reply = h
+                .send(
+                    method.clone(),
+                    &format!("/webhooks/exabase/{secret}"),
+                    &[],
+                    Bytes::new(),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{method} {secret}");
+            if method != Method::HEAD {
+                assert_eq!(reply.body, unknown_path.body);
+            }
+        }
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let reply = h.get(&job_path(id)).await;
     assert_eq!((reply.cache(), state(&reply).as_str()), ("hit", "pending"));
     assert_eq!(
         h.metric("exagate_webhook_deliveries_received_total{cause=\"refused\"}")
             .await,
-        9.0
+        21.0
     );
     // The secret is in no metric.
     let metrics = h.admin_get("/metrics").await;
@@ -311,8 +341,37 @@ async fn a_job_created_through_the_gateway_costs_no_first_poll_and_settings_stay
         before,
         "never forwarded"
     );
-    // Reading them still works.
-    assert_eq!(h.get("/v2/extract-settings").await.status, StatusCode::OK);
+    // Reading them is answered by the gateway: the account's setting holds the
+    // receiver's secret, with which anyone could forge deliveries.
+    common::send(
+        &h.client,
+        Method::PUT,
+        &format!("{}/v2/extract-settings", h.sim.url()),
+        &[("x-api-key", KEY), ("content-type", "application/json")],
+        Bytes::from(format!(
+            "{{\"webhookUrl\":\"{}/webhooks/exabase/{SECRET}\"}}",
+            h.url()
+        )),
+    )
+    .await;
+    let before = h.sim.calls_to("/v2/extract-settings");
+    let read = h.get("/v2/extract-settings").await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert!(
+        !String::from_utf8_lossy(&read.body).contains(SECRET),
+        "{:?}",
+        read.body
+    );
+    assert_eq!(read.json()["managedBy"], "exagate");
+    assert!(read.json()["webhookUrl"]
+        .as_str()
+        .unwrap_or("")
+        .ends_with("/webhooks/exabase/[redacted]"));
+    assert_eq!(
+        h.sim.calls_to("/v2/extract-settings"),
+        before,
+        "not forwarded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,6 +411,16 @@ async fn etags_answer_if_none_match_with_304() {
         )
         .await;
     assert_eq!(listed.status, StatusCode::NOT_MODIFIED);
+    // Two header lines are one list.
+    let lines = h
+        .send(
+            Method::GET,
+            &job_path(id),
+            &[("if-none-match", "\"other\""), ("if-none-match", &etag)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(lines.status, StatusCode::NOT_MODIFIED);
     let other = h
         .send(
             Method::GET,
@@ -929,6 +998,44 @@ async fn pending_deliveries_survive_kill_9() {
         })
         .await
     );
+    // Two jobs polled while in progress; the API's webhook for the first is
+    // acknowledged, and the gateway is killed the moment it is.
+    let get = |path: String| async move {
+        common::send(
+            &common::client(),
+            Method::GET,
+            &format!("http://127.0.0.1:{port}{path}"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    };
+    let (done, later) = (
+        sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc()),
+        sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc()),
+    );
+    for job in [done, later] {
+        assert_eq!(state(&get(job_path(job)).await), "processing");
+    }
+    let body_of = |job: Uuid| {
+        let sim = sim.clone();
+        async move {
+            sim.set_state(job, Some("completed"));
+            common::send(
+                &common::client(),
+                Method::GET,
+                &format!("{}{}", sim.url(), job_path(job)),
+                &[("x-api-key", KEY)],
+                Bytes::new(),
+            )
+            .await
+            .body
+        }
+    };
+    let receiver = format!("http://127.0.0.1:{port}/webhooks/exabase/{SECRET}");
+    let body = body_of(done).await;
+    let ack = common::send(&common::client(), Method::POST, &receiver, &[], body).await;
+    assert_eq!(ack.status, StatusCode::ACCEPTED);
     first.kill().expect("kill -9");
     let _ = first.wait();
     let endpoint = endpoint_on(hook_port, vec![]).await;
@@ -936,17 +1043,209 @@ async fn pending_deliveries_survive_kill_9() {
     common::wait_listening(port).await;
     assert!(
         eventually(Duration::from_secs(10), async || {
-            !endpoint.received.lock().expect("log").is_empty()
+            endpoint.received.lock().expect("log").len() >= 2
         })
         .await,
-        "delivered after the restart"
+        "both delivered after the restart"
     );
-    let got = endpoint.received.lock().expect("log")[0].clone();
-    let event = verify(&got);
-    assert_eq!(event["type"], "extract.job.failed");
-    assert_eq!(event["data"]["id"], id.to_string());
-    // No upstream call was needed for it after the restart.
+    let kinds: Vec<(String, String)> = endpoint
+        .received
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|r| {
+            let event = verify(r);
+            (
+                event["type"].as_str().unwrap_or("").to_owned(),
+                event["data"]["id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("extract.job.failed".into(), id.to_string())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("extract.job.completed".into(), done.to_string())),
+        "{kinds:?}"
+    );
+    // No upstream call was needed for them after the restart.
     assert_eq!(sim.calls_to(&job_path(id)), 1);
+    // The restarted gateway still knows the scope of the job it saw before the kill:
+    // its webhook primes it.
+    let body = body_of(later).await;
+    let calls = sim.calls_to(&job_path(later));
+    let ack = common::send(&common::client(), Method::POST, &receiver, &[], body).await;
+    assert_eq!(ack.status, StatusCode::ACCEPTED);
+    assert_eq!(state(&get(job_path(later)).await), "completed");
+    assert_eq!(sim.calls_to(&job_path(later)), calls, "primed, not fetched");
+}
+
+/// In-progress answers not kept (`in_progress_ttl = "0s"`): waiters still refresh the
+/// job together, once a second, not each on its own and never as fast as they can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_an_unkept_job_refresh_it_once_a_second_together() {
+    let h = Arc::new(Harness::with(|c| c.cache.in_progress_ttl = Duration::ZERO).await);
+    let id = h
+        .sim
+        .add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    let started = Instant::now();
+    let waiters: Vec<_> = (0..20)
+        .map(|i| {
+            let h = Arc::clone(&h);
+            tokio::spawn(async move {
+                // Begun at different moments, as apps' polls are.
+                tokio::time::sleep(Duration::from_millis(37 * i)).await;
+                h.get(&format!("{}?wait=3s", job_path(id))).await
+            })
+        })
+        .collect();
+    for waiter in waiters {
+        assert_eq!(state(&waiter.await.expect("waiter")), "processing");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = h.sim.calls_to(&job_path(id));
+    // The first look of each waiter may miss (20 at most, begun apart), then one a tick.
+    assert!(
+        calls as f64 <= 20.0 + elapsed.ceil() + 1.0,
+        "{calls} upstream calls in {elapsed:.1} s for 20 waiters"
+    );
+    assert!(calls <= 30, "{calls}");
+}
+
+/// What `run` would refuse at start, `check` refuses: a short receiver secret, an unset
+/// or short signing key; and it names no secret in its output.
+#[test]
+fn check_refuses_webhook_secrets_the_gateway_would_refuse() {
+    let dir = common::tempdir();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let base = format!(
+        "[upstream]\napi_key_file = \"{}\"\n[webhooks]\nsecret_env = \"EXAGATE_TEST_CHECK_SECRET\"\npublic_url = \"http://127.0.0.1:1\"\n\
+         [[webhooks.subscribers]]\nname = \"app\"\nurl = \"http://user:pw-secret-9@127.0.0.1:9/hooks?token=qs-secret-9\"\nsecret_env = \"EXAGATE_TEST_CHECK_SIGNING\"\n",
+        key_file.display()
+    );
+    std::fs::write(dir.path().join("config.toml"), &base).expect("config");
+    let check = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_exagate"));
+        command
+            .args(["check", "--config"])
+            .arg(dir.path().join("config.toml"))
+            .env_remove("EXAGATE_TEST_CHECK_SECRET")
+            .env_remove("EXAGATE_TEST_CHECK_SIGNING");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let out = command.output().expect("run");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let short = "short-secret";
+    for (env, why) in [
+        (
+            vec![
+                ("EXAGATE_TEST_CHECK_SECRET", short),
+                ("EXAGATE_TEST_CHECK_SIGNING", SIGNING),
+            ],
+            "shorter than",
+        ),
+        (
+            vec![("EXAGATE_TEST_CHECK_SECRET", SECRET)],
+            "EXAGATE_TEST_CHECK_SIGNING",
+        ),
+        (
+            vec![
+                ("EXAGATE_TEST_CHECK_SECRET", SECRET),
+                ("EXAGATE_TEST_CHECK_SIGNING", "whsec_c2hvcnQ="),
+            ],
+            "bytes",
+        ),
+    ] {
+        let (ok, said) = check(&env);
+        assert!(!ok, "{said}");
+        assert!(said.contains(why), "{said}");
+        assert!(
+            !said.contains(short) && !said.contains(SECRET) && !said.contains("c2hvcnQ"),
+            "{said}"
+        );
+    }
+    let (ok, said) = check(&[
+        ("EXAGATE_TEST_CHECK_SECRET", SECRET),
+        ("EXAGATE_TEST_CHECK_SIGNING", SIGNING),
+    ]);
+    assert!(ok, "{said}");
+    for secret in [SECRET, SIGNING, "pw-secret-9", "qs-secret-9"] {
+        assert!(!said.contains(secret), "check printed {secret}: {said}");
+    }
+}
+
+/// A new receiver secret in `secret_file` is picked up by the file watcher, as the key
+/// file is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_secret_in_the_secret_file_is_picked_up_without_a_signal() {
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, SECRET).expect("secret");
+    let port = common::free_port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"off\"\n\
+         [webhooks]\nsecret_file = \"{}\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
+        sim.url(),
+        key_file.display(),
+        secret_file.display()
+    );
+    let _gateway = spawn_gateway(dir.path(), &config, &[]);
+    common::wait_listening(port).await;
+    let id = sim.add_completed(None);
+    let body = upstream_body_of(&sim, id).await;
+    let post = |secret: &'static str, body: Bytes| async move {
+        common::send(
+            &common::client(),
+            Method::POST,
+            &format!("http://127.0.0.1:{port}/webhooks/exabase/{secret}"),
+            &[],
+            body,
+        )
+        .await
+        .status
+    };
+    const ROTATED: &str = "whk-rotated-secret-0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    assert_eq!(post(SECRET, body.clone()).await, StatusCode::ACCEPTED);
+    std::fs::write(&secret_file, format!("{ROTATED}\n")).expect("rotate");
+    assert!(
+        eventually(Duration::from_secs(8), async || {
+            post(ROTATED, body.clone()).await == StatusCode::ACCEPTED
+        })
+        .await,
+        "the new secret is taken"
+    );
+    assert_eq!(
+        post(SECRET, body).await,
+        StatusCode::NOT_FOUND,
+        "the old one is not"
+    );
+}
+
+async fn upstream_body_of(sim: &exagate::sim::Simulator, id: Uuid) -> Bytes {
+    common::send(
+        &common::client(),
+        Method::GET,
+        &format!("{}{}", sim.url(), job_path(id)),
+        &[("x-api-key", KEY)],
+        Bytes::new(),
+    )
+    .await
+    .body
 }
 
 /// Two replicas sharing a real Redis: a job seen only by one is primed by a delivery

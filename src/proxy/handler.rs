@@ -193,11 +193,17 @@ where
                     Ok(wait) => wait,
                     Err(e) => return refuse(e, ex),
                 },
-                if_none_match: request.headers().get(http::header::IF_NONE_MATCH).cloned(),
+                if_none_match: if_none_match(request.headers()),
             };
             lookup::job(gw, JobKey { scope, job }, head, ask, ex).await
         }
-        Route::Settings if managed && request.method() == Method::PUT => refuse(
+        // The account's settings hold the receiver's URL, secret and all: an app reads
+        // the gateway's own account of them, never the upstream's.
+        Route::Settings if managed && request.method() != Method::PUT => {
+            ex.cache = XCache::Bypass;
+            crate::webhooks::settings_answer(&gw.peek(), head)
+        }
+        Route::Settings if managed => refuse(
             crate::error::GatewayError::new(
                 crate::error::ErrorKind::WebhooksManaged,
                 "this gateway owns the account's webhook ([webhooks] is on): add a [[webhooks.subscribers]] entry to hear of jobs instead",
@@ -217,4 +223,19 @@ where
         // which hyper then moves around by value.
         | Route::Settings => Box::pin(passthrough::forward(gw, request, &route, scope, ex)).await,
     }
+}
+
+/// `If-None-Match`, its header lines combined into one list (RFC 9110 5.3).
+fn if_none_match(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let mut lines = headers.get_all(http::header::IF_NONE_MATCH).iter();
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(first.clone());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    http::HeaderValue::from_bytes(&joined).ok()
 }

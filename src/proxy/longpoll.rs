@@ -17,12 +17,25 @@ use tokio::time::Instant;
 use super::exchange::Exchange;
 use super::lookup::{answer_for, conditional};
 use crate::body::Body;
+use crate::cache::answer::XCache;
 use crate::cache::{CacheKey, JobKey, JobState};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 
-/// How soon a waiter looks again when its answer was not stored (no expiry to wait for).
+/// How often waiters look again when their answer was not stored (no expiry to wait
+/// for): one refresh per job per tick, however many wait.
 const UNSTORED_RETRY: Duration = Duration::from_secs(1);
+
+/// The next tick of [`UNSTORED_RETRY`] after `now`, on a clock every waiter shares.
+fn next_tick(now: Instant) -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    let period = UNSTORED_RETRY.as_nanos().max(1);
+    let since = now.saturating_duration_since(start).as_nanos();
+    let ticks = since / period + 1;
+    let at = u64::try_from(ticks * period).unwrap_or(u64::MAX);
+    start + Duration::from_nanos(at)
+}
 
 /// Past the entry's expiry, so the look finds it gone rather than racing it.
 const PAST_EXPIRY: Duration = Duration::from_millis(5);
@@ -50,7 +63,9 @@ pub async fn hold(
         Ok((answer, _)) => answer.job_state,
         Err(_) => None,
     };
+    let mut planned_at: Option<Instant> = None;
     while let Ok((answer, _)) = &current {
+        let planned = planned_at;
         let in_progress = answer.status == StatusCode::OK
             && matches!(
                 answer.job_state,
@@ -67,16 +82,39 @@ pub async fn hold(
         if changed || now >= deadline || gw.watchers.closing() {
             break;
         }
-        let look_again = match answer.expires_at {
-            Some(at) => Instant::from_std(at) + PAST_EXPIRY,
-            None => now + UNSTORED_RETRY,
+        let planned = match planned {
+            Some(at) if at > now => at,
+            _ => match answer.expires_at {
+                Some(at) => Instant::from_std(at) + PAST_EXPIRY,
+                // Not stored (in_progress_ttl = "0s"): on the next tick of a clock all
+                // waiters share, so their looks coincide and join one fetch.
+                None => next_tick(now),
+            }
+            .max(now + PAST_EXPIRY),
         }
-        .max(now + PAST_EXPIRY)
         .min(deadline);
-        tokio::select! {
-            _ = watch.changed() => {}
-            _ = tokio::time::sleep_until(look_again) => {}
+        let woken = tokio::select! {
+            _ = watch.changed() => true,
+            _ = tokio::time::sleep_until(planned) => false,
+        };
+        if woken {
+            // A hint that the cache may hold news: read it only. Fetching here would let
+            // each waiter's refresh wake the others into fetching again.
+            if let Some(news) = gw.cache.get(&cache_key, std::time::Instant::now()).await {
+                ex.cache = XCache::Hit;
+                current = Ok((news, XCache::Hit));
+                planned_at = None;
+            } else {
+                planned_at = Some(planned);
+            }
+            continue;
         }
+        if planned >= deadline && answer.expires_at.is_none() {
+            // The wait is over and nothing is stored to look at: the last look (a tick
+            // old at most) is the answer, rather than one more fetch per waiter.
+            break;
+        }
+        planned_at = None;
         current = answer_for(gw, cache_key.clone(), ex, std::time::Instant::now()).await;
     }
     drop(watch);

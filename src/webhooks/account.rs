@@ -73,10 +73,12 @@ fn live(config: &Config) -> Result<WebhooksLive, BoxError> {
 /// `scheme://host[:port]` of a URL, or `(not a URL)`.
 fn origin_of(url: &str) -> String {
     match url.parse::<http::Uri>() {
+        // Host and port only: user info, like the path, may hold someone's secret.
         Ok(uri) if uri.host().is_some() => format!(
-            "{}://{}",
+            "{}://{}{}",
             uri.scheme_str().unwrap_or("http"),
-            uri.authority().map_or("", |a| a.as_str())
+            uri.host().unwrap_or(""),
+            uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default()
         ),
         _ => "(not a URL)".into(),
     }

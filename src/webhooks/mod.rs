@@ -100,6 +100,50 @@ impl WebhooksLive {
     }
 }
 
+/// `GET /v2/extract-settings` while `[webhooks]` is on, answered by the gateway: the
+/// upstream's answer holds the receiver's secret, which no app may read (with it, one
+/// could forge deliveries for any base). It says where the account's webhook should
+/// point, secret redacted, and how apps hear of jobs instead.
+pub fn settings_answer(
+    live: &crate::gateway::Live,
+    head: bool,
+) -> http::Response<crate::body::Body> {
+    let public = live
+        .webhooks
+        .as_ref()
+        .map_or("", |h| h.public_url.as_str())
+        .trim_end_matches('/');
+    let body = serde_json::json!({
+        "webhookUrl": format!("{public}{REDACTED_PATH}"),
+        "managedBy": "exagate",
+        "message": "this gateway owns the account's webhook: apps hear of jobs through [[webhooks.subscribers]], or long-poll GET /v2/extract/{id}?wait=30s",
+    })
+    .to_string();
+    let length = body.len();
+    let mut response = http::Response::new(if head {
+        crate::body::Body::Empty
+    } else {
+        crate::body::Body::full(bytes::Bytes::from(body))
+    });
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if head {
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(length),
+        );
+    }
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    headers.insert("x-cache", http::HeaderValue::from_static("bypass"));
+    response
+}
+
 /// `public_url` + the receiver's path.
 pub fn receiver_url(public_url: &str, secret: &str) -> String {
     format!(
@@ -125,7 +169,7 @@ impl Webhooks {
         metrics: Arc<Metrics>,
     ) -> Result<Webhooks, crate::BoxError> {
         Ok(Webhooks {
-            scopes: Scopes::default(),
+            scopes: Scopes::open(state_dir),
             relay: Arc::new(Relay::new(state_dir, ca_file, shared, metrics)?),
         })
     }

@@ -23,6 +23,9 @@ use crate::gateway::Gateway;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::lookup::{self, Primed};
 
+/// Longest a delivery waits for its processing before it is acknowledged anyway.
+const ACK_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Handles one request to the receiver's path.
 pub async fn receive<B>(gw: &Arc<Gateway>, request: Request<B>, ex: &mut Exchange) -> Response<Body>
 where
@@ -44,12 +47,11 @@ where
         .path()
         .strip_prefix(RECEIVER_PREFIX)
         .unwrap_or("");
-    if !hooks.is_secret(presented) {
+    // Another method is answered like a wrong secret, whatever the secret: a `405`
+    // would tell a guesser which secret is right without a delivery.
+    if request.method() != Method::POST || !hooks.is_secret(presented) {
         gw.metrics.webhook_received("refused");
         return refuse(crate::proxy::route::not_found(), ex);
-    }
-    if request.method() != Method::POST {
-        return refuse(GatewayError::method_not_allowed("POST"), ex);
     }
     let too_large = || {
         GatewayError::new(
@@ -105,7 +107,14 @@ where
             );
         }
     };
-    let Some(job) = facts.id.as_deref().and_then(|id| Uuid::try_parse(id).ok()) else {
+    // The id exactly as the API writes it (lower-case, hyphenated): the cached body is
+    // this one, and it must name the job its route does.
+    let canonical = |id: &str| {
+        Uuid::try_parse(id)
+            .ok()
+            .filter(|job| job.hyphenated().to_string() == id)
+    };
+    let Some(job) = facts.id.as_deref().and_then(canonical) else {
         gw.metrics.webhook_received("refused");
         return refuse(
             GatewayError::new(
@@ -116,13 +125,16 @@ where
         );
     };
     drop(live);
-    // Acknowledged now, processed on a task of its own: the API's retry clock is not
-    // this gateway's priming and relaying.
+    // Processed on a task of its own, and acknowledged when it is done (priming and
+    // queueing for the relay take milliseconds: the queue is journaled, or in Redis,
+    // before the API hears 2xx and forgets the delivery), or after `ACK_WITHIN` at the
+    // latest, the rest going on after the answer: the API retries slow receivers.
     let gw = Arc::clone(gw);
     let (state, created_at) = (facts.state, facts.created_at);
-    tokio::spawn(async move {
+    let processing = tokio::spawn(async move {
         process(&gw, job, state, created_at, body).await;
     });
+    let _ = tokio::time::timeout(ACK_WITHIN, processing).await;
     let mut response = Response::new(Body::full(Bytes::from_static(br#"{"accepted":true}"#)));
     *response.status_mut() = StatusCode::ACCEPTED;
     response.headers_mut().insert(
@@ -161,7 +173,8 @@ async fn process(
             }
         }
         if let Some(event) = Event::of(job, state, scope, created_at, "webhook") {
-            gw.emit(&live, &event);
+            // Awaited, not spawned: the delivery is acknowledged once this is queued.
+            gw.emit_now(&live, &event).await;
         }
     }
     tracing::info!(%job, state = state.as_str(), outcome, "webhook delivery");

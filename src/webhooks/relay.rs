@@ -340,6 +340,16 @@ impl Relay {
             .unwrap_or(Duration::from_secs(60));
         let wait = jitter(wait).max(retry_after.unwrap_or_default());
         let next_at = now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        if next_at <= delivery.give_up_at {
+            tracing::info!(
+                subscriber = %subscriber.name,
+                delivery = %delivery.id,
+                attempt = delivery.attempts,
+                outcome = %label,
+                retry_in = ?wait,
+                "webhook delivery failed; it is retried"
+            );
+        }
         delivery.last_outcome = Some(label);
         if next_at > delivery.give_up_at {
             delivery.status = Status::Failed;
@@ -501,7 +511,11 @@ pub fn https_client(
         .build(connector))
 }
 
-/// `Retry-After` in seconds or as an HTTP date, capped at a day.
+/// Longest `Retry-After` honoured: a subscriber asking for more is tried again after
+/// this (its job's data may be gone before a longer wait ends).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` in seconds or as an HTTP date, capped at [`MAX_RETRY_AFTER`].
 fn retry_after(value: &HeaderValue) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     let wait = match text.parse::<u64>() {
@@ -511,7 +525,7 @@ fn retry_after(value: &HeaderValue) -> Option<Duration> {
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     };
-    Some(wait.min(Duration::from_secs(86_400)))
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// `wait` give or take a fifth, so retries of many deliveries do not arrive together.
@@ -523,4 +537,19 @@ pub fn jitter(wait: Duration) -> Duration {
 /// linked (uuid v4 reads the OS's RNG).
 pub fn fraction() -> f64 {
     (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_both_forms_and_capped() {
+        let secs = |v: &str| retry_after(&HeaderValue::from_str(v).expect("value"));
+        assert_eq!(secs("8"), Some(Duration::from_secs(8)));
+        assert_eq!(secs("999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(secs("Thu, 01 Jan 2099 00:00:00 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(secs("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(secs("soon"), None);
+    }
 }
