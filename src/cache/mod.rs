@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod flight;
 pub mod front;
 pub mod key;
+pub mod links;
 pub mod policy;
 pub mod snapshot;
 pub mod store;
