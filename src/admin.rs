@@ -123,7 +123,7 @@ impl Admin {
             Some(digest) if bool::from(digest.ct_eq(expected)) => Ok(()),
             _ => Err(GatewayError::new(
                 ErrorKind::Unauthorized,
-                "purging needs Authorization: Bearer <admin token>",
+                "this admin route needs Authorization: Bearer <admin token>",
             )),
         }
     }

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     InvalidWebhook,
     /// `PUT /v2/extract-settings` while the gateway owns the account's webhook.
     WebhooksManaged,
+    /// An operator's retry of a relay delivery that was delivered (without `replay`).
+    AlreadyDelivered,
     /// Some other malformed request.
     BadRequest,
     /// The gateway does not serve this path.
@@ -63,6 +65,9 @@ pub enum ErrorKind {
     UpstreamRateLimited,
     /// Every upstream slot stayed busy past the request's deadline.
     UpstreamBusy,
+    /// A delivery the gateway cannot place yet (the shared tier it needs is away): the
+    /// sender should try again.
+    TemporarilyUnavailable,
     /// No connection to the upstream, or it broke before an answer.
     UpstreamUnreachable,
     /// The upstream answered something unusable (bad JSON, wrong job, cut-off body).
@@ -86,6 +91,7 @@ impl ErrorKind {
             ErrorKind::InvalidWait => "invalid_wait",
             ErrorKind::InvalidWebhook => "invalid_webhook",
             ErrorKind::WebhooksManaged => "webhooks_managed",
+            ErrorKind::AlreadyDelivered => "already_delivered",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -96,6 +102,7 @@ impl ErrorKind {
             ErrorKind::QuotaExhausted => "quota_exhausted",
             ErrorKind::UpstreamRateLimited => "upstream_rate_limited",
             ErrorKind::UpstreamBusy => "upstream_busy",
+            ErrorKind::TemporarilyUnavailable => "temporarily_unavailable",
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::UpstreamInvalid => "upstream_invalid_response",
             ErrorKind::UpstreamTooLarge => "upstream_body_too_large",
@@ -114,6 +121,7 @@ impl ErrorKind {
             | ErrorKind::InvalidWait
             | ErrorKind::InvalidWebhook
             | ErrorKind::WebhooksManaged
+            | ErrorKind::AlreadyDelivered
             | ErrorKind::BadRequest
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
@@ -123,7 +131,8 @@ impl ErrorKind {
             | ErrorKind::Forbidden => ErrorSource::Client,
             ErrorKind::QuotaExhausted
             | ErrorKind::UpstreamRateLimited
-            | ErrorKind::UpstreamBusy => ErrorSource::Guard,
+            | ErrorKind::UpstreamBusy
+            | ErrorKind::TemporarilyUnavailable => ErrorSource::Guard,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamInvalid
             | ErrorKind::UpstreamTooLarge
@@ -142,7 +151,7 @@ impl ErrorKind {
             | ErrorKind::InvalidWait
             | ErrorKind::InvalidWebhook
             | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorKind::WebhooksManaged => StatusCode::CONFLICT,
+            ErrorKind::WebhooksManaged | ErrorKind::AlreadyDelivered => StatusCode::CONFLICT,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -152,7 +161,9 @@ impl ErrorKind {
             ErrorKind::QuotaExhausted | ErrorKind::UpstreamRateLimited => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpstreamBusy | ErrorKind::TemporarilyUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamInvalid
             | ErrorKind::UpstreamTooLarge => StatusCode::BAD_GATEWAY,

@@ -200,18 +200,35 @@ impl Gateway {
         }
     }
 
-    /// The scopes `job` was seen in, here or (with `[shared]`) by any replica.
-    pub async fn known_scopes(&self, job: uuid::Uuid) -> Vec<crate::cache::Scope> {
+    /// The scopes `job` was seen in, here or (with `[shared]`) by any replica. `Err`
+    /// when this replica knows none and Redis, which may know some, is away: the
+    /// delivery is then refused for the API to send again, rather than dropped.
+    pub async fn known_scopes(
+        &self,
+        job: uuid::Uuid,
+    ) -> Result<Vec<crate::cache::Scope>, crate::shared::Unavailable> {
         let mut scopes = self.webhooks.scopes.of(job);
-        if let Some(shared) = self.shared.as_ref().filter(|s| s.usable()) {
-            for scope in shared.scopes_of(job).await {
-                if !scopes.contains(&scope) {
-                    self.webhooks.scopes.record(job, scope);
-                    scopes.push(scope);
+        let Some(shared) = &self.shared else {
+            return Ok(scopes);
+        };
+        let remote = if shared.usable() {
+            shared.scopes_of(job).await
+        } else {
+            Err(crate::shared::Unavailable)
+        };
+        match remote {
+            Ok(found) => {
+                for scope in found {
+                    if !scopes.contains(&scope) {
+                        self.webhooks.scopes.record(job, scope);
+                        scopes.push(scope);
+                    }
                 }
+                Ok(scopes)
             }
+            Err(unavailable) if scopes.is_empty() => Err(unavailable),
+            Err(_) => Ok(scopes),
         }
-        scopes
     }
 
     /// Hands an event to the relay and returns once it is queued (journaled, or in Redis).

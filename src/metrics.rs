@@ -123,7 +123,15 @@ pub const CLOSE_CAUSES: [&str; 5] = [
 ];
 
 /// See [`EVICTION_CAUSES`]: what became of each delivery to the webhook receiver.
-pub const RECEIVED_OUTCOMES: [&str; 5] = ["primed", "unknown_job", "duplicate", "stale", "refused"];
+pub const RECEIVED_OUTCOMES: [&str; 7] = [
+    "primed",
+    "not_stored",
+    "unknown_job",
+    "unscoped",
+    "duplicate",
+    "stale",
+    "refused",
+];
 
 /// Every metric the gateway keeps.
 pub struct Metrics {
@@ -388,7 +396,7 @@ impl Metrics {
         let webhooks_received = Family::<CauseLabels, Counter>::default();
         registry.register(
             "webhook_deliveries_received",
-            "Deliveries to the webhook receiver, by outcome (primed, unknown_job, duplicate, stale, refused)",
+            "Deliveries to the webhook receiver, by outcome (primed, not_stored, unknown_job, unscoped, duplicate, stale, refused)",
             webhooks_received.clone(),
         );
         let webhooks_relayed = Family::<RelayLabels, Counter>::default();

@@ -1281,17 +1281,20 @@ async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers
     // Replica 1 has it too (from Redis), then the API completes it and its webhook
     // reaches replica 1 only.
     assert_eq!(state(&common::get_from(&gws[1], &path).await), "processing");
+    let in_progress = upstream_body_of(&sim, id).await;
+    // A long-poll held by replica 0; the delivery goes to replica 1.
+    let waiter = {
+        let url = format!("{}{path}?wait=10s", gws[0].url());
+        tokio::spawn(async move {
+            let reply = common::send(&common::client(), Method::GET, &url, &[], Bytes::new()).await;
+            (reply, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     sim.set_state(id, Some("completed"));
-    let body = common::send(
-        &common::client(),
-        Method::GET,
-        &format!("{}{path}", sim.url()),
-        &[("x-api-key", KEY)],
-        Bytes::new(),
-    )
-    .await
-    .body;
+    let body = upstream_body_of(&sim, id).await;
     let calls = sim.calls_to(&path);
+    let acked_at = Instant::now();
     let ack = common::send(
         &common::client(),
         Method::POST,
@@ -1301,6 +1304,13 @@ async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers
     )
     .await;
     assert_eq!(ack.status, StatusCode::ACCEPTED);
+    let (reply, answered) = waiter.await.expect("waiter");
+    assert_eq!(state(&reply), "completed");
+    let delay = answered.saturating_duration_since(acked_at);
+    assert!(
+        delay < Duration::from_secs(1),
+        "the other replica's long-poll answered after {delay:?}"
+    );
     for gw in &gws {
         assert!(
             eventually(Duration::from_secs(3), async || {
@@ -1308,6 +1318,29 @@ async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers
             })
             .await,
             "every replica sees the completion"
+        );
+    }
+    // An older delivery (in progress) reaching a replica that holds nothing of the job
+    // itself is still stale: the shared tier holds it completed.
+    let third = common::redis::replicas(&sim, &redis, 1, |c| {
+        c.webhooks = Some(hooks.clone());
+    })
+    .await;
+    let ack = common::send(
+        &common::client(),
+        Method::POST,
+        &format!("{}/webhooks/exabase/{SECRET}", third[0].url()),
+        &[("content-type", "application/json")],
+        in_progress,
+    )
+    .await;
+    assert_eq!(ack.status, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for gw in gws.iter().chain(third.iter()) {
+        assert_eq!(
+            state(&common::get_from(gw, &path).await),
+            "completed",
+            "never back to in progress"
         );
     }
     assert_eq!(
@@ -1565,4 +1598,285 @@ async fn after_a_restart_deliveries_prime_the_jobs_it_had_seen() {
         .await
     );
     assert_eq!(sim.calls_to(&job_path(id)), calls, "primed, not fetched");
+}
+
+/// With `[shared]`, a delivery reaching a replica that never saw the job while Redis
+/// (which may know who did) is away is refused for the API to send again, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_a_delivery_that_cannot_be_placed_is_refused_for_a_retry() {
+    if !common::redis::installed() {
+        return;
+    }
+    let redis = common::redis::RedisServer::start().await;
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    let hooks = hooks(dir.path());
+    let gws = common::redis::replicas(&sim, &redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
+    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    assert_eq!(
+        state(&common::get_from(&gws[0], &job_path(id)).await),
+        "processing"
+    );
+    sim.set_state(id, Some("completed"));
+    let body = upstream_body_of(&sim, id).await;
+    redis.freeze();
+    common::redis::wait_shared(&gws[1], false).await;
+    let refused = common::send(
+        &common::client(),
+        Method::POST,
+        &format!("{}/webhooks/exabase/{SECRET}", gws[1].url()),
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    redis.thaw();
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.error_code(), "temporarily_unavailable");
+    assert!(refused.headers.contains_key("retry-after"));
+    // Sent again once Redis is back: primed everywhere.
+    common::redis::wait_shared(&gws[1], true).await;
+    let ack = common::send(
+        &common::client(),
+        Method::POST,
+        &format!("{}/webhooks/exabase/{SECRET}", gws[1].url()),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(ack.status, StatusCode::ACCEPTED);
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            state(&common::get_from(&gws[0], &job_path(id)).await) == "completed"
+        })
+        .await
+    );
+}
+
+/// A completion that cannot be stored (no `createdAt`) drops what was cached, so the
+/// next poll asks the upstream rather than show the old state, and wakes long-polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_that_cannot_be_stored_drops_the_old_state() {
+    let dir = common::tempdir();
+    let h = Arc::new(harness(dir.path(), |_| {}).await);
+    let id = h
+        .sim
+        .add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    assert_eq!(state(&h.get(&job_path(id)).await), "processing");
+    let waiter = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move { h.get(&format!("{}?wait=20s", job_path(id))).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.sim.set_state(id, Some("completed"));
+    let body = upstream_body(&h, id, None).await;
+    let mut job: serde_json::Value = serde_json::from_slice(&body).expect("job");
+    job.as_object_mut().expect("object").remove("createdAt");
+    let started = Instant::now();
+    let ack = deliver(&h, SECRET, Bytes::from(job.to_string())).await;
+    assert_eq!(ack.status, StatusCode::ACCEPTED);
+    let reply = waiter.await.expect("waiter");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the long-poll was woken"
+    );
+    assert_eq!(state(&reply), "completed", "from the upstream, asked again");
+    assert_eq!(
+        h.metric("exagate_webhook_deliveries_received_total{cause=\"not_stored\"}")
+            .await,
+        1.0
+    );
+}
+
+/// An operator's retry of a delivered delivery is refused unless it asks to replay:
+/// retries sent twice do not send it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_delivery_is_resent_only_on_replay() {
+    let dir = common::tempdir();
+    let app = endpoint(vec![]).await;
+    let url = app.url.clone();
+    std::env::set_var("EXAGATE_TEST_ADMIN_TOKEN_RP", "admin-token-rp");
+    let h = harness(dir.path(), move |c| {
+        c.admin.token_env = "EXAGATE_TEST_ADMIN_TOKEN_RP".into();
+        c.webhooks.as_mut().expect("on").subscribers =
+            vec![subscriber("app", &url, "EXAGATE_TEST_SIGNING_RP", None)];
+    })
+    .await;
+    // Created a thousand years from now: the relay still gives up within a job's life.
+    let far = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+    let id = h.sim.add_job(None, Some("failed"), far);
+    assert_eq!(state(&h.get(&job_path(id)).await), "failed");
+    assert!(
+        eventually(Duration::from_secs(5), async || app
+            .received
+            .lock()
+            .expect("log")
+            .len()
+            == 1)
+        .await
+    );
+    let listed = h
+        .admin_get("/webhooks/deliveries?status=delivered")
+        .await
+        .json();
+    let delivery = listed["items"][0]["id"].as_str().expect("id").to_owned();
+    let give_up = listed["items"][0]["give_up_at_ms"]
+        .as_u64()
+        .expect("give up");
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).expect("now") * 1000;
+    assert!(
+        give_up <= now + 26 * 3_600_000,
+        "gives up within a day or so, not in the year 10000"
+    );
+    let auth = [("authorization", "Bearer admin-token-rp")];
+    let retry = format!("/webhooks/deliveries/{delivery}/retry");
+    for _ in 0..3 {
+        let again = h.admin_send(Method::POST, &retry, &auth).await;
+        assert_eq!(
+            (again.status, again.error_code().as_str()),
+            (StatusCode::CONFLICT, "already_delivered")
+        );
+    }
+    let replay = h
+        .admin_send(Method::POST, &format!("{retry}?replay=1"), &auth)
+        .await;
+    assert_eq!(replay.status, StatusCode::OK);
+    assert!(
+        eventually(Duration::from_secs(5), async || app
+            .received
+            .lock()
+            .expect("log")
+            .len()
+            == 2)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.received.lock().expect("log").len(),
+        2,
+        "once per replay"
+    );
+}
+
+/// A subscriber removed by a reload: its pending deliveries are given up, not left
+/// pending forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_of_a_removed_subscriber_are_given_up() {
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let (port, admin, hook_port) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let head = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [webhooks]\nsecret_env = \"EXAGATE_TEST_WEBHOOK_SECRET\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_schedule = [\"300ms\"]\n",
+        sim.url(),
+        key_file.display()
+    );
+    let with_app = format!(
+        "{head}[[webhooks.subscribers]]\nname = \"app\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\nsecret_env = \"EXAGATE_TEST_SIGNING\"\n"
+    );
+    let env = [
+        ("EXAGATE_TEST_WEBHOOK_SECRET", SECRET),
+        ("EXAGATE_TEST_SIGNING", SIGNING),
+    ];
+    let _gateway = spawn_gateway(dir.path(), &with_app, &env);
+    common::wait_listening(port).await;
+    let id = sim.add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    common::send(
+        &common::client(),
+        Method::GET,
+        &format!("http://127.0.0.1:{port}{}", job_path(id)),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    let list = |status: &'static str| async move {
+        common::send(
+            &common::client(),
+            Method::GET,
+            &format!("http://127.0.0.1:{admin}/webhooks/deliveries?status={status}"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .json()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || list("pending").await
+            ["items"][0]["attempts"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1)
+        .await
+    );
+    // The subscriber is removed (the file watcher reloads it).
+    std::fs::write(dir.path().join("config.toml"), &head).expect("config");
+    assert!(
+        eventually(Duration::from_secs(15), async || {
+            list("failed").await["items"][0]["last_outcome"] == "subscriber_removed"
+        })
+        .await,
+        "given up after the reload"
+    );
+    assert_eq!(
+        list("pending").await["items"].as_array().map(Vec::len),
+        Some(0)
+    );
+}
+
+/// A URL with user info (a password before `@`) is refused wherever it would be shown
+/// or put in links: `webhooks.public_url`, `server.public_url`, `upstream.url`; the
+/// refusal does not quote it.
+#[test]
+fn urls_with_user_info_are_refused_without_being_quoted() {
+    let dir = common::tempdir();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET).expect("secret");
+    for (key, config) in [
+        (
+            "webhooks.public_url",
+            format!(
+                "[upstream]\napi_key_file = \"{}\"\n[webhooks]\nsecret_file = \"{}\"\npublic_url = \"http://wu:PW-secret-1@127.0.0.1:1\"\n",
+                key_file.display(),
+                secret_file.display()
+            ),
+        ),
+        (
+            "server.public_url",
+            format!(
+                "[server]\npublic_url = \"http://su:PW-secret-1@127.0.0.1:8080\"\n[upstream]\napi_key_file = \"{}\"\n",
+                key_file.display()
+            ),
+        ),
+        (
+            "upstream.url",
+            format!(
+                "[upstream]\nurl = \"https://uu:PW-secret-1@api.exabase.io\"\napi_key_file = \"{}\"\n",
+                key_file.display()
+            ),
+        ),
+    ] {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_exagate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{key}: {said}");
+        assert!(said.contains(key) && said.contains("user info"), "{key}: {said}");
+        assert!(!said.contains("PW-secret-1"), "{key}: {said}");
+    }
 }

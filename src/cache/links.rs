@@ -83,10 +83,10 @@ fn decode(text: &str) -> Option<String> {
 /// `YYYYMMDDTHHMMSSZ` + seconds.
 fn dated(date: Option<&str>, seconds: Option<&str>) -> Option<OffsetDateTime> {
     let (date, seconds) = (date?, seconds?);
-    let format = time::macros::format_description!(
-        "[year][month][day]T[hour][minute][second]Z"
-    );
-    let signed = time::PrimitiveDateTime::parse(date, &format).ok()?.assume_utc();
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let signed = time::PrimitiveDateTime::parse(date, &format)
+        .ok()?
+        .assume_utc();
     let lifetime: i64 = seconds.trim().parse().ok().filter(|s: &i64| *s >= 0)?;
     signed.checked_add(time::Duration::seconds(lifetime))
 }
@@ -192,7 +192,8 @@ mod tests {
             .collect();
         let url = format!("https://d.cloudfront.net/k?Policy={encoded}&Signature=x&Key-Pair-Id=K");
         assert_eq!(url_expiry(&url), Some(at(1_796_119_700)));
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1796119800}"#);
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1796119800}"#);
         let url = format!("https://cdn.exabase.io/k.jpeg?token=eyJhbGciOiJIUzI1NiJ9.{payload}.sig");
         assert_eq!(url_expiry(&url), Some(at(1_796_119_800)));
     }

@@ -670,6 +670,16 @@ pub struct Origin {
 
 /// Parses an absolute http(s) URL without query or fragment into its parts.
 pub fn http_origin(url: &str) -> Result<Origin, String> {
+    // First, and without quoting the URL: what is before an `@` is a password, and such
+    // an origin would be printed (`check`), logged and written into every job's links.
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority_part = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
+    if authority_part.contains('@') {
+        return Err(
+            "holds user info (a name or password before `@`), which would be printed, logged and put in links: remove it"
+                .into(),
+        );
+    }
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("`{url}` is not a URL: {e}"))?;

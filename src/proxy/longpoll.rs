@@ -104,9 +104,18 @@ pub async fn hold(
                 ex.cache = XCache::Hit;
                 current = Ok((news, XCache::Hit));
                 planned_at = None;
-            } else {
-                planned_at = Some(planned);
+                continue;
             }
+            if answer.expires_at.is_none() {
+                // Nothing was stored to begin with: the wake-up is another waiter's
+                // refresh, which stored nothing either; wait for the tick.
+                planned_at = Some(planned);
+                continue;
+            }
+            // The entry was dropped (a purge, an action, another replica's news): look
+            // again now, through the shared tier first.
+            planned_at = None;
+            current = answer_for(gw, cache_key.clone(), ex, std::time::Instant::now()).await;
             continue;
         }
         if planned >= deadline && answer.expires_at.is_none() {

@@ -348,8 +348,13 @@ pub enum Primed {
     Stored,
     /// The cache already held exactly this.
     Duplicate,
-    /// The cache holds a finished state and this says in progress: kept what it had.
+    /// The cache (here or in the shared tier) holds a finished state and this says in
+    /// progress: kept what it had.
     Stale,
+    /// Not to be stored by the state rules (no `createdAt`, past its retention): what was
+    /// cached for the job in that scope is dropped, so the next lookup asks the upstream
+    /// rather than show an older state.
+    NotStored,
 }
 
 /// Hands a job body that did not come from a lookup (a webhook delivery, a create's
@@ -374,19 +379,31 @@ pub async fn prime(
         elapsed: Duration::ZERO,
     };
     let (answer, _) = job_answer(live, key.job, fetched)?;
-    if let Some(current) = gw.cache.get(&cache_key, Instant::now()).await {
-        if current.status == StatusCode::OK && current.body == answer.body {
-            return Ok(Primed::Duplicate);
+    let finished = |s: Option<JobState>| {
+        matches!(
+            s,
+            Some(JobState::Completed | JobState::Failed | JobState::Cleaned)
+        )
+    };
+    // What is cached now, here, or else in the shared tier (another replica's answer).
+    let current = match gw.cache.get(&cache_key, Instant::now()).await {
+        Some(local) => {
+            if local.status == StatusCode::OK && local.body == answer.body {
+                return Ok(Primed::Duplicate);
+            }
+            Some(local.job_state)
         }
-        let finished = |s: Option<JobState>| {
-            matches!(
-                s,
-                Some(JobState::Completed | JobState::Failed | JobState::Cleaned)
-            )
-        };
-        if finished(current.job_state) && !finished(answer.job_state) {
-            return Ok(Primed::Stale);
-        }
+        None => match gw.shared.as_ref().filter(|s| s.usable()) {
+            Some(shared) => shared.peek(&cache_key).await.map(|e| e.job_state),
+            None => None,
+        },
+    };
+    if current.is_some_and(finished) && !finished(answer.job_state) {
+        return Ok(Primed::Stale);
+    }
+    if answer.expires_at.is_none() {
+        gw.purge_job(key, false).await;
+        return Ok(Primed::NotStored);
     }
     // Turns away every fill of the job that began before (it would store an older
     // state over this one) and takes the old answer's place.

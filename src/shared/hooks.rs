@@ -35,20 +35,19 @@ impl Shared {
         });
     }
 
-    /// The scopes any replica saw `job` in; empty when Redis is away or knows none. A
-    /// member that is not a scope name is skipped (Redis is input like any other).
-    pub async fn scopes_of(&self, job: uuid::Uuid) -> Vec<Scope> {
+    /// The scopes any replica saw `job` in; `Err` when Redis is away. A member that is
+    /// not a scope name is skipped (Redis is input like any other).
+    pub async fn scopes_of(&self, job: uuid::Uuid) -> Result<Vec<Scope>, super::Unavailable> {
         let key = self.keys.scopes(job);
         let members = self
             .run::<Vec<String>, _, _>("scopes", false, |mut c| async move {
                 redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await
             })
-            .await
-            .unwrap_or_default();
-        members
+            .await?;
+        Ok(members
             .iter()
             .take(8)
             .filter_map(|m| keys::parse_scope(m))
-            .collect()
+            .collect())
     }
 }

@@ -9,7 +9,7 @@
 
 use http::{Method, StatusCode};
 
-use super::outbox::Status;
+use super::outbox::{RetryRefused, Status};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 
@@ -98,15 +98,29 @@ pub async fn answer(
         }
         (&Method::POST, ["deliveries", id, "retry"]) => match authorized() {
             Err(e) => Err(e),
-            Ok(()) => match relay.retry_now(id).await {
-                Some(d) => {
+            Ok(()) => match relay
+                .retry_now(
+                    id,
+                    query
+                        .split('&')
+                        .any(|p| p == "replay=1" || p == "replay=true"),
+                )
+                .await
+            {
+                Ok(d) => {
                     tracing::info!(delivery = %d.id, subscriber = %d.subscriber, "webhook delivery retried by an operator");
                     Ok((
                         StatusCode::OK,
                         serde_json::json!({ "id": d.id, "status": d.status.as_str() }),
                     ))
                 }
-                None => Err(GatewayError::new(ErrorKind::NotFound, "no such delivery")),
+                Err(RetryRefused::Unknown) => {
+                    Err(GatewayError::new(ErrorKind::NotFound, "no such delivery"))
+                }
+                Err(RetryRefused::Delivered) => Err(GatewayError::new(
+                    ErrorKind::AlreadyDelivered,
+                    "this delivery was delivered: add ?replay=1 to send it again",
+                )),
             },
         },
         (&Method::POST, ["subscribers", name, "enable"]) => match authorized() {

@@ -69,6 +69,30 @@ pub struct Delivery {
     pub last_outcome: Option<String>,
 }
 
+/// Why an operator's retry was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefused {
+    /// No delivery of that id.
+    Unknown,
+    /// It was delivered: resending it needs `replay`.
+    Delivered,
+}
+
+impl Delivery {
+    /// This delivery made due at `now` by an operator: one more attempt at least, even
+    /// past its job's life. A delivered one only with `replay`, so that retries sent
+    /// twice (a double click, a script run again) do not send it twice.
+    pub fn retried(mut self, now: u64, replay: bool) -> Result<Delivery, RetryRefused> {
+        if self.status == Status::Delivered && !replay {
+            return Err(RetryRefused::Delivered);
+        }
+        self.status = Status::Pending;
+        self.next_at = now;
+        self.give_up_at = self.give_up_at.max(now + 60_000);
+        Ok(self)
+    }
+}
+
 /// `dlv_` + 24 hex digits of SHA-256 of `event|subscriber`.
 pub fn delivery_id(event: &str, subscriber: &str) -> String {
     let digest = crate::auth::sha256(format!("{event}|{subscriber}").as_bytes());
@@ -235,17 +259,18 @@ impl Outbox {
 
     /// Makes a delivery due now (an operator's retry), whatever its status; `None` for an
     /// unknown id.
-    pub fn retry_now(&self, id: &str, now: u64) -> Option<Delivery> {
+    pub fn retry_now(&self, id: &str, now: u64, replay: bool) -> Result<Delivery, RetryRefused> {
         let mut book = self.book();
-        let mut delivery = book.deliveries.get(id)?.clone();
-        delivery.status = Status::Pending;
-        delivery.next_at = now;
-        // One more attempt at least, even past the job's life: an operator asked.
-        delivery.give_up_at = delivery.give_up_at.max(now + 60_000);
+        let delivery = book
+            .deliveries
+            .get(id)
+            .cloned()
+            .ok_or(RetryRefused::Unknown)?
+            .retried(now, replay)?;
         book.write(&Record::Put(delivery.clone()));
         book.deliveries
             .insert(delivery.id.clone(), delivery.clone());
-        Some(delivery)
+        Ok(delivery)
     }
 
     /// Deliveries, newest first, filtered by status and subscriber.

@@ -131,10 +131,18 @@ where
     // latest, the rest going on after the answer: the API retries slow receivers.
     let gw = Arc::clone(gw);
     let (state, created_at) = (facts.state, facts.created_at);
-    let processing = tokio::spawn(async move {
-        process(&gw, job, state, created_at, body).await;
-    });
-    let _ = tokio::time::timeout(ACK_WITHIN, processing).await;
+    let processing = tokio::spawn(async move { process(&gw, job, state, created_at, body).await });
+    if let Ok(Ok(Err(Later))) = tokio::time::timeout(ACK_WITHIN, processing).await {
+        // Nothing was done with it: the API keeps it and sends it again.
+        return refuse(
+            GatewayError::new(
+                ErrorKind::TemporarilyUnavailable,
+                "the gateway cannot place this delivery now (its shared tier is away): send it again",
+            )
+            .with_retry_after(10),
+            ex,
+        );
+    }
     let mut response = Response::new(Body::full(Bytes::from_static(br#"{"accepted":true}"#)));
     *response.status_mut() = StatusCode::ACCEPTED;
     response.headers_mut().insert(
@@ -144,6 +152,9 @@ where
     response
 }
 
+/// A delivery to be sent again later (nothing was done with it).
+struct Later;
+
 /// Primes every scope the job is known in and hands its event to the relay.
 async fn process(
     gw: &Arc<Gateway>,
@@ -151,21 +162,26 @@ async fn process(
     state: JobState,
     created_at: Option<OffsetDateTime>,
     body: Bytes,
-) {
+) -> Result<(), Later> {
     let live = gw.live();
-    let scopes = gw.known_scopes(job).await;
+    let Ok(scopes) = gw.known_scopes(job).await else {
+        tracing::warn!(%job, "webhook delivery refused for now: the shared tier, which knows the jobs other replicas saw, is away");
+        gw.metrics.webhook_received("unscoped");
+        return Err(Later);
+    };
     if scopes.is_empty() {
         // Never guessed: a job this gateway never saw may be another scope's, and
         // priming it in the wrong one would show one base another's job.
         tracing::debug!(%job, "webhook for a job this gateway has not seen: acknowledged, nothing primed");
         gw.metrics.webhook_received("unknown_job");
-        return;
+        return Ok(());
     }
     let mut outcome = "duplicate";
     for scope in scopes {
         let key = JobKey { scope, job };
         match lookup::prime(gw, &live, key, body.clone()).await {
             Ok(Primed::Stored) => outcome = "primed",
+            Ok(Primed::NotStored) if outcome != "primed" => outcome = "not_stored",
             Ok(Primed::Stale) if outcome == "duplicate" => outcome = "stale",
             Ok(_) => {}
             Err(e) => {
@@ -179,4 +195,5 @@ async fn process(
     }
     tracing::info!(%job, state = state.as_str(), outcome, "webhook delivery");
     gw.metrics.webhook_received(outcome);
+    Ok(())
 }

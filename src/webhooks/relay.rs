@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use time::OffsetDateTime;
 
 use super::event::Event;
-use super::outbox::{delivery_id, Delivery, Outbox, Status};
+use super::outbox::{delivery_id, Delivery, Outbox, RetryRefused, Status};
 use super::sign::SigningKey;
 use crate::auth::ScopeRule;
 use crate::cache::envelope::now_ms;
@@ -166,8 +166,12 @@ impl Relay {
             .map_or(now.saturating_add(retention_ms), |secs| {
                 secs.saturating_mul(1000).saturating_add(retention_ms)
             });
-        // A cleaned job is past its end by definition: still worth an hour of attempts.
-        let give_up_at = end.max(now.saturating_add(3_600_000));
+        // A cleaned job is past its end by definition: still worth an hour of attempts;
+        // and a `createdAt` in the future (the upstream's word) buys no more than a
+        // job's whole life from now.
+        let give_up_at = end
+            .max(now.saturating_add(3_600_000))
+            .min(now.saturating_add(retention_ms).saturating_add(3_600_000));
         let payload = event.payload(OffsetDateTime::now_utc());
         let mut queued = 0;
         for subscriber in subscribers.iter().filter(|s| s.wants(event)) {
@@ -260,9 +264,10 @@ impl Relay {
                     });
                 }
             }
-            if now.saturating_sub(pruned) > 60_000 {
+            if now.saturating_sub(pruned) > 5_000 {
                 pruned = now;
                 self.outbox.prune(now);
+                self.orphans(&hooks.subscribers).await;
             }
         }
     }
@@ -432,23 +437,47 @@ impl Relay {
         list
     }
 
-    /// Makes a delivery due now (an operator's retry), in whichever queue holds it.
-    pub async fn retry_now(&self, id: &str) -> Option<Delivery> {
+    /// Makes a delivery due now (an operator's retry), in whichever queue holds it; a
+    /// delivered one only with `replay`.
+    pub async fn retry_now(&self, id: &str, replay: bool) -> Result<Delivery, RetryRefused> {
         let now = now_ms();
         if let Some(shared) = self.usable() {
-            if let Some(mut d) = shared.relay_get(id).await {
-                d.status = Status::Pending;
-                d.next_at = now;
-                d.give_up_at = d.give_up_at.max(now + 60_000);
+            if let Some(d) = shared.relay_get(id).await {
+                let d = d.retried(now, replay)?;
                 if shared.relay_finish(&d).await.is_ok() {
                     self.wake.notify_one();
-                    return Some(d);
+                    return Ok(d);
                 }
             }
         }
-        let d = self.outbox.retry_now(id, now)?;
+        let d = self.outbox.retry_now(id, now, replay)?;
         self.wake.notify_one();
-        Some(d)
+        Ok(d)
+    }
+
+    /// Gives up the pending deliveries of subscribers no longer configured (a reload
+    /// removed them): nothing will ever send them.
+    async fn orphans(&self, configured: &[Arc<Subscriber>]) {
+        let orphaned = |d: &Delivery| {
+            d.status == Status::Pending && !configured.iter().any(|s| s.name == d.subscriber)
+        };
+        let give_up = |mut d: Delivery| {
+            d.status = Status::Failed;
+            d.last_outcome = Some("subscriber_removed".into());
+            d
+        };
+        for d in self.outbox.list(Some(Status::Pending), None) {
+            if orphaned(&d) {
+                self.outbox.finish(give_up(d));
+            }
+        }
+        if let Some(shared) = self.usable() {
+            for d in shared.relay_list().await {
+                if orphaned(&d) {
+                    let _ = shared.relay_finish(&give_up(d)).await;
+                }
+            }
+        }
     }
 
     /// How many deliveries are in each status, for `subscriber` or all.
@@ -520,6 +549,8 @@ fn retry_after(value: &HeaderValue) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     let wait = match text.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
+        // All digits but past u64: longer than any cap.
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => MAX_RETRY_AFTER,
         Err(_) => httpdate::parse_http_date(text)
             .ok()?
             .duration_since(std::time::SystemTime::now())
@@ -548,6 +579,8 @@ mod tests {
         let secs = |v: &str| retry_after(&HeaderValue::from_str(v).expect("value"));
         assert_eq!(secs("8"), Some(Duration::from_secs(8)));
         assert_eq!(secs("999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(secs("99999999999999999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(secs("-5"), None);
         assert_eq!(secs("Thu, 01 Jan 2099 00:00:00 GMT"), Some(MAX_RETRY_AFTER));
         assert_eq!(secs("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
         assert_eq!(secs("soon"), None);
