@@ -1880,3 +1880,152 @@ fn urls_with_user_info_are_refused_without_being_quoted() {
         assert!(!said.contains("PW-secret-1"), "{key}: {said}");
     }
 }
+
+/// With `[shared]`: a completion primed on one replica while Redis is away reaches the
+/// others when Redis is back (the older state they and Redis hold is dropped then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_a_completion_primed_during_an_outage_reaches_the_others_after_it() {
+    if !common::redis::installed() {
+        return;
+    }
+    let redis = common::redis::RedisServer::start().await;
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    let hooks = hooks(dir.path());
+    let gws = common::redis::replicas(&sim, &redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
+    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    let path = job_path(id);
+    assert_eq!(state(&common::get_from(&gws[0], &path).await), "processing");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(state(&common::get_from(&gws[1], &path).await), "processing");
+    redis.freeze();
+    common::redis::wait_shared(&gws[0], false).await;
+    sim.set_state(id, Some("completed"));
+    let body = upstream_body_of(&sim, id).await;
+    let ack = common::send(
+        &common::client(),
+        Method::POST,
+        &format!("{}/webhooks/exabase/{SECRET}", gws[0].url()),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(
+        ack.status,
+        StatusCode::ACCEPTED,
+        "it knows the job: primed here"
+    );
+    assert_eq!(state(&common::get_from(&gws[0], &path).await), "completed");
+    redis.thaw();
+    common::redis::wait_shared(&gws[0], true).await;
+    common::redis::wait_shared(&gws[1], true).await;
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            state(&common::get_from(&gws[1], &path).await) == "completed"
+        })
+        .await,
+        "the other replica drops its older state once Redis is back"
+    );
+}
+
+/// With `[shared]`, a replica whose config lacks a subscriber (a rolling deploy) leaves
+/// the deliveries the others queued for it in Redis alone; and retries sent at once for
+/// a pending delivery send it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_other_replicas_subscribers_and_concurrent_retries_are_respected() {
+    if !common::redis::installed() {
+        return;
+    }
+    let redis = common::redis::RedisServer::start().await;
+    let sim = common::start_sim(false).await;
+    let dir = common::tempdir();
+    // The first attempt is told to come back in an hour; every later one is taken.
+    let app = serve_endpoint(0, |before, _| {
+        if before.is_empty() {
+            (StatusCode::SERVICE_UNAVAILABLE, Some(3600))
+        } else {
+            (StatusCode::OK, None)
+        }
+    })
+    .await;
+    std::env::set_var("EXAGATE_TEST_SIGNING_RD", SIGNING);
+    std::env::set_var("EXAGATE_TEST_ADMIN_TOKEN_RD", "admin-token-rd");
+    let url = app.url.clone();
+    let hooks = hooks(dir.path());
+    let with_app = {
+        let hooks = hooks.clone();
+        move |c: &mut exagate::Config| {
+            let mut hooks = hooks.clone();
+            hooks.subscribers = vec![subscriber("app", &url, "EXAGATE_TEST_SIGNING_RD", None)];
+            c.webhooks = Some(hooks);
+            c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+            c.admin.token_env = "EXAGATE_TEST_ADMIN_TOKEN_RD".into();
+        }
+    };
+    let with = common::redis::replicas(&sim, &redis, 1, with_app).await;
+    // A replica of the next deploy, without that subscriber.
+    let without =
+        common::redis::replicas(&sim, &redis, 1, |c| c.webhooks = Some(hooks.clone())).await;
+    let id = sim.add_job(None, Some("failed"), time::OffsetDateTime::now_utc());
+    assert_eq!(
+        state(&common::get_from(&with[0], &job_path(id)).await),
+        "failed"
+    );
+    let relay = std::sync::Arc::clone(&with[0].gateway.webhooks.relay);
+    assert!(
+        eventually(Duration::from_secs(5), async || !app
+            .received
+            .lock()
+            .expect("log")
+            .is_empty())
+        .await
+    );
+    // Past two orphan sweeps (every 5 s) of the replica without the subscriber.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let pending = relay
+        .list(Some(exagate::webhooks::outbox::Status::Pending), None)
+        .await;
+    assert_eq!(pending.len(), 1, "still pending: {pending:?}");
+    drop(without);
+    // Twenty retries at once: one more delivery.
+    let admin = with[0].admin_url().expect("admin");
+    let retry = format!("{admin}/webhooks/deliveries/{}/retry", pending[0].id);
+    let retries: Vec<_> = (0..20)
+        .map(|_| {
+            let retry = retry.clone();
+            tokio::spawn(async move {
+                common::send(
+                    &common::client(),
+                    Method::POST,
+                    &retry,
+                    &[("authorization", "Bearer admin-token-rd")],
+                    Bytes::new(),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    for r in retries {
+        let status = r.await.expect("retry");
+        assert!(
+            status == StatusCode::OK || status == StatusCode::CONFLICT,
+            "{status}"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), async || app
+            .received
+            .lock()
+            .expect("log")
+            .len()
+            >= 2)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.received.lock().expect("log").len(),
+        2,
+        "sent once for twenty retries"
+    );
+}

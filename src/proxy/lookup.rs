@@ -411,11 +411,18 @@ pub async fn prime(
     gw.cache
         .replace(cache_key.clone(), Arc::clone(&answer))
         .await;
-    if let Some(shared) = gw.shared.as_ref().filter(|s| s.usable()) {
-        if let Some(envelope) = shared_envelope(&answer, body) {
-            shared.put(&cache_key, &envelope, now_ms()).await;
+    if let Some(shared) = &gw.shared {
+        if shared.usable() {
+            if let Some(envelope) = shared_envelope(&answer, body) {
+                shared.put(&cache_key, &envelope, now_ms()).await;
+            }
+            shared.announce(key).await;
+        } else {
+            // Redis is away: the other replicas (and Redis itself) hold the older state.
+            // The job's invalidation is kept and sent when Redis is back, so they drop it
+            // then and ask again.
+            shared.invalidate_job(key).await;
         }
-        shared.announce(key).await;
     }
     gw.watchers.changed(key.job);
     Ok(Primed::Stored)

@@ -114,6 +114,11 @@ pub async fn answer(
                         serde_json::json!({ "id": d.id, "status": d.status.as_str() }),
                     ))
                 }
+                // Not returned by the relay (a due one is answered as retried).
+                Err(RetryRefused::Due(d)) => Ok((
+                    StatusCode::OK,
+                    serde_json::json!({ "id": d.id, "status": d.status.as_str() }),
+                )),
                 Err(RetryRefused::Unknown) => {
                     Err(GatewayError::new(ErrorKind::NotFound, "no such delivery"))
                 }

@@ -70,12 +70,15 @@ pub struct Delivery {
 }
 
 /// Why an operator's retry was not taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum RetryRefused {
     /// No delivery of that id.
     Unknown,
     /// It was delivered: resending it needs `replay`.
     Delivered,
+    /// It is due already or being attempted: nothing to change (not an error to the
+    /// operator).
+    Due(Box<Delivery>),
 }
 
 impl Delivery {
@@ -85,6 +88,11 @@ impl Delivery {
     pub fn retried(mut self, now: u64, replay: bool) -> Result<Delivery, RetryRefused> {
         if self.status == Status::Delivered && !replay {
             return Err(RetryRefused::Delivered);
+        }
+        if self.status == Status::Pending && self.next_at <= now {
+            // Due already, or being attempted (a claim leaves its due time as it was):
+            // another retry changes nothing, so retries sent at once send it once.
+            return Err(RetryRefused::Due(Box::new(self)));
         }
         self.status = Status::Pending;
         self.next_at = now;

@@ -171,7 +171,7 @@ impl Relay {
         // job's whole life from now.
         let give_up_at = end
             .max(now.saturating_add(3_600_000))
-            .min(now.saturating_add(retention_ms).saturating_add(3_600_000));
+            .min(now.saturating_add(retention_ms.max(3_600_000)));
         let payload = event.payload(OffsetDateTime::now_utc());
         let mut queued = 0;
         for subscriber in subscribers.iter().filter(|s| s.wants(event)) {
@@ -443,20 +443,28 @@ impl Relay {
         let now = now_ms();
         if let Some(shared) = self.usable() {
             if let Some(d) = shared.relay_get(id).await {
-                let d = d.retried(now, replay)?;
+                let d = match d.retried(now, replay) {
+                    Err(RetryRefused::Due(d)) => return Ok(*d),
+                    other => other?,
+                };
                 if shared.relay_finish(&d).await.is_ok() {
                     self.wake.notify_one();
                     return Ok(d);
                 }
             }
         }
-        let d = self.outbox.retry_now(id, now, replay)?;
+        let d = match self.outbox.retry_now(id, now, replay) {
+            Err(RetryRefused::Due(d)) => return Ok(*d),
+            other => other?,
+        };
         self.wake.notify_one();
         Ok(d)
     }
 
-    /// Gives up the pending deliveries of subscribers no longer configured (a reload
-    /// removed them): nothing will ever send them.
+    /// Gives up the pending deliveries of this process's own queue whose subscriber is no
+    /// longer configured (a reload removed it): nothing will ever send them. Not those in
+    /// Redis: another replica (a rolling deploy) may still have that subscriber; they
+    /// leave Redis with their job's life.
     async fn orphans(&self, configured: &[Arc<Subscriber>]) {
         let orphaned = |d: &Delivery| {
             d.status == Status::Pending && !configured.iter().any(|s| s.name == d.subscriber)
@@ -469,13 +477,6 @@ impl Relay {
         for d in self.outbox.list(Some(Status::Pending), None) {
             if orphaned(&d) {
                 self.outbox.finish(give_up(d));
-            }
-        }
-        if let Some(shared) = self.usable() {
-            for d in shared.relay_list().await {
-                if orphaned(&d) {
-                    let _ = shared.relay_finish(&give_up(d)).await;
-                }
             }
         }
     }
