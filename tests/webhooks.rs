@@ -853,8 +853,7 @@ fn webhooks_command(dir: &std::path::Path, action: &str, env: &[(&str, &str)]) -
 async fn register_then_a_long_poll_returns_when_the_apis_webhook_arrives() {
     let sim = common::start_sim(false).await;
     let dir = common::tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let key_file = key_file(dir.path());
     let (port, admin) = (common::free_port(), common::free_port());
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
@@ -960,8 +959,7 @@ async fn pending_deliveries_survive_kill_9() {
     let dir = common::tempdir();
     let state_dir = dir.path().join("state");
     std::fs::create_dir(&state_dir).expect("state dir");
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let key_file = key_file(dir.path());
     let (port, admin, hook_port) = (
         common::free_port(),
         common::free_port(),
@@ -1123,8 +1121,7 @@ async fn waiters_on_an_unkept_job_refresh_it_once_a_second_together() {
 #[test]
 fn check_refuses_webhook_secrets_the_gateway_would_refuse() {
     let dir = common::tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let key_file = key_file(dir.path());
     let base = format!(
         "[upstream]\napi_key_file = \"{}\"\n[webhooks]\nsecret_env = \"EXAGATE_TEST_CHECK_SECRET\"\npublic_url = \"http://127.0.0.1:1\"\n\
          [[webhooks.subscribers]]\nname = \"app\"\nurl = \"http://user:pw-secret-9@127.0.0.1:9/hooks?token=qs-secret-9\"\nsecret_env = \"EXAGATE_TEST_CHECK_SIGNING\"\n",
@@ -1196,8 +1193,7 @@ fn check_refuses_webhook_secrets_the_gateway_would_refuse() {
 async fn a_new_secret_in_the_secret_file_is_picked_up_without_a_signal() {
     let sim = common::start_sim(false).await;
     let dir = common::tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let key_file = key_file(dir.path());
     let secret_file = dir.path().join("webhook-secret");
     std::fs::write(&secret_file, SECRET).expect("secret");
     let port = common::free_port();
@@ -1258,12 +1254,9 @@ async fn upstream_body_of(sim: &exagate::sim::Simulator, id: Uuid) -> Bytes {
 /// upstream call; events learned by both replicas reach a subscriber once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers_hear_once() {
-    if !common::redis::installed() {
+    let Some((redis, sim, dir)) = shared_setup().await else {
         return;
-    }
-    let redis = common::redis::RedisServer::start().await;
-    let sim = common::start_sim(false).await;
-    let dir = common::tempdir();
+    };
     let app = endpoint(vec![]).await;
     let url = app.url.clone();
     std::env::set_var("EXAGATE_TEST_SIGNING_S", SIGNING);
@@ -1295,14 +1288,7 @@ async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers
     let body = upstream_body_of(&sim, id).await;
     let calls = sim.calls_to(&path);
     let acked_at = Instant::now();
-    let ack = common::send(
-        &common::client(),
-        Method::POST,
-        &format!("{}/webhooks/exabase/{SECRET}", gws[1].url()),
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await;
+    let ack = deliver_to(&gws[1], body).await;
     assert_eq!(ack.status, StatusCode::ACCEPTED);
     let (reply, answered) = waiter.await.expect("waiter");
     assert_eq!(state(&reply), "completed");
@@ -1326,14 +1312,7 @@ async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers
         c.webhooks = Some(hooks.clone());
     })
     .await;
-    let ack = common::send(
-        &common::client(),
-        Method::POST,
-        &format!("{}/webhooks/exabase/{SECRET}", third[0].url()),
-        &[("content-type", "application/json")],
-        in_progress,
-    )
-    .await;
+    let ack = deliver_to(&third[0], in_progress).await;
     assert_eq!(ack.status, StatusCode::ACCEPTED);
     tokio::time::sleep(Duration::from_millis(300)).await;
     for gw in gws.iter().chain(third.iter()) {
@@ -1378,12 +1357,9 @@ async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers
 /// one that queued it is gone (no state directory anywhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_pending_deliveries_live_in_redis() {
-    if !common::redis::installed() {
+    let Some((redis, sim, dir)) = shared_setup().await else {
         return;
-    }
-    let redis = common::redis::RedisServer::start().await;
-    let sim = common::start_sim(false).await;
-    let dir = common::tempdir();
+    };
     let hook_port = common::free_port();
     let url = format!("http://127.0.0.1:{hook_port}/hooks");
     std::env::set_var("EXAGATE_TEST_SIGNING_R", SIGNING);
@@ -1582,14 +1558,7 @@ async fn after_a_restart_deliveries_prime_the_jobs_it_had_seen() {
     .await
     .body;
     let calls = sim.calls_to(&job_path(id));
-    let ack = common::send(
-        &common::client(),
-        Method::POST,
-        &format!("{}/webhooks/exabase/{SECRET}", second.url()),
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await;
+    let ack = deliver_to(&second, body).await;
     assert_eq!(ack.status, StatusCode::ACCEPTED);
     assert!(
         eventually(Duration::from_secs(2), async || {
@@ -1604,12 +1573,9 @@ async fn after_a_restart_deliveries_prime_the_jobs_it_had_seen() {
 /// (which may know who did) is away is refused for the API to send again, not dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_a_delivery_that_cannot_be_placed_is_refused_for_a_retry() {
-    if !common::redis::installed() {
+    let Some((redis, sim, dir)) = shared_setup().await else {
         return;
-    }
-    let redis = common::redis::RedisServer::start().await;
-    let sim = common::start_sim(false).await;
-    let dir = common::tempdir();
+    };
     let hooks = hooks(dir.path());
     let gws = common::redis::replicas(&sim, &redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
     let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
@@ -1621,28 +1587,14 @@ async fn with_shared_a_delivery_that_cannot_be_placed_is_refused_for_a_retry() {
     let body = upstream_body_of(&sim, id).await;
     redis.freeze();
     common::redis::wait_shared(&gws[1], false).await;
-    let refused = common::send(
-        &common::client(),
-        Method::POST,
-        &format!("{}/webhooks/exabase/{SECRET}", gws[1].url()),
-        &[("content-type", "application/json")],
-        body.clone(),
-    )
-    .await;
+    let refused = deliver_to(&gws[1], body.clone()).await;
     redis.thaw();
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.error_code(), "temporarily_unavailable");
     assert!(refused.headers.contains_key("retry-after"));
     // Sent again once Redis is back: primed everywhere.
     common::redis::wait_shared(&gws[1], true).await;
-    let ack = common::send(
-        &common::client(),
-        Method::POST,
-        &format!("{}/webhooks/exabase/{SECRET}", gws[1].url()),
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await;
+    let ack = deliver_to(&gws[1], body).await;
     assert_eq!(ack.status, StatusCode::ACCEPTED);
     assert!(
         eventually(Duration::from_secs(3), async || {
@@ -1763,8 +1715,7 @@ async fn a_delivered_delivery_is_resent_only_on_replay() {
 async fn deliveries_of_a_removed_subscriber_are_given_up() {
     let sim = common::start_sim(false).await;
     let dir = common::tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let key_file = key_file(dir.path());
     let (port, admin, hook_port) = (
         common::free_port(),
         common::free_port(),
@@ -1835,8 +1786,7 @@ async fn deliveries_of_a_removed_subscriber_are_given_up() {
 #[test]
 fn urls_with_user_info_are_refused_without_being_quoted() {
     let dir = common::tempdir();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    let key_file = key_file(dir.path());
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, SECRET).expect("secret");
     for (key, config) in [
@@ -1885,12 +1835,9 @@ fn urls_with_user_info_are_refused_without_being_quoted() {
 /// others when Redis is back (the older state they and Redis hold is dropped then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_a_completion_primed_during_an_outage_reaches_the_others_after_it() {
-    if !common::redis::installed() {
+    let Some((redis, sim, dir)) = shared_setup().await else {
         return;
-    }
-    let redis = common::redis::RedisServer::start().await;
-    let sim = common::start_sim(false).await;
-    let dir = common::tempdir();
+    };
     let hooks = hooks(dir.path());
     let gws = common::redis::replicas(&sim, &redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
     let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
@@ -1902,14 +1849,7 @@ async fn with_shared_a_completion_primed_during_an_outage_reaches_the_others_aft
     common::redis::wait_shared(&gws[0], false).await;
     sim.set_state(id, Some("completed"));
     let body = upstream_body_of(&sim, id).await;
-    let ack = common::send(
-        &common::client(),
-        Method::POST,
-        &format!("{}/webhooks/exabase/{SECRET}", gws[0].url()),
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await;
+    let ack = deliver_to(&gws[0], body).await;
     assert_eq!(
         ack.status,
         StatusCode::ACCEPTED,
@@ -1933,12 +1873,9 @@ async fn with_shared_a_completion_primed_during_an_outage_reaches_the_others_aft
 /// a pending delivery send it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_other_replicas_subscribers_and_concurrent_retries_are_respected() {
-    if !common::redis::installed() {
+    let Some((redis, sim, dir)) = shared_setup().await else {
         return;
-    }
-    let redis = common::redis::RedisServer::start().await;
-    let sim = common::start_sim(false).await;
-    let dir = common::tempdir();
+    };
     // The first attempt is told to come back in an hour; every later one is taken.
     let app = serve_endpoint(0, |before, _| {
         if before.is_empty() {
@@ -2028,4 +1965,40 @@ async fn with_shared_other_replicas_subscribers_and_concurrent_retries_are_respe
         2,
         "sent once for twenty retries"
     );
+}
+
+/// The API key in a file under `dir`, for a binary's config.
+fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("key");
+    std::fs::write(&path, format!("{KEY}\n")).expect("key");
+    path
+}
+
+/// A real redis-server, a simulator and a work dir for a `[shared]` test; `None` (the
+/// test skips, saying so) where redis-server is not installed.
+async fn shared_setup() -> Option<(
+    common::redis::RedisServer,
+    exagate::sim::Simulator,
+    tempfile::TempDir,
+)> {
+    if !common::redis::installed() {
+        return None;
+    }
+    Some((
+        common::redis::RedisServer::start().await,
+        common::start_sim(false).await,
+        common::tempdir(),
+    ))
+}
+
+/// POSTs a delivery to `gw`'s receiver, as the API does.
+async fn deliver_to(gw: &exagate::RunningGateway, body: Bytes) -> Reply {
+    common::send(
+        &common::client(),
+        Method::POST,
+        &format!("{}/webhooks/exabase/{SECRET}", gw.url()),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
 }

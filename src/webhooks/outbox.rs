@@ -418,8 +418,9 @@ impl Book {
     }
 }
 
-/// Opens for appending (or truncates), readable by the gateway's user only.
-fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
+/// Opens for appending (or truncates), readable by the gateway's user only (the
+/// journals of `state.dir`).
+pub(super) fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.create(true);
     if truncate {

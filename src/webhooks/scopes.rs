@@ -174,13 +174,13 @@ impl Scopes {
                 lines += 1;
             }
         }
-        let mut out = private(&temporary, true)?;
+        let mut out = super::outbox::open_private(&temporary, true)?;
         out.write_all(&text)?;
         out.sync_all()?;
         std::fs::rename(&temporary, path)?;
         Ok(Journal {
             path: path.to_path_buf(),
-            file: private(path, false)?,
+            file: super::outbox::open_private(path, false)?,
             lines,
         })
     }
@@ -189,23 +189,6 @@ impl Scopes {
     pub fn of(&self, job: Uuid) -> Vec<Scope> {
         self.seen.get(&job).map(|s| s.to_vec()).unwrap_or_default()
     }
-}
-
-/// Opens for appending (or truncates), readable by the gateway's user only.
-fn private(path: &Path, truncate: bool) -> std::io::Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true);
-    if truncate {
-        options.write(true).truncate(true);
-    } else {
-        options.append(true);
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    options.open(path)
 }
 
 #[cfg(test)]
