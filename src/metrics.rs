@@ -133,6 +133,16 @@ pub const RECEIVED_OUTCOMES: [&str; 7] = [
     "refused",
 ];
 
+/// See [`EVICTION_CAUSES`]: why an answer was not stored.
+pub const NOT_STORED_REASONS: [&str; 6] = [
+    "status",
+    "disabled",
+    "past_retention",
+    "no_created_at",
+    "job_not_completed",
+    "links_expiring",
+];
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     /// The registry the admin listener encodes.
@@ -206,6 +216,11 @@ pub struct Metrics {
     pub webhook_queue: Family<StatusLabels, Gauge>,
     /// Long-polls held now (set at scrape time).
     pub waiters: Gauge,
+    /// Answers not stored, by reason (the policy's `NoCacheReason`).
+    pub not_stored: Family<CauseLabels, Counter>,
+    /// Job entries kept shorter than their state allows because a signed link in them
+    /// dies sooner (less `cache.link_margin`).
+    pub link_shortened: Counter,
     /// The hottest series, `requests{route="job",status="200",cache="hit",client=""}`,
     /// held directly so an open gateway's hits skip the family's lock and label hashing.
     open_job_hits: Counter,
@@ -417,6 +432,21 @@ impl Metrics {
             "Long-polls (?wait=) held now",
             waiters.clone(),
         );
+        let not_stored = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "answers_not_stored",
+            "Upstream answers not stored, by reason (status, disabled, past_retention, no_created_at, job_not_completed, links_expiring)",
+            not_stored.clone(),
+        );
+        for cause in NOT_STORED_REASONS {
+            let _ = not_stored.get_or_create(&CauseLabels { cause });
+        }
+        let link_shortened = Counter::default();
+        registry.register(
+            "cache_link_shortened",
+            "Job entries kept shorter than their state allows because a signed link in them dies sooner",
+            link_shortened.clone(),
+        );
         for cause in RECEIVED_OUTCOMES {
             let _ = webhooks_received.get_or_create(&CauseLabels { cause });
         }
@@ -479,6 +509,8 @@ impl Metrics {
             webhooks_relayed,
             webhook_queue,
             waiters,
+            not_stored,
+            link_shortened,
         }
     }
 

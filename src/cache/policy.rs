@@ -65,6 +65,8 @@ pub enum NoCacheReason {
     NoCreatedAt,
     /// A chunks answer for a job not known to be completed.
     JobNotCompleted,
+    /// A signed link in the job dies within `cache.link_margin`.
+    LinksExpiring,
 }
 
 impl NoCacheReason {
@@ -76,6 +78,7 @@ impl NoCacheReason {
             NoCacheReason::PastRetention => "past_retention",
             NoCacheReason::NoCreatedAt => "no_created_at",
             NoCacheReason::JobNotCompleted => "job_not_completed",
+            NoCacheReason::LinksExpiring => "links_expiring",
         }
     }
 }
@@ -104,6 +107,8 @@ pub struct CachePolicy {
     in_progress_ttl: Duration,
     /// For 404s.
     not_found_ttl: Duration,
+    /// How long before a signed link's expiry a job's entry ends.
+    link_margin: Duration,
 }
 
 impl CachePolicy {
@@ -116,6 +121,7 @@ impl CachePolicy {
             failed_ttl: config.failed_ttl,
             in_progress_ttl: config.in_progress_ttl,
             not_found_ttl: config.not_found_ttl,
+            link_margin: config.link_margin,
         }
     }
 
@@ -157,6 +163,28 @@ impl CachePolicy {
         Self::store_for(ttl)
     }
 
+    /// `decision` for a job whose earliest signed link dies at `links`: kept no longer
+    /// than `cache.link_margin` before it, and not at all if that moment is past. Links
+    /// of unknown formats (`None`) change nothing.
+    pub fn for_links(
+        &self,
+        decision: Decision,
+        links: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Decision {
+        let (Decision::Store(ttl), Some(dies)) = (decision, links) else {
+            return decision;
+        };
+        let margin = time::Duration::try_from(self.link_margin).unwrap_or(time::Duration::MAX);
+        let left = dies
+            .checked_sub(margin)
+            .map_or(time::Duration::ZERO, |until| until - now);
+        if left <= time::Duration::ZERO {
+            return Decision::Skip(NoCacheReason::LinksExpiring);
+        }
+        Decision::Store(ttl.min(Duration::try_from(left).unwrap_or(Duration::ZERO)))
+    }
+
     /// How long a 404 stays true: briefly, since a job can appear moments after its
     /// creation was acknowledged.
     pub fn for_not_found(&self) -> Decision {
@@ -174,6 +202,33 @@ impl CachePolicy {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn signed_links_bound_the_entry_less_the_margin() {
+        let config = crate::config::CacheConfig {
+            link_margin: Duration::from_secs(60),
+            ..crate::config::CacheConfig::default()
+        };
+        let policy = CachePolicy::new(&config);
+        let now = OffsetDateTime::now_utc();
+        let day = Decision::Store(Duration::from_secs(86_400));
+        let soon = now + time::Duration::seconds(600);
+        assert_eq!(
+            policy.for_links(day, Some(soon), now),
+            Decision::Store(Duration::from_secs(540))
+        );
+        let within = now + time::Duration::seconds(30);
+        assert_eq!(
+            policy.for_links(day, Some(within), now),
+            Decision::Skip(NoCacheReason::LinksExpiring)
+        );
+        assert_eq!(policy.for_links(day, None, now), day);
+        let short = Decision::Store(Duration::from_secs(1));
+        assert_eq!(policy.for_links(short, Some(soon), now), short);
+        let skip = Decision::Skip(NoCacheReason::Status);
+        assert_eq!(policy.for_links(skip, Some(within), now), skip);
+    }
+
     use super::*;
     use time::macros::datetime;
 

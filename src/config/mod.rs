@@ -374,6 +374,10 @@ pub struct CacheConfig {
     /// How long a 404 is kept: a job may appear moments after creation.
     #[serde(with = "duration")]
     pub not_found_ttl: Duration,
+    /// A job's entry expires this long before the earliest expiry of a signed link in
+    /// it (read from the URLs), so an app that gets the job still has time to use them.
+    #[serde(with = "duration")]
+    pub link_margin: Duration,
 }
 
 impl Default for CacheConfig {
@@ -386,6 +390,7 @@ impl Default for CacheConfig {
             failed_ttl: Duration::from_secs(30),
             in_progress_ttl: Duration::from_secs(1),
             not_found_ttl: Duration::from_secs(2),
+            link_margin: Duration::from_secs(60),
         }
     }
 }
@@ -763,6 +768,10 @@ pub fn describe(config: &Config) -> Vec<String> {
     lines.push(format!(
         "long-polls (?wait=) are held at most {}",
         d(config.server.max_wait)
+    ));
+    lines.push(format!(
+        "a job's entry ends {} before the earliest expiry a signed link in it states",
+        d(c.link_margin)
     ));
     match &config.webhooks {
         None => lines.push(

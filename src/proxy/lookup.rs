@@ -378,7 +378,7 @@ pub async fn prime(
         body: body.clone(),
         elapsed: Duration::ZERO,
     };
-    let (answer, _) = job_answer(live, key.job, fetched)?;
+    let (answer, _) = job_answer(live, &gw.metrics, key.job, fetched)?;
     let finished = |s: Option<JobState>| {
         matches!(
             s,
@@ -467,7 +467,7 @@ async fn fetch_upstream(
         .await?;
     let original = fetched.body.clone();
     let (answer, seen) = match key {
-        CacheKey::Job(k) => job_answer(live, k.job, fetched)?,
+        CacheKey::Job(k) => job_answer(live, &gw.metrics, k.job, fetched)?,
         CacheKey::Chunks(k, _) => (chunks_answer(gw, k, fetched).await?, None),
     };
     Ok((Arc::new(answer), original, seen))
@@ -499,10 +499,10 @@ fn restored(
             if !is_job(&facts, k.job) || Some(facts.state) != envelope.job_state {
                 return None;
             }
-            let decision =
-                live.policy
-                    .for_job(facts.state, facts.created_at, OffsetDateTime::now_utc());
-            match decision {
+            let now = OffsetDateTime::now_utc();
+            let decision = live.policy.for_job(facts.state, facts.created_at, now);
+            let links = crate::cache::links::earliest_expiry(&envelope.body);
+            match live.policy.for_links(decision, links, now) {
                 Decision::Store(ttl) => (body, ttl),
                 Decision::Skip(_) => return None,
             }
@@ -564,6 +564,7 @@ fn is_job(facts: &crate::proxy::rewrite::JobFacts, asked: Uuid) -> bool {
 /// briefly, anything else passed on unstored.
 fn job_answer(
     live: &Live,
+    metrics: &crate::metrics::Metrics,
     asked: Uuid,
     fetched: Fetched,
 ) -> Result<(Answer, Option<Seen>), GatewayError> {
@@ -584,9 +585,16 @@ fn job_answer(
                     "the upstream answered with a job whose id is not the one asked for",
                 ));
             }
-            let decision =
-                live.policy
-                    .for_job(facts.state, facts.created_at, OffsetDateTime::now_utc());
+            let now = OffsetDateTime::now_utc();
+            let decision = live.policy.for_job(facts.state, facts.created_at, now);
+            // Never past the earliest expiry of a signed link in it (less the margin).
+            let links = crate::cache::links::earliest_expiry(&fetched.body);
+            let bounded = live.policy.for_links(decision, links, now);
+            if matches!((decision, bounded), (Decision::Store(a), Decision::Store(b)) if b < a) {
+                metrics.link_shortened.inc();
+                tracing::debug!(job = %asked, ?links, "entry kept only until its signed links die (less cache.link_margin)");
+            }
+            let decision = bounded;
             seen = Some(Seen {
                 state: facts.state,
                 created_at: facts.created_at,
@@ -596,7 +604,7 @@ fn job_answer(
         StatusCode::NOT_FOUND => (None, None, live.policy.for_not_found()),
         _ => (None, None, Decision::Skip(NoCacheReason::Status)),
     };
-    let lifetime = lifetime(fetched.status, decision);
+    let lifetime = lifetime(metrics, fetched.status, decision);
     Ok((answer(fetched, body, state, lifetime), seen))
 }
 
@@ -617,24 +625,34 @@ async fn chunks_answer(
         }
         lifetime = completed_job_left(gw, job).await;
         if lifetime.is_none() {
-            not_stored(fetched.status, NoCacheReason::JobNotCompleted);
+            not_stored(&gw.metrics, fetched.status, NoCacheReason::JobNotCompleted);
         }
     }
     Ok(answer(fetched, None, None, lifetime))
 }
 
 /// How long a decision says the answer stays true; `None` for not stored.
-fn lifetime(status: StatusCode, decision: Decision) -> Option<Duration> {
+fn lifetime(
+    metrics: &crate::metrics::Metrics,
+    status: StatusCode,
+    decision: Decision,
+) -> Option<Duration> {
     match decision {
         Decision::Store(ttl) => Some(ttl),
         Decision::Skip(reason) => {
-            not_stored(status, reason);
+            not_stored(metrics, status, reason);
             None
         }
     }
 }
 
-fn not_stored(status: StatusCode, reason: NoCacheReason) {
+fn not_stored(metrics: &crate::metrics::Metrics, status: StatusCode, reason: NoCacheReason) {
+    metrics
+        .not_stored
+        .get_or_create(&crate::metrics::CauseLabels {
+            cause: reason.as_str(),
+        })
+        .inc();
     tracing::debug!(
         status = status.as_u16(),
         reason = reason.as_str(),

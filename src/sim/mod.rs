@@ -76,6 +76,10 @@ pub struct SimOptions {
     pub download_size: usize,
     /// Where to listen. Must be a loopback address; port 0 picks a free port.
     pub addr: SocketAddr,
+    /// Sign the CDN links in job bodies (S3 SigV4 style: `X-Amz-Date` + `X-Amz-Expires`)
+    /// for this long from each render; `None` (the default): links whose expiry cannot
+    /// be read, as the API's examples show them.
+    pub link_lifetime: Option<Duration>,
     /// Send webhooks (on completion and on trigger). Off, the settings are
     /// still stored and the trigger still answers, but nothing is sent.
     pub send_webhooks: bool,
@@ -96,6 +100,7 @@ impl Default for SimOptions {
             processing_for: Duration::from_secs(3),
             download_size: 4 * 1024 * 1024,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            link_lifetime: None,
             send_webhooks: true,
             webhook_timeout: Duration::from_secs(5),
             // Backoff, doubling, as the real API retries.
@@ -215,6 +220,7 @@ impl Simulator {
             origin: origin.clone(),
             workspace_id: store::new_uuid().to_string(),
             user_id: store::new_uuid().to_string(),
+            link_lifetime: opts.link_lifetime,
         };
         let schedule = Schedule {
             pending_for: opts.pending_for,

@@ -93,6 +93,9 @@ pub(super) struct RenderCtx {
     pub(super) origin: String,
     pub(super) workspace_id: String,
     pub(super) user_id: String,
+    /// Sign CDN links (S3 SigV4 style) for this long from each render; `None`: links
+    /// that say no expiry.
+    pub(super) link_lifetime: Option<Duration>,
 }
 
 /// How a job's state is decided.
@@ -422,7 +425,12 @@ impl Jobs {
                 return Some(raw.body.clone());
             }
             let state = job.state.current(&self.schedule, Instant::now());
-            if let Some(c) = &job.cache {
+            // Signed links are signed at each render: nothing rendered is reused then.
+            if let Some(c) = job
+                .cache
+                .as_ref()
+                .filter(|_| self.ctx.link_lifetime.is_none())
+            {
                 if c.state == state && c.padding_gen == st.padding_gen {
                     return Some(c.body.clone());
                 }
@@ -527,8 +535,24 @@ fn job_json<'a>(view: &'a JobView, ctx: &'a RenderCtx, pad: &str) -> JobJson<'a>
     let id = view.id.hyphenated().to_string();
     let created_at = format_time(view.created_at);
     let done = has_extraction(view.state.as_deref());
+    let signed_at = OffsetDateTime::now_utc();
     let cdn = |file: &str| {
-        format!("https://cdn.exabase.io/{id}/{file}?X-Amz-Signature=abc123&X-Amz-Expires=86400")
+        match ctx.link_lifetime {
+        None => format!(
+            "https://cdn.exabase.io/{id}/{file}?X-Amz-Signature=abc123&X-Amz-Expires=86400"
+        ),
+        // Signed at each render, as a presigning API does on every GET.
+        Some(lifetime) => format!(
+            "https://cdn.exabase.io/{id}/{file}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date={:04}{:02}{:02}T{:02}{:02}{:02}Z&X-Amz-Expires={}&X-Amz-SignedHeaders=host&X-Amz-Signature=abc123",
+            signed_at.year(),
+            u8::from(signed_at.month()),
+            signed_at.day(),
+            signed_at.hour(),
+            signed_at.minute(),
+            signed_at.second(),
+            lifetime.as_secs()
+        ),
+    }
     };
     let extraction = done.then(|| Extraction {
         common: Common {
@@ -703,6 +727,7 @@ mod tests {
             origin: "http://127.0.0.1:1".to_owned(),
             workspace_id: new_uuid().to_string(),
             user_id: new_uuid().to_string(),
+            link_lifetime: None,
         };
         let schedule = Schedule {
             pending_for: Duration::from_secs(60),
@@ -754,6 +779,7 @@ mod tests {
             origin: "http://127.0.0.1:1".to_owned(),
             workspace_id: new_uuid().to_string(),
             user_id: new_uuid().to_string(),
+            link_lifetime: None,
         };
         let instant = Schedule {
             pending_for: Duration::ZERO,
