@@ -428,18 +428,7 @@ fn check_config(dir: &std::path::Path, rest: &str, env: &[(&str, &str)]) -> (boo
         ),
     )
     .expect("write config");
-    let mut command = Command::new(BIN);
-    command.args(["check", "--config"]).arg(&config);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let out = command.output().expect("run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::run_exagate(&["check"], &config, env)
 }
 
 /// `exagate check` on a config whose `[admin]` table is `admin`.

@@ -453,17 +453,7 @@ impl Base {
         let generators = list_at(&kustomization, &["configMapGenerator"]);
         assert_eq!(generators.len(), 1, "one generated ConfigMap");
         let configmap_name = str_at(&generators[0], &["name"]).to_string();
-        let files = list_at(&generators[0], &["files"]);
-        assert_eq!(files.len(), 1, "the ConfigMap holds config.toml only");
-        let entry = files[0].as_str().expect("file entry");
-        // `key=path` or just `path` (the key is then the file name).
-        let (key, file) = entry.split_once('=').unwrap_or((entry, entry));
-        assert_eq!(
-            Path::new(key).file_name().and_then(|n| n.to_str()),
-            Some("config.toml"),
-            "the ConfigMap key must be config.toml"
-        );
-        let config_path = dir.join(file);
+        let config_path = generated_config(&dir, &generators[0]);
         let config = Effective::check(&config_path);
         let mut take = |kind: &str| {
             by_kind
@@ -979,16 +969,7 @@ impl Overlay {
             "the overlay replaces the base's ConfigMap, by its name"
         );
         assert_eq!(str_at(&generators[0], &["behavior"]), "replace");
-        let files = list_at(&generators[0], &["files"]);
-        assert_eq!(files.len(), 1, "the ConfigMap holds config.toml only");
-        let entry = files[0].as_str().expect("file entry");
-        let (key, file) = entry.split_once('=').unwrap_or((entry, entry));
-        assert_eq!(
-            Path::new(key).file_name().and_then(|n| n.to_str()),
-            Some("config.toml"),
-            "the ConfigMap key must stay config.toml, which --config names"
-        );
-        let config_path = dir.join(file);
+        let config_path = generated_config(&dir, &generators[0]);
         assert!(
             config_path.starts_with(&dir),
             "the overlay's own config.toml"
@@ -2423,4 +2404,20 @@ fn the_systemd_state_directory_is_the_configs_state_dir() {
         0,
         "StateDirectoryMode={mode:o}: the service's alone"
     );
+}
+
+/// The file a kustomization's ConfigMap generator makes the ConfigMap of: it holds one
+/// file, under the key `config.toml` (which the container's `--config` names).
+fn generated_config(dir: &Path, generator: &Yaml) -> std::path::PathBuf {
+    let files = list_at(generator, &["files"]);
+    assert_eq!(files.len(), 1, "the ConfigMap holds config.toml only");
+    let entry = files[0].as_str().expect("file entry");
+    // `key=path` or just `path` (the key is then the file name).
+    let (key, file) = entry.split_once('=').unwrap_or((entry, entry));
+    assert_eq!(
+        Path::new(key).file_name().and_then(|n| n.to_str()),
+        Some("config.toml"),
+        "the ConfigMap key must be config.toml, which --config names"
+    );
+    dir.join(file)
 }

@@ -25,11 +25,9 @@ async fn until_miss(gw: &RunningGateway, path: &str, within: Duration, what: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_fetched_through_one_replica_is_a_hit_on_another() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 2, |_| {}).await;
     let id = sim.add_completed(None);
     let first = get(&gws[0], &job_path(id)).await;
@@ -111,11 +109,9 @@ async fn a_job_fetched_through_one_replica_is_a_hit_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_requests_spread_over_three_replicas_cost_one_call() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 3, |_| {}).await;
     let id = sim.add_completed(None);
     sim.set_fault(Fault::Latency(Duration::from_millis(400)));
@@ -137,11 +133,9 @@ async fn cold_requests_spread_over_three_replicas_cost_one_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quota_is_the_accounts_not_each_replicas() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 2, |c| {
         c.upstream.rate_limit = Some(Rate {
             count: 6,
@@ -188,11 +182,9 @@ async fn the_quota_is_the_accounts_not_each_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_through_one_replica_closes_the_gate_on_the_other() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 2, |_| {}).await;
     sim.set_fault_for(
         Fault::TooManyRequests {
@@ -226,12 +218,10 @@ async fn a_429_through_one_replica_closes_the_gate_on_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_or_a_job_action_on_one_replica_is_a_miss_on_the_other() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
+    };
     std::env::set_var("EXAGATE_TEST_SHARED_PURGE", "shared-purge-31a");
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |c| {
         c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         c.admin.token_env = "EXAGATE_TEST_SHARED_PURGE".into();
@@ -357,11 +347,9 @@ async fn gateways_with_different_keys_never_share_an_entry_and_no_secret_reaches
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_is_warm_from_redis() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let ids = sim.seed_completed(None, 20);
     {
         let mut first = replicas(&sim, &redis, 1, |_| {}).await;
@@ -407,11 +395,9 @@ async fn traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_traffic_degrades_and_comes_back() {
-    if !common::redis::installed() {
+    let Some((mut redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let mut redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 1, |_| {}).await;
     let gw = &gws[0];
     let warm = sim.seed_completed(None, 5);
@@ -447,11 +433,9 @@ async fn redis_killed_mid_traffic_degrades_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_frozen_mid_traffic_holds_no_request_past_the_timeout() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 2, |_| {}).await;
     let warm = sim.seed_completed(None, 5);
     for id in &warm {
@@ -581,11 +565,9 @@ async fn the_redis_password_never_appears_in_logs_or_metrics() {
 // not answer "PONG").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_subscription_keeps_the_local_cache() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 1, |_| {}).await;
     let id = sim.add_completed(None);
     assert_eq!(get(&gws[0], &job_path(id)).await.cache(), "miss");
@@ -656,11 +638,9 @@ async fn redis_unreachable_at_start_the_gateway_serves_and_joins_when_it_appears
 // one of ours) is cut back to a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lock_holder_costs_one_call_and_no_error() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 1, |c| {
         c.upstream.timeout = Duration::from_secs(6)
     })
@@ -737,11 +717,9 @@ async fn name_prefix(sim: &Simulator, redis: &RedisServer, gw: &RunningGateway) 
 // rate and cap allow: a reload that changes the rate, or junk, cannot lock the quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_quota_or_gate_never_refuses_past_the_current_rate_and_cap() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 1, |c| {
         c.upstream.rate_limit = Some(Rate {
             count: 36_000,
@@ -810,11 +788,9 @@ async fn a_stored_quota_or_gate_never_refuses_past_the_current_rate_and_cap() {
 // replica spent in shared mode is spent from its local share too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_after_the_bucket_ran_dry_hands_out_no_fresh_burst() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 2, |c| {
         c.upstream.rate_limit = Some(Rate {
             count: 6,
@@ -843,12 +819,10 @@ async fn an_outage_after_the_bucket_ran_dry_hands_out_no_fresh_burst() {
 // replica stays in shared mode, answers from the upstream, and repairs the entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_of_the_wrong_type_is_one_miss_not_an_outage() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
+    };
     std::env::set_var("EXAGATE_TEST_SHARED_JUNK", "junk-purge-5c3");
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |c| {
         c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         c.admin.token_env = "EXAGATE_TEST_SHARED_JUNK".into();
@@ -1128,12 +1102,10 @@ async fn a_poisoned_shared_entry_is_never_served_as_it_is() {
 // is back, and the purging request does not wait for Redis meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_during_a_redis_outage_reaches_the_others_when_it_is_back() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
+    };
     std::env::set_var("EXAGATE_TEST_SHARED_OUTAGE", "outage-purge-9b2");
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |c| {
         c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         c.admin.token_env = "EXAGATE_TEST_SHARED_OUTAGE".into();
@@ -1218,12 +1190,10 @@ async fn shared_mode_comes_back_after_redis_refused_the_password_for_a_while() {
 // everything works on every replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emptying_everything_survives_any_generation_counter() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
+    };
     std::env::set_var("EXAGATE_TEST_SHARED_GEN", "gen-purge-8e4");
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
     let gws = replicas(&sim, &redis, 2, |c| {
         c.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         c.admin.token_env = "EXAGATE_TEST_SHARED_GEN".into();
@@ -1332,11 +1302,9 @@ async fn emptying_everything_survives_any_generation_counter() {
 // loses Redis; a purge mark that no purge made refuses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_gates_outages_and_marks_cost_no_more_than_their_due() {
-    if !common::redis::installed() {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
-    }
-    let sim = start_sim(false).await;
-    let redis = RedisServer::start().await;
+    };
     let gws = replicas(&sim, &redis, 2, |c| {
         c.upstream.max_cooldown = Duration::from_secs(2);
         c.upstream.rate_limit = Some(Rate {

@@ -76,6 +76,16 @@ async fn deliver(h: &Harness, secret: &str, body: Bytes) -> Reply {
     .await
 }
 
+/// Whether `cause` of the receiver's deliveries reaches `n` (within 2 s: it is counted
+/// as the delivery's processing ends).
+async fn received(h: &Harness, cause: &str, n: f64) -> bool {
+    let series = format!("exagate_webhook_deliveries_received_total{{cause=\"{cause}\"}}");
+    eventually(Duration::from_secs(2), async || {
+        h.metric(&series).await == n
+    })
+    .await
+}
+
 /// Polls `f` every 20 ms until it holds, for at most `within`.
 async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let until = Instant::now() + within;
@@ -133,23 +143,15 @@ async fn a_delivery_primes_the_polled_job_so_the_next_poll_is_completed_with_no_
     assert!(chunks.starts_with(&h.url()), "{chunks}");
     assert_eq!(h.sim.calls_to(&job_path(id)), calls, "no upstream call");
     assert!(
-        eventually(Duration::from_secs(2), async || {
-            h.metric("exagate_webhook_deliveries_received_total{cause=\"primed\"}")
-                .await
-                == 1.0
-        })
-        .await
+        received(&h, "primed", 1.0).await,
+        "one delivery counted primed"
     );
     // The API's retry of the same delivery changes nothing twice.
     let body = upstream_body(&h, id, None).await;
     assert_eq!(deliver(&h, SECRET, body).await.status, StatusCode::ACCEPTED);
     assert!(
-        eventually(Duration::from_secs(2), async || {
-            h.metric("exagate_webhook_deliveries_received_total{cause=\"duplicate\"}")
-                .await
-                == 1.0
-        })
-        .await
+        received(&h, "duplicate", 1.0).await,
+        "one delivery counted duplicate"
     );
 }
 
@@ -288,12 +290,8 @@ async fn only_the_scopes_a_job_was_seen_in_are_primed() {
     let body = upstream_body(&h, other, None).await;
     assert_eq!(deliver(&h, SECRET, body).await.status, StatusCode::ACCEPTED);
     assert!(
-        eventually(Duration::from_secs(2), async || {
-            h.metric("exagate_webhook_deliveries_received_total{cause=\"unknown_job\"}")
-                .await
-                == 1.0
-        })
-        .await
+        received(&h, "unknown_job", 1.0).await,
+        "one delivery counted unknown_job"
     );
     assert_eq!(h.get(&job_path(other)).await.cache(), "miss");
 }
@@ -828,21 +826,7 @@ fn spawn_gateway(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> c
 
 /// Runs `exagate webhooks ACTION --config dir/config.toml`: (success, stdout + stderr).
 fn webhooks_command(dir: &std::path::Path, action: &str, env: &[(&str, &str)]) -> (bool, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_exagate"));
-    command
-        .args(["webhooks", action, "--config"])
-        .arg(dir.join("config.toml"))
-        .env_remove("RUST_LOG");
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let out = command.output().expect("run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::run_exagate(&["webhooks", action], &dir.join("config.toml"), env)
 }
 
 /// The whole loop, as ops run it: `webhooks register` points the (simulated) account at
@@ -856,12 +840,9 @@ async fn register_then_a_long_poll_returns_when_the_apis_webhook_arrives() {
     let key_file = key_file(dir.path());
     let (port, admin) = (common::free_port(), common::free_port());
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
-         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-         [log]\nlevel = \"debug\"\n\
+        "{}[log]\nlevel = \"debug\"\n\
          [webhooks]\nsecret_env = \"EXAGATE_TEST_WEBHOOK_SECRET\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
-        sim.url(),
-        key_file.display()
+        binary_config(port, Some(admin), &sim, &key_file)
     );
     std::fs::write(dir.path().join("config.toml"), &config).expect("config");
     let env = [("EXAGATE_TEST_WEBHOOK_SECRET", SECRET)];
@@ -966,14 +947,11 @@ async fn pending_deliveries_survive_kill_9() {
         common::free_port(),
     );
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
-         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-         [state]\ndir = \"{}\"\n\
-         [webhooks]\nsecret_env = \"EXAGATE_TEST_WEBHOOK_SECRET\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_schedule = [\"300ms\"]\n\
-         [[webhooks.subscribers]]\nname = \"app\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\nsecret_env = \"EXAGATE_TEST_SIGNING\"\n",
-        sim.url(),
-        key_file.display(),
-        state_dir.display()
+        "{}[state]\ndir = \"{}\"\n\
+         [webhooks]\nsecret_env = \"EXAGATE_TEST_WEBHOOK_SECRET\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_schedule = [\"300ms\"]\n{}",
+        binary_config(port, Some(admin), &sim, &key_file),
+        state_dir.display(),
+        app_subscriber(hook_port)
     );
     let env = [
         ("EXAGATE_TEST_WEBHOOK_SECRET", SECRET),
@@ -1128,25 +1106,9 @@ fn check_refuses_webhook_secrets_the_gateway_would_refuse() {
         key_file.display()
     );
     std::fs::write(dir.path().join("config.toml"), &base).expect("config");
+    // The variables are only ever given to the command, never set in this process.
     let check = |env: &[(&str, &str)]| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_exagate"));
-        command
-            .args(["check", "--config"])
-            .arg(dir.path().join("config.toml"))
-            .env_remove("EXAGATE_TEST_CHECK_SECRET")
-            .env_remove("EXAGATE_TEST_CHECK_SIGNING");
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let out = command.output().expect("run");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        common::run_exagate(&["check"], &dir.path().join("config.toml"), env)
     };
     let short = "short-secret";
     for (env, why) in [
@@ -1198,11 +1160,8 @@ async fn a_new_secret_in_the_secret_file_is_picked_up_without_a_signal() {
     std::fs::write(&secret_file, SECRET).expect("secret");
     let port = common::free_port();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
-         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"off\"\n\
-         [webhooks]\nsecret_file = \"{}\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
-        sim.url(),
-        key_file.display(),
+        "{}[webhooks]\nsecret_file = \"{}\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
+        binary_config(port, None, &sim, &key_file),
         secret_file.display()
     );
     let _gateway = spawn_gateway(dir.path(), &config, &[]);
@@ -1254,9 +1213,10 @@ async fn upstream_body_of(sim: &exagate::sim::Simulator, id: Uuid) -> Bytes {
 /// upstream call; events learned by both replicas reach a subscriber once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers_hear_once() {
-    let Some((redis, sim, dir)) = shared_setup().await else {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
     };
+    let dir = common::tempdir();
     let app = endpoint(vec![]).await;
     let url = app.url.clone();
     std::env::set_var("EXAGATE_TEST_SIGNING_S", SIGNING);
@@ -1357,9 +1317,10 @@ async fn with_shared_a_delivery_to_one_replica_primes_the_others_and_subscribers
 /// one that queued it is gone (no state directory anywhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_pending_deliveries_live_in_redis() {
-    let Some((redis, sim, dir)) = shared_setup().await else {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
     };
+    let dir = common::tempdir();
     let hook_port = common::free_port();
     let url = format!("http://127.0.0.1:{hook_port}/hooks");
     std::env::set_var("EXAGATE_TEST_SIGNING_R", SIGNING);
@@ -1573,9 +1534,10 @@ async fn after_a_restart_deliveries_prime_the_jobs_it_had_seen() {
 /// (which may know who did) is away is refused for the API to send again, not dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_a_delivery_that_cannot_be_placed_is_refused_for_a_retry() {
-    let Some((redis, sim, dir)) = shared_setup().await else {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
     };
+    let dir = common::tempdir();
     let hooks = hooks(dir.path());
     let gws = common::redis::replicas(&sim, &redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
     let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
@@ -1722,15 +1684,10 @@ async fn deliveries_of_a_removed_subscriber_are_given_up() {
         common::free_port(),
     );
     let head = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
-         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-         [webhooks]\nsecret_env = \"EXAGATE_TEST_WEBHOOK_SECRET\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_schedule = [\"300ms\"]\n",
-        sim.url(),
-        key_file.display()
+        "{}[webhooks]\nsecret_env = \"EXAGATE_TEST_WEBHOOK_SECRET\"\npublic_url = \"http://127.0.0.1:{port}\"\nretry_schedule = [\"300ms\"]\n",
+        binary_config(port, Some(admin), &sim, &key_file)
     );
-    let with_app = format!(
-        "{head}[[webhooks.subscribers]]\nname = \"app\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\nsecret_env = \"EXAGATE_TEST_SIGNING\"\n"
-    );
+    let with_app = format!("{head}{}", app_subscriber(hook_port));
     let env = [
         ("EXAGATE_TEST_WEBHOOK_SECRET", SECRET),
         ("EXAGATE_TEST_SIGNING", SIGNING),
@@ -1815,17 +1772,8 @@ fn urls_with_user_info_are_refused_without_being_quoted() {
     ] {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).expect("config");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_exagate"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!out.status.success(), "{key}: {said}");
+        let (ok, said) = common::run_exagate(&["check"], &path, &[]);
+        assert!(!ok, "{key}: {said}");
         assert!(said.contains(key) && said.contains("user info"), "{key}: {said}");
         assert!(!said.contains("PW-secret-1"), "{key}: {said}");
     }
@@ -1835,9 +1783,10 @@ fn urls_with_user_info_are_refused_without_being_quoted() {
 /// others when Redis is back (the older state they and Redis hold is dropped then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_a_completion_primed_during_an_outage_reaches_the_others_after_it() {
-    let Some((redis, sim, dir)) = shared_setup().await else {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
     };
+    let dir = common::tempdir();
     let hooks = hooks(dir.path());
     let gws = common::redis::replicas(&sim, &redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
     let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
@@ -1873,9 +1822,10 @@ async fn with_shared_a_completion_primed_during_an_outage_reaches_the_others_aft
 /// a pending delivery send it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_shared_other_replicas_subscribers_and_concurrent_retries_are_respected() {
-    let Some((redis, sim, dir)) = shared_setup().await else {
+    let Some((redis, sim)) = common::redis::setup().await else {
         return;
     };
+    let dir = common::tempdir();
     // The first attempt is told to come back in an hour; every later one is taken.
     let app = serve_endpoint(0, |before, _| {
         if before.is_empty() {
@@ -1974,23 +1924,6 @@ fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-/// A real redis-server, a simulator and a work dir for a `[shared]` test; `None` (the
-/// test skips, saying so) where redis-server is not installed.
-async fn shared_setup() -> Option<(
-    common::redis::RedisServer,
-    exagate::sim::Simulator,
-    tempfile::TempDir,
-)> {
-    if !common::redis::installed() {
-        return None;
-    }
-    Some((
-        common::redis::RedisServer::start().await,
-        common::start_sim(false).await,
-        common::tempdir(),
-    ))
-}
-
 /// POSTs a delivery to `gw`'s receiver, as the API does.
 async fn deliver_to(gw: &exagate::RunningGateway, body: Bytes) -> Reply {
     common::send(
@@ -2001,4 +1934,28 @@ async fn deliver_to(gw: &exagate::RunningGateway, body: Bytes) -> Reply {
         body,
     )
     .await
+}
+
+/// The `[server]`, `[upstream]` and `[admin]` of a binary's config: listening on `port`,
+/// in front of `sim` with the key in `key_file`, the admin listener on `admin` (or off).
+fn binary_config(
+    port: u16,
+    admin: Option<u16>,
+    sim: &exagate::sim::Simulator,
+    key_file: &std::path::Path,
+) -> String {
+    let admin = admin.map_or("off".to_owned(), |a| format!("127.0.0.1:{a}"));
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ndrain_delay = \"0s\"\n\
+         [upstream]\nurl = \"{}\"\napi_key_file = \"{}\"\n[admin]\nlisten = \"{admin}\"\n",
+        sim.url(),
+        key_file.display()
+    )
+}
+
+/// A `[[webhooks.subscribers]]` entry `app` at `hook_port`, keyed by `EXAGATE_TEST_SIGNING`.
+fn app_subscriber(hook_port: u16) -> String {
+    format!(
+        "[[webhooks.subscribers]]\nname = \"app\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\nsecret_env = \"EXAGATE_TEST_SIGNING\"\n"
+    )
 }

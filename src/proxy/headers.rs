@@ -125,6 +125,14 @@ pub fn buffered_response(upstream: &HeaderMap, stored: bool) -> HeaderMap {
     out
 }
 
+/// The `Content-Length` a request declares, if it declares one that is a number.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

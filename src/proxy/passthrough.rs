@@ -255,11 +255,7 @@ async fn created(gw: &Gateway, live: &Live, scope: Scope, facts: &JobFacts, body
 
 /// `413` for a declared request body over `server.max_body`, before any upstream call.
 fn check_declared_length(headers: &http::HeaderMap, limit: u64) -> Result<(), GatewayError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
+    match headers::declared_length(headers) {
         Some(n) if n > limit => Err(GatewayError::new(
             ErrorKind::PayloadTooLarge,
             "the request body is larger than server.max_body",

@@ -90,9 +90,9 @@ async fn settings(
     method: Method,
     body: Option<String>,
 ) -> Result<(StatusCode, Bytes), BoxError> {
-    let client = super::relay::https_client(crate::proxy::upstream::roots(
+    let client = super::relay::https_client(crate::proxy::upstream::client_tls(
         config.upstream.ca_file.as_deref(),
-    )?)?;
+    )?);
     let url = format!(
         "{}/v2/extract-settings",
         config.upstream.url.trim_end_matches('/')

@@ -42,87 +42,12 @@ where
     let Some(hooks) = live.webhooks.as_ref() else {
         return refuse(crate::proxy::route::not_found(), ex);
     };
-    let presented = request
-        .uri()
-        .path()
-        .strip_prefix(RECEIVER_PREFIX)
-        .unwrap_or("");
-    // Another method is answered like a wrong secret, whatever the secret: a `405`
-    // would tell a guesser which secret is right without a delivery.
-    if request.method() != Method::POST || !hooks.is_secret(presented) {
-        gw.metrics.webhook_received("refused");
-        return refuse(crate::proxy::route::not_found(), ex);
-    }
-    let too_large = || {
-        GatewayError::new(
-            ErrorKind::PayloadTooLarge,
-            "the delivery is larger than webhooks.max_body",
-        )
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > hooks.max_body) {
-        gw.metrics.webhook_received("refused");
-        return refuse(too_large(), ex);
-    }
-    let limit = usize::try_from(hooks.max_body).unwrap_or(usize::MAX);
-    let stall = live.config.upstream.timeout;
-    let read =
-        tokio::time::timeout(stall, Limited::new(request.into_body(), limit).collect()).await;
-    let body = match read {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) => {
+    let (job, facts, body) = match read_delivery(request, hooks, &live).await {
+        Ok(delivery) => delivery,
+        Err(e) => {
             gw.metrics.webhook_received("refused");
-            let e = if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                GatewayError::new(ErrorKind::BadRequest, "the delivery's body broke off")
-            };
             return refuse(e, ex);
         }
-        Err(_) => {
-            gw.metrics.webhook_received("refused");
-            return refuse(
-                GatewayError::new(
-                    ErrorKind::RequestTimeout,
-                    "the delivery's body stopped arriving",
-                ),
-                ex,
-            );
-        }
-    };
-    let facts = match live.rewriter.rewrite_job(&body) {
-        Ok((_, facts)) => facts,
-        Err(_) => {
-            gw.metrics.webhook_received("refused");
-            return refuse(
-                GatewayError::new(
-                    ErrorKind::InvalidWebhook,
-                    "the delivery is not a JSON job (an object with an id and a state)",
-                ),
-                ex,
-            );
-        }
-    };
-    // The id exactly as the API writes it (lower-case, hyphenated): the cached body is
-    // this one, and it must name the job its route does.
-    let canonical = |id: &str| {
-        Uuid::try_parse(id)
-            .ok()
-            .filter(|job| job.hyphenated().to_string() == id)
-    };
-    let Some(job) = facts.id.as_deref().and_then(canonical) else {
-        gw.metrics.webhook_received("refused");
-        return refuse(
-            GatewayError::new(
-                ErrorKind::InvalidWebhook,
-                "the delivery's job has no id that is a UUID",
-            ),
-            ex,
-        );
     };
     drop(live);
     // Processed on a task of its own, and acknowledged when it is done (priming and
@@ -150,6 +75,76 @@ where
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The delivery in `request`, checked to be one: `POST` with the right secret (anything
+/// else is answered like a path the gateway does not serve, whatever the secret: a `405`
+/// would tell a guesser which secret is right without a delivery), within
+/// `webhooks.max_body`, arriving steadily, and a JSON job whose id is written as the API
+/// writes it (lower-case, hyphenated: the cached body is this one, and it must name the
+/// job its route does).
+async fn read_delivery<B>(
+    request: Request<B>,
+    hooks: &super::WebhooksLive,
+    live: &crate::gateway::Live,
+) -> Result<(Uuid, crate::proxy::rewrite::JobFacts, Bytes), GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let presented = request
+        .uri()
+        .path()
+        .strip_prefix(RECEIVER_PREFIX)
+        .unwrap_or("");
+    if request.method() != Method::POST || !hooks.is_secret(presented) {
+        return Err(crate::proxy::route::not_found());
+    }
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            "the delivery is larger than webhooks.max_body",
+        )
+    };
+    if crate::proxy::headers::declared_length(request.headers()).is_some_and(|n| n > hooks.max_body)
+    {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(hooks.max_body).unwrap_or(usize::MAX);
+    let stall = live.config.upstream.timeout;
+    let read =
+        tokio::time::timeout(stall, Limited::new(request.into_body(), limit).collect()).await;
+    let body = match read {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(_)) => {
+            return Err(GatewayError::new(
+                ErrorKind::BadRequest,
+                "the delivery's body broke off",
+            ))
+        }
+        Err(_) => {
+            return Err(GatewayError::new(
+                ErrorKind::RequestTimeout,
+                "the delivery's body stopped arriving",
+            ))
+        }
+    };
+    let not_a_job = |why: &'static str| GatewayError::new(ErrorKind::InvalidWebhook, why);
+    let (_, facts) = live.rewriter.rewrite_job(&body).map_err(|_| {
+        not_a_job("the delivery is not a JSON job (an object with an id and a state)")
+    })?;
+    let canonical = |id: &str| {
+        Uuid::try_parse(id)
+            .ok()
+            .filter(|job| job.hyphenated().to_string() == id)
+    };
+    let job = facts
+        .id
+        .as_deref()
+        .and_then(canonical)
+        .ok_or_else(|| not_a_job("the delivery's job has no id that is a UUID"))?;
+    Ok((job, facts, body))
 }
 
 /// A delivery to be sent again later (nothing was done with it).

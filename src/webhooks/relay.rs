@@ -139,7 +139,7 @@ impl Relay {
             }),
             None => Outbox::in_memory(),
         };
-        let client = https_client(crate::proxy::upstream::roots(ca_file)?)?;
+        let client = https_client(crate::proxy::upstream::client_tls(ca_file)?);
         Ok(Relay {
             outbox,
             shared,
@@ -515,17 +515,11 @@ impl Relay {
     }
 }
 
-/// An HTTP/1.1 client over plain TCP or TLS (rustls, `roots`), for the relay and the
-/// account's settings.
+/// An HTTP/1.1 client over plain TCP or TLS (`tls`), for the relay and the account's
+/// settings.
 pub fn https_client(
-    roots: rustls::RootCertStore,
-) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>, crate::BoxError> {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    tls: rustls::ClientConfig,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -534,11 +528,11 @@ pub fn https_client(
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector))
+        .build(connector)
 }
 
 /// Longest `Retry-After` honoured: a subscriber asking for more is tried again after

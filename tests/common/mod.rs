@@ -462,3 +462,29 @@ pub fn completed_job_json(id: uuid::Uuid, origin: &str) -> String {
         r#"{{"id":"{id}","state":"completed","createdAt":"2026-01-01T00:00:00Z","links":{{"self":"{origin}/v2/extract/{id}","download":"{origin}/v2/extract/{id}/download","chunks":"{origin}/v2/extract/{id}/chunks"}}}}"#
     )
 }
+
+/// Runs the `exagate` binary with `args`, then `--config config`, with `env` added (and
+/// `RUST_LOG` removed, so the config's level rules): whether it succeeded, and all it
+/// printed (stdout, then stderr).
+pub fn run_exagate(
+    args: &[&str],
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_exagate"));
+    command
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().expect("run exagate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

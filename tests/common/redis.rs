@@ -265,3 +265,12 @@ pub async fn wait_shared(gw: &RunningGateway, on: bool) {
         if on { "on" } else { "off" }
     );
 }
+
+/// A real redis-server and a simulator for a `[shared]` test; `None` (the test returns,
+/// saying it skipped) where redis-server is not installed.
+pub async fn setup() -> Option<(RedisServer, Simulator)> {
+    if !installed() {
+        return None;
+    }
+    Some((RedisServer::start().await, super::start_sim(false).await))
+}

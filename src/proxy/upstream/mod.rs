@@ -45,9 +45,21 @@ pub struct Fetched {
     pub elapsed: Duration,
 }
 
+/// The gateway's TLS client config: rustls with ring, the public roots plus the
+/// certificates of `ca_file`. For the upstream, and for what else the gateway calls
+/// (webhook subscribers, the account's settings).
+pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, BoxError> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots(ca_file)?)
+    .with_no_client_auth())
+}
+
 /// The public roots, plus the certificates of `ca_file` (`upstream.ca_file`: a private CA
 /// in front of the API, or the tests' simulator).
-pub fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, BoxError> {
+fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, BoxError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -99,13 +111,7 @@ impl UpstreamClient {
         metrics: Arc<Metrics>,
     ) -> Result<UpstreamClient, BoxError> {
         let origin = http_origin(&config.url)?;
-        let roots = roots(config.ca_file.as_deref())?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = client_tls(config.ca_file.as_deref())?;
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
