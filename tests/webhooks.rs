@@ -916,19 +916,28 @@ async fn register_then_a_long_poll_returns_when_the_apis_webhook_arrives() {
     // webhook: the gateway never polled the upstream for it.
     assert_eq!(sim.calls_to(&job_path(id)), 0, "no upstream poll");
     assert!(sim.webhooks_acked() >= 1);
+    // The delivery's access-log line is written when its answer is done, which may be
+    // after the long-poll it woke has returned: wait for it before the kill, which
+    // would lose it.
+    let logs = || {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(dir.path().join("stdout.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logs().contains("/webhooks/exabase/[redacted]") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(_gateway);
     for log in ["stdout.log", "stderr.log"] {
         let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
         assert!(!text.contains(SECRET), "{log} holds the secret");
         assert!(!text.contains(KEY), "{log} holds the API key");
     }
-    let all = format!(
-        "{}{}",
-        std::fs::read_to_string(dir.path().join("stdout.log")).unwrap_or_default(),
-        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-    );
     assert!(
-        all.contains("/webhooks/exabase/[redacted]"),
+        logs().contains("/webhooks/exabase/[redacted]"),
         "the access log shows the delivery, redacted"
     );
 }
