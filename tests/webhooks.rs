@@ -915,10 +915,9 @@ async fn register_then_a_long_poll_returns_when_the_apis_webhook_arrives() {
     // The job's create and completion came by the gateway's own answers and the
     // webhook: the gateway never polled the upstream for it.
     assert_eq!(sim.calls_to(&job_path(id)), 0, "no upstream poll");
-    assert!(sim.webhooks_acked() >= 1);
-    // The delivery's access-log line is written when its answer is done, which may be
-    // after the long-poll it woke has returned: wait for it before the kill, which
-    // would lose it.
+    // The delivery is acknowledged, and its access-log line written, when its answer
+    // is done, which may be after the long-poll it woke has returned: wait for both
+    // before the kill, which would lose the line.
     let logs = || {
         format!(
             "{}{}",
@@ -927,9 +926,12 @@ async fn register_then_a_long_poll_returns_when_the_apis_webhook_arrives() {
         )
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !logs().contains("/webhooks/exabase/[redacted]") && Instant::now() < deadline {
+    while !(sim.webhooks_acked() >= 1 && logs().contains("/webhooks/exabase/[redacted]"))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(sim.webhooks_acked() >= 1, "the webhook was acknowledged");
     drop(_gateway);
     for log in ["stdout.log", "stderr.log"] {
         let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
