@@ -191,7 +191,7 @@ pub async fn run_sim(
     listen: SocketAddr,
     api_key: String,
     jobs: usize,
-    padding: usize,
+    padding: crate::sim::Padding,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     if !listen.ip().is_loopback() {
@@ -203,7 +203,7 @@ pub async fn run_sim(
         ..SimOptions::default()
     })
     .await?;
-    sim.set_padding(padding);
+    sim.set_padding_spread(padding);
     let ids = sim.seed_completed(None, jobs);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", sim.url())?;

@@ -68,9 +68,10 @@ enum Command {
         /// Completed jobs to create up front; their ids are printed one per line.
         #[arg(long, default_value_t = 0)]
         jobs: usize,
-        /// Pad job bodies to about this many bytes.
-        #[arg(long, default_value_t = 0)]
-        padding: usize,
+        /// Pad job bodies to about this many bytes (`2048`), or each to its own length
+        /// in a range (`1024-8192`).
+        #[arg(long, default_value = "0")]
+        padding: exagate::sim::Padding,
     },
 }
 

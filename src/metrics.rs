@@ -195,6 +195,9 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     /// Cache weight in bytes (set at scrape time).
     pub cache_bytes: Gauge,
+    /// Bytes of decompressed bodies the front table holds, part of `cache_bytes` (set at
+    /// scrape time).
+    pub cache_front_bytes: Gauge,
     /// Tokens left in the quota bucket; -1 when no limit (set at scrape time).
     pub quota_tokens: Gauge<f64, AtomicU64>,
     /// The most tokens the quota bucket holds (its burst); -1 when no limit (set at
@@ -372,6 +375,12 @@ impl Metrics {
             "Weight of the cache in bytes",
             cache_bytes.clone(),
         );
+        let cache_front_bytes = Gauge::default();
+        registry.register(
+            "cache_front_bytes",
+            "Bytes of decompressed bodies kept for hot entries (part of exagate_cache_bytes)",
+            cache_front_bytes.clone(),
+        );
         let quota_tokens = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "quota_tokens",
@@ -499,6 +508,7 @@ impl Metrics {
             quota_decisions,
             cache_entries,
             cache_bytes,
+            cache_front_bytes,
             quota_tokens,
             quota_burst,
             cooldown_seconds,

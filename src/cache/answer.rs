@@ -1,8 +1,13 @@
 //! A finished upstream answer, ready to be sent as many times as it is asked for.
 //!
 //! Everything that can be done once is done before the answer is stored: links are
-//! rewritten, headers filtered, the body is one `Bytes`. A hit then costs a header-map
-//! clone and a reference-count increment, not a copy of the body.
+//! rewritten, headers filtered, the body is one `Bytes` (and its gzip form, made once).
+//! A hit then costs a header-map clone and a reference-count increment, not a copy of
+//! the body.
+//!
+//! A stored answer is held in the cache by its gzip form alone where that saves memory
+//! ([`packed`](super::packed)); [`Answer::inflated`] rebuilds the identity body for the
+//! front table, and clients that accept gzip are sent the stored bytes as they are.
 
 use std::time::{Duration, Instant};
 
@@ -60,8 +65,13 @@ pub struct Answer {
     ///
     /// [`headers`]: crate::proxy::headers::buffered_response
     pub headers: Option<Box<HeaderMap>>,
-    /// The body, rewritten where it is a job.
-    pub body: Bytes,
+    /// The body, rewritten where it is a job, as clients that take no encoding get it;
+    /// `None` in an entry the cache holds by its gzip form alone.
+    identity: Option<Bytes>,
+    /// The body gzip-compressed, for a stored answer where that saves memory.
+    gzip: Option<Bytes>,
+    /// The identity body's length.
+    len: usize,
     /// The job's state when this is a 200 job answer (chunks use it to know they may be
     /// cached).
     pub job_state: Option<JobState>,
@@ -159,7 +169,13 @@ impl Answer {
             status,
             content_type,
             headers: (!headers.is_empty()).then(|| Box::new(headers)),
-            body,
+            gzip: if stored {
+                super::packed::pack(&body)
+            } else {
+                None
+            },
+            len: body.len(),
+            identity: Some(body),
             job_state,
             fetched_at,
             expires_at,
@@ -186,7 +202,9 @@ impl Answer {
             status: envelope.status,
             content_type: ContentType::from_header(content_type, true),
             headers: None,
-            body: Bytes::copy_from_slice(&body),
+            gzip: super::packed::pack(&body),
+            len: body.len(),
+            identity: Some(Bytes::copy_from_slice(&body)),
             job_state: envelope.job_state,
             fetched_at,
             expires_at: Some(now + left),
@@ -199,17 +217,80 @@ impl Answer {
     /// invalidation overtook get, so no cache after the gateway keeps what it dropped.
     pub fn unstored(&self) -> Answer {
         Answer {
+            expires_at: None,
+            ..self.with_forms(self.identity.clone(), self.gzip.clone())
+        }
+    }
+
+    /// This answer with the body held in the given forms (at least one of them).
+    fn with_forms(&self, identity: Option<Bytes>, gzip: Option<Bytes>) -> Answer {
+        Answer {
             status: self.status,
             content_type: self.content_type.clone(),
             headers: self.headers.clone(),
-            body: self.body.clone(),
+            identity,
+            gzip,
+            len: self.len,
             job_state: self.job_state,
             fetched_at: self.fetched_at,
-            expires_at: None,
+            expires_at: self.expires_at,
             upstream_micros: self.upstream_micros,
             restored: self.restored,
             etag: self.etag.clone(),
         }
+    }
+
+    /// What the cache holds of this answer: its gzip form alone, when it has one.
+    /// `None` when the answer is to be held as it is.
+    pub fn packed(&self) -> Option<Answer> {
+        let gzip = self.gzip.clone()?;
+        self.identity
+            .is_some()
+            .then(|| self.with_forms(None, Some(gzip)))
+    }
+
+    /// This answer with its identity body rebuilt from the gzip form (and that form
+    /// kept, for the clients that take it). `None` when it holds its identity body
+    /// already, or the gzip form does not decode to it.
+    pub fn inflated(&self) -> Option<Answer> {
+        if self.identity.is_some() {
+            return None;
+        }
+        let identity = super::packed::unpack(self.gzip.as_deref()?, self.len)?;
+        Some(self.with_forms(Some(identity), self.gzip.clone()))
+    }
+
+    /// Whether the identity body is held (not only the gzip form).
+    pub fn has_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// Whether a gzip form is held.
+    pub fn has_gzip(&self) -> bool {
+        self.gzip.is_some()
+    }
+
+    /// The identity body's length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The identity body: held, or rebuilt from the gzip form (`None` if that fails).
+    pub fn identity(&self) -> Option<Bytes> {
+        match &self.identity {
+            Some(body) => Some(body.clone()),
+            None => super::packed::unpack(self.gzip.as_deref()?, self.len),
+        }
+    }
+
+    /// Bytes this answer holds for its body, in all its forms.
+    pub fn held_bytes(&self) -> usize {
+        self.identity.as_ref().map_or(0, Bytes::len) + self.gzip.as_ref().map_or(0, Bytes::len)
     }
 
     /// Whether an `If-None-Match` value names this answer (`*`, or one of its tags,
@@ -228,8 +309,8 @@ impl Answer {
     }
 
     /// `304 Not Modified`: this answer's headers, no body.
-    pub fn not_modified(&self, cache: XCache, now: Instant) -> Response<Body> {
-        let mut response = self.respond(true, cache, now);
+    pub fn not_modified(&self, cache: XCache, now: Instant, gzip: bool) -> Response<Body> {
+        let mut response = self.respond(true, cache, now, gzip);
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         let headers = response.headers_mut();
         headers.remove(header::CONTENT_LENGTH);
@@ -253,11 +334,12 @@ impl Answer {
             job_state: self.job_state,
             fetched_at: now_ms.saturating_sub(ms(age)),
             expires_at: now_ms.saturating_add(ms(left)),
-            body: self.body.clone(),
+            body: self.identity()?,
         })
     }
 
-    /// What this entry costs the cache, in bytes: body, headers, key and a fixed overhead.
+    /// What this entry costs the cache, in bytes: the body in the forms held, headers,
+    /// key and a fixed overhead.
     pub fn weight(&self, key: &CacheKey) -> u32 {
         let headers: usize = self.headers.as_deref().map_or(0, |h| {
             h.iter()
@@ -265,18 +347,37 @@ impl Answer {
                 .sum()
         });
         let content_type = self.content_type.len();
-        let total = self.body.len() + headers + content_type + key.heap_bytes() + ENTRY_OVERHEAD;
+        let total = self.held_bytes() + headers + content_type + key.heap_bytes() + ENTRY_OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
     /// The response for one request at `now` (which dates a hit's `Age`). `head` drops
-    /// the body but keeps its length.
-    pub fn respond(&self, head: bool, cache: XCache, now: Instant) -> Response<Body> {
-        let body = if head {
-            Body::Empty
-        } else {
-            Body::full(self.body.clone())
+    /// the body but keeps its length. `gzip`: the client accepts gzip, and is sent the
+    /// gzip form when there is one.
+    ///
+    /// An answer holding only its gzip form, for a client that does not take gzip, is
+    /// rebuilt here; the cache hands out such answers already rebuilt, so this happens
+    /// only if a caller did not ask it to, and a form that fails to decode is a `500`.
+    pub fn respond(&self, head: bool, cache: XCache, now: Instant, gzip: bool) -> Response<Body> {
+        let (sent, encoded) = match (&self.gzip, &self.identity) {
+            (Some(packed), _) if gzip => (Some(packed.clone()), true),
+            (_, Some(identity)) => (Some(identity.clone()), false),
+            (Some(_), None) => (self.identity(), false),
+            (None, None) => (None, false),
         };
+        let Some(sent) = sent else {
+            tracing::error!(
+                status = self.status.as_u16(),
+                "a stored answer's gzip form did not decode"
+            );
+            return crate::error::GatewayError::new(
+                crate::error::ErrorKind::Internal,
+                "a stored answer could not be read back",
+            )
+            .to_response(cache.as_str());
+        };
+        let length = sent.len();
+        let body = if head { Body::Empty } else { Body::full(sent) };
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
@@ -290,11 +391,20 @@ impl Answer {
         // A full body's length is written by hyper itself; a HEAD answer states the
         // length the GET would have.
         if head {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
         headers.insert(X_CACHE, cache.header());
+        if encoded {
+            headers.insert(header::CONTENT_ENCODING, GZIP);
+        }
         if let Some(etag) = &self.etag {
-            headers.insert(header::ETAG, etag.clone());
+            // The gzip form is another representation of the same job: its tag is the
+            // weak one (as nginx makes it), which If-None-Match still matches.
+            let etag = match encoded {
+                true => weak(etag),
+                false => etag.clone(),
+            };
+            headers.insert(header::ETAG, etag);
         }
         match self.expires_at {
             Some(expires_at) => {
@@ -308,7 +418,12 @@ impl Answer {
                 let left = expires_at.saturating_duration_since(now).as_secs();
                 let age_secs = lifetime.saturating_sub(left);
                 headers.insert(header::CACHE_CONTROL, headers::private_max_age(lifetime));
-                headers.insert(header::VARY, headers::VARY_SCOPE);
+                // With a gzip form, what is sent also depends on Accept-Encoding.
+                let vary = match self.gzip.is_some() {
+                    true => headers::VARY_SCOPE_ENCODING,
+                    false => headers::VARY_SCOPE,
+                };
+                headers.insert(header::VARY, vary);
                 if cache == XCache::Hit || age_secs > 0 {
                     headers.insert(header::AGE, age(age_secs));
                 }
@@ -323,6 +438,17 @@ impl Answer {
 
 /// The `x-cache` header name.
 const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+
+/// `Content-Encoding` of the gzip form.
+const GZIP: HeaderValue = HeaderValue::from_static("gzip");
+
+/// The weak form of a strong `ETag`.
+fn weak(etag: &HeaderValue) -> HeaderValue {
+    let mut text = Vec::with_capacity(etag.len() + 2);
+    text.extend_from_slice(b"W/");
+    text.extend_from_slice(etag.as_bytes());
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| etag.clone())
+}
 
 /// `Age` values: the first minute without an allocation per hit (most hits of hot jobs
 /// are young); older ones are rendered.

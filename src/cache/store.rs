@@ -90,18 +90,25 @@ pub const STRIPES: usize = 1024;
 /// The part of `cache.max_size` the chunk windows' table gets.
 pub const CHUNKS_SHARE: u64 = 4;
 
-/// The part of `cache.max_size` the negative table gets (the rest is the jobs').
+/// The part of `cache.max_size` the negative table gets.
 pub const NEGATIVE_SHARE: u64 = 8;
 
+/// The part of `cache.max_size` the front table's rebuilt (decompressed) bodies may hold.
+pub const FRONT_SHARE: u64 = 16;
+
 impl CacheStore {
-    /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`]):
-    /// an eighth of it for negative answers, a quarter for chunk windows, the rest (five
-    /// eighths) for jobs.
+    /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`],
+    /// and the front table's rebuilt bodies): an eighth of it for negative answers, a
+    /// quarter for chunk windows, a sixteenth for the front table, the rest (nine
+    /// sixteenths) for jobs.
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> CacheStore {
-        let front = Arc::new(Front::new());
+        let front_bytes = max_bytes / FRONT_SHARE;
+        let front = Arc::new(Front::new(
+            usize::try_from(front_bytes).unwrap_or(usize::MAX),
+        ));
         let negative_bytes = max_bytes / NEGATIVE_SHARE;
         let chunks_bytes = max_bytes / CHUNKS_SHARE;
-        let jobs_bytes = max_bytes - negative_bytes - chunks_bytes;
+        let jobs_bytes = max_bytes - negative_bytes - chunks_bytes - front_bytes;
         let cache = table("exagate", jobs_bytes, &front, &metrics);
         let chunks = table("exagate-chunks", chunks_bytes, &front, &metrics);
         let negative = table("exagate-negative", negative_bytes, &front, &metrics);
@@ -166,8 +173,14 @@ impl CacheStore {
     /// The stored answer, if any and still true at `now`: from the front table when it
     /// holds it, else from moka (and then offered to the front table). The caller's
     /// `now` also dates a hit's `Age`, so a hit reads the clock once.
-    pub async fn get(&self, key: &CacheKey, now: Instant) -> Option<Arc<Answer>> {
-        match self.front.get(key, now) {
+    ///
+    /// `identity`: the answer is to hold its identity body (the client does not take
+    /// gzip, or the answer goes to several clients); one moka holds by its gzip form
+    /// alone is rebuilt, and the rebuilt copy offered to the front table, so the next
+    /// hit finds it there. Without, the gzip form is enough (callers that only read the
+    /// state, clients that take gzip).
+    pub async fn get(&self, key: &CacheKey, now: Instant, identity: bool) -> Option<Arc<Answer>> {
+        match self.front.get(key, now, identity) {
             Lookup::Hit { answer, touch } => {
                 if touch {
                     // Keeps moka's eviction policy aware that this key is hot.
@@ -180,8 +193,19 @@ impl CacheStore {
                 // would size every hit's future (which hyper moves by value) for the rare
                 // read that needs it.
                 match Box::pin(self.positive(key).get(key)).await {
+                    Some(answer) if identity && !answer.has_identity() => {
+                        let Some(full) = answer.inflated().map(Arc::new) else {
+                            // Never for what the cache packed itself: drop the entry
+                            // rather than serve or keep it; the caller fetches anew.
+                            tracing::error!(key = ?key, "a cached answer's gzip form did not decode: dropped");
+                            self.positive(key).invalidate(key).await;
+                            return None;
+                        };
+                        self.front.offer(key, &full, Some(&answer), epoch, now);
+                        Some(full)
+                    }
                     Some(answer) => {
-                        self.front.offer(key, &answer, epoch, now);
+                        self.front.offer(key, &answer, None, epoch, now);
                         Some(answer)
                     }
                     // Negative answers stay out of the front table: a scan must not
@@ -228,7 +252,10 @@ impl CacheStore {
             (self.positive(&key), &self.negative)
         };
         other.invalidate(&key).await;
-        table.insert(key, answer).await;
+        // The cache holds the gzip form alone where there is one; the caller's answer
+        // (both forms) goes to the requests waiting on it.
+        let held = answer.packed().map(Arc::new).unwrap_or(answer);
+        table.insert(key, held).await;
     }
 
     /// Stores an answer that is newer than any fill under way (a webhook delivery, a
@@ -298,9 +325,18 @@ impl CacheStore {
         self.cache.entry_count() + self.chunks.entry_count() + self.negative.entry_count()
     }
 
-    /// Total weight of the entries, in bytes (approximate, as above).
+    /// Total weight of the entries, in bytes (approximate, as above), with the front
+    /// table's rebuilt bodies.
     pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size() + self.chunks.weighted_size() + self.negative.weighted_size()
+        self.cache.weighted_size()
+            + self.chunks.weighted_size()
+            + self.negative.weighted_size()
+            + self.front_bytes()
+    }
+
+    /// Bytes of rebuilt (decompressed) bodies the front table holds.
+    pub fn front_bytes(&self) -> u64 {
+        u64::try_from(self.front.held_bytes()).unwrap_or(u64::MAX)
     }
 
     /// Every entry held now, of all three tables (for a snapshot).

@@ -30,6 +30,8 @@ pub struct Exchange {
     pub client: Option<Arc<Client>>,
     /// The client's address, when the server knows it (for per-address shares).
     pub address: Option<IpAddr>,
+    /// The client takes gzip (`Accept-Encoding`): a cached answer's gzip form is sent.
+    pub gzip: bool,
 }
 
 impl Default for Exchange {
@@ -43,6 +45,7 @@ impl Default for Exchange {
             error: None,
             client: None,
             address: None,
+            gzip: false,
         }
     }
 }

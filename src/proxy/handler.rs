@@ -186,6 +186,9 @@ where
     let managed = live.webhooks.is_some();
     drop(live);
     let head = request.method() == Method::HEAD;
+    if matches!(route, Route::Job(_) | Route::Chunks(_)) {
+        ex.gzip = super::headers::accepts_gzip(request.headers());
+    }
     match route {
         Route::Job(job) => {
             let ask = lookup::Ask {

@@ -98,6 +98,43 @@ pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 pub const VARY_SCOPE: HeaderValue =
     HeaderValue::from_static("x-exabase-base-id, x-exabase-workspace-id");
 
+/// [`VARY_SCOPE`] for an answer that has a gzip form: which form is sent depends on
+/// `Accept-Encoding` too.
+pub const VARY_SCOPE_ENCODING: HeaderValue =
+    HeaderValue::from_static("x-exabase-base-id, x-exabase-workspace-id, accept-encoding");
+
+/// Whether a request's `Accept-Encoding` takes gzip (RFC 9110 12.5.3): `gzip` (or
+/// `x-gzip`) with a q-value above 0, or else `*` with one. A request without the header
+/// gets the identity body: many clients that send none do not decode gzip.
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut star = None;
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let q = parts
+                .find_map(|p| {
+                    let (name, value) = p.split_once('=')?;
+                    // A q-value that is no number takes nothing.
+                    name.trim()
+                        .eq_ignore_ascii_case("q")
+                        .then(|| value.trim().parse::<f32>().unwrap_or(0.0))
+                })
+                .unwrap_or(1.0);
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                return q > 0.0;
+            }
+            if coding == "*" {
+                star = Some(q > 0.0);
+            }
+        }
+    }
+    star.unwrap_or(false)
+}
+
 /// `Cache-Control` of a stored answer that stays true for `max_age` seconds (counted,
 /// as `Age` is, from when the gateway fetched it). `private`: only the calling app's own
 /// cache may keep it, never one shared between apps, which would mix bases and clients.
@@ -136,6 +173,36 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding_is_read_as_rfc_9110_says() {
+        let takes = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            accepts_gzip(&h)
+        };
+        assert!(!takes(&[]), "no header: identity");
+        assert!(takes(&["gzip"]));
+        assert!(takes(&["GZip"]));
+        assert!(takes(&["br, gzip;q=0.5, deflate"]));
+        assert!(takes(&["x-gzip"]));
+        assert!(takes(&["*"]));
+        assert!(takes(&["br", "gzip"]), "header lines combine");
+        assert!(!takes(&["br, deflate"]));
+        assert!(!takes(&["identity"]));
+        assert!(!takes(&["gzip;q=0"]));
+        assert!(!takes(&["gzip; q=0.000"]));
+        assert!(!takes(&["*, gzip;q=0"]), "an explicit refusal beats *");
+        assert!(!takes(&["gzip;q=0, *"]));
+        assert!(!takes(&["*;q=0"]));
+        assert!(!takes(&["gzip;q=nonsense"]));
+        assert!(takes(&["gzip;Q=1"]));
+    }
 
     #[test]
     fn only_the_allow_list_is_forwarded() {

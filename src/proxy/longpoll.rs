@@ -100,7 +100,11 @@ pub async fn hold(
         if woken {
             // A hint that the cache may hold news: read it only. Fetching here would let
             // each waiter's refresh wake the others into fetching again.
-            if let Some(news) = gw.cache.get(&cache_key, std::time::Instant::now()).await {
+            if let Some(news) = gw
+                .cache
+                .get(&cache_key, std::time::Instant::now(), !ex.gzip)
+                .await
+            {
                 ex.cache = XCache::Hit;
                 current = Ok((news, XCache::Hit));
                 planned_at = None;
@@ -134,6 +138,7 @@ pub async fn hold(
             head,
             cache,
             std::time::Instant::now(),
+            ex.gzip,
             if_none_match.as_ref(),
         ),
         Err(e) => {

@@ -52,7 +52,9 @@ pub async fn job(
         } => {
             let now = Instant::now();
             match answer_for(gw, CacheKey::Job(key), ex, now).await {
-                Ok((answer, cache)) => conditional(gw, &answer, head, cache, now, Some(&tags)),
+                Ok((answer, cache)) => {
+                    conditional(gw, &answer, head, cache, now, ex.gzip, Some(&tags))
+                }
                 Err(e) => failed(e, ex),
             }
         }
@@ -88,7 +90,7 @@ async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -
     // One clock read serves the lookup's freshness check and the hit's `Age`.
     let now = Instant::now();
     match answer_for(gw, key, ex, now).await {
-        Ok((answer, cache)) => respond(gw, &answer, head, cache, now),
+        Ok((answer, cache)) => respond(gw, &answer, head, cache, now, ex.gzip),
         Err(e) => failed(e, ex),
     }
 }
@@ -107,7 +109,7 @@ pub(super) async fn answer_for(
     ex: &mut Exchange,
     now: Instant,
 ) -> Result<(Arc<Answer>, XCache), GatewayError> {
-    if let Some(answer) = gw.cache.get(&key, now).await {
+    if let Some(answer) = gw.cache.get(&key, now, !ex.gzip).await {
         ex.cache = XCache::Hit;
         return Ok((answer, XCache::Hit));
     }
@@ -134,11 +136,12 @@ pub(super) fn conditional(
     head: bool,
     cache: XCache,
     now: Instant,
+    gzip: bool,
     if_none_match: Option<&http::HeaderValue>,
 ) -> Response<Body> {
     match if_none_match {
-        Some(tags) if answer.matches(tags) => answer.not_modified(cache, now),
-        _ => respond(gw, answer, head, cache, now),
+        Some(tags) if answer.matches(tags) => answer.not_modified(cache, now, gzip),
+        _ => respond(gw, answer, head, cache, now, gzip),
     }
 }
 
@@ -190,7 +193,7 @@ async fn follow_or_refuse(
         ex.coalesced = true;
         return wait(gw, waiter).await;
     }
-    match gw.cache.get(key, Instant::now()).await {
+    match gw.cache.get(key, Instant::now(), !ex.gzip).await {
         Some(answer) => {
             // Another request's call stored it a moment ago.
             ex.coalesced = true;
@@ -225,17 +228,20 @@ const PACE: usize = 64 * 1024;
 /// A large answer, sent in slices and ended if the client reads nothing of it for
 /// `server.send_timeout` (a client that opens HTTP/2 streams with a window of 0 could
 /// otherwise pin any number of large bodies, evicted entries included, beyond
-/// `cache.max_size`). Small answers, nearly all hits, go as they are.
+/// `cache.max_size`). Small answers, nearly all hits, go as they are. `gzip`: the client
+/// takes the gzip form.
 pub(super) fn respond(
     gw: &Gateway,
     answer: &Answer,
     head: bool,
     cache: XCache,
     now: Instant,
+    gzip: bool,
 ) -> Response<Body> {
-    let response = answer.respond(head, cache, now);
-    // Decided on the length first: the hit path of a small answer does no more.
-    if head || answer.body.len() <= PACED_ABOVE {
+    let response = answer.respond(head, cache, now, gzip);
+    // Decided on the length first (the identity length, at least what is sent): the hit
+    // path of a small answer does no more.
+    if head || answer.len() <= PACED_ABOVE {
         return response;
     }
     let (parts, body) = response.into_parts();
@@ -267,8 +273,9 @@ fn timeout() -> GatewayError {
 async fn fetch(gw: &Gateway, key: &CacheKey, epoch: u64, share: Option<Token>) -> FetchResult {
     // The fill began with its flight, in `epoch`: an invalidation since wins over what it
     // fetches. A flight that finished between our cache miss and our joining has already
-    // stored its answer: use it rather than spend another upstream call.
-    if let Some(answer) = gw.cache.get(key, Instant::now()).await {
+    // stored its answer: use it rather than spend another upstream call. Its waiters may
+    // take either form: the identity body is rebuilt if need be.
+    if let Some(answer) = gw.cache.get(key, Instant::now(), true).await {
         return Ok(answer);
     }
     let live = gw.live();
@@ -386,9 +393,10 @@ pub async fn prime(
         )
     };
     // What is cached now, here, or else in the shared tier (another replica's answer).
-    let current = match gw.cache.get(&cache_key, Instant::now()).await {
+    let current = match gw.cache.get(&cache_key, Instant::now(), false).await {
         Some(local) => {
-            if local.status == StatusCode::OK && local.body == answer.body {
+            // The tags are digests of the bodies sent: equal tags, equal bodies.
+            if local.status == StatusCode::OK && local.etag.is_some() && local.etag == answer.etag {
                 return Ok(Primed::Duplicate);
             }
             Some(local.job_state)
@@ -537,7 +545,7 @@ fn restored(
 /// entry in) the shared tier holds it so: what a chunks answer of it may live for.
 async fn completed_job_left(gw: &Gateway, job: &JobKey) -> Option<Duration> {
     let parent = CacheKey::Job(*job);
-    if let Some(local) = gw.cache.get(&parent, Instant::now()).await {
+    if let Some(local) = gw.cache.get(&parent, Instant::now(), false).await {
         if local.job_state == Some(JobState::Completed) {
             return local
                 .expires_at

@@ -22,6 +22,7 @@ mod handlers;
 mod ports;
 mod server;
 mod store;
+mod text;
 mod tls;
 mod webhooks;
 
@@ -45,6 +46,49 @@ pub use faults::Fault;
 
 use faults::FaultState;
 use store::{JobState, Jobs, RenderCtx, Schedule};
+
+/// How job bodies are padded: each to a length in `min..=max` bytes (log-uniform
+/// between them, fixed by the job's id); `0..=0` is no padding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Padding {
+    /// The shortest padded body.
+    pub min: usize,
+    /// The longest padded body.
+    pub max: usize,
+}
+
+impl Padding {
+    /// Every body padded to `bytes`.
+    pub fn fixed(bytes: usize) -> Padding {
+        Padding {
+            min: bytes,
+            max: bytes,
+        }
+    }
+}
+
+impl std::str::FromStr for Padding {
+    type Err = String;
+
+    /// `2048` (every body) or `1024-8192` (a spread).
+    fn from_str(s: &str) -> Result<Padding, String> {
+        let number = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("not a byte count: {t:?}"))
+        };
+        match s.split_once('-') {
+            None => number(s).map(Padding::fixed),
+            Some((min, max)) => {
+                let (min, max) = (number(min)?, number(max)?);
+                if min > max {
+                    return Err(format!("{min} is more than {max}"));
+                }
+                Ok(Padding { min, max })
+            }
+        }
+    }
+}
 
 /// How many [`RecordedRequest`]s are kept for [`Simulator::requests`].
 ///
@@ -344,11 +388,18 @@ impl Simulator {
         self.inner.jobs.set_state(id, state.map(str::to_owned));
     }
 
-    /// Pads `extraction.common.caption` so that the body of every job that has
-    /// an extraction (`completed`, `cleaned`) is about `bytes` long; 0 (the
-    /// default) turns padding off. Bodies without an extraction are not padded.
+    /// Pads `extraction.common.caption` with prose so that the body of every job
+    /// that has an extraction (`completed`, `cleaned`) is about `bytes` long; 0
+    /// (the default) turns padding off. Bodies without an extraction are not
+    /// padded.
     pub fn set_padding(&self, bytes: usize) {
-        self.inner.jobs.set_padding(bytes);
+        self.inner.jobs.set_padding(Padding::fixed(bytes));
+    }
+
+    /// Pads as [`set_padding`](Self::set_padding) does, each job to a length of
+    /// its own in `padding` (log-uniform, fixed by the job's id).
+    pub fn set_padding_spread(&self, padding: Padding) {
+        self.inner.jobs.set_padding(padding);
     }
 
     /// `Some(url)`: `/download` answers `302 Location: url` instead of bytes.

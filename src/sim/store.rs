@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::Padding;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -170,7 +171,7 @@ struct Job {
 struct Store {
     jobs: HashMap<Uuid, Job>,
     next_seq: u64,
-    padding: usize,
+    padding: Padding,
     /// Bumped by every padding change, invalidating every cached body.
     padding_gen: u64,
     redirect: Option<String>,
@@ -360,9 +361,9 @@ impl Jobs {
         }
     }
 
-    pub(super) fn set_padding(&self, bytes: usize) {
+    pub(super) fn set_padding(&self, padding: Padding) {
         let mut st = lock(&self.store);
-        st.padding = bytes;
+        st.padding = padding;
         st.padding_gen += 1;
     }
 
@@ -508,21 +509,22 @@ pub(super) fn to_json(v: &impl Serialize) -> Bytes {
         .unwrap_or_else(|_| Bytes::from_static(b"null"))
 }
 
-/// Renders a job body, padded to about `padding` bytes when it has an extraction.
-fn render(view: &JobView, ctx: &RenderCtx, padding: usize) -> Bytes {
+/// Renders a job body, padded to about its share of `padding` when it has an
+/// extraction.
+fn render(view: &JobView, ctx: &RenderCtx, padding: Padding) -> Bytes {
     let plain = to_json(&job_json(view, ctx, ""));
-    if padding <= plain.len() || !has_extraction(view.state.as_deref()) {
+    let seed = {
+        let id = view.id.as_u128();
+        (id as u64) ^ ((id >> 64) as u64)
+    };
+    let target = super::text::spread(seed, padding.min, padding.max);
+    if target <= plain.len() || !has_extraction(view.state.as_deref()) {
         return plain;
     }
-    // The filler is plain ASCII, which JSON does not escape, so the body grows
-    // by exactly its length.
-    let filler = filler(padding - plain.len());
+    // The filler is plain ASCII, which JSON does not escape, so the body grows by
+    // exactly its length; it leads with a space, after the caption's full stop.
+    let filler = format!(" {}", super::text::prose(seed, target - plain.len() - 1));
     to_json(&job_json(view, ctx, &filler))
-}
-
-fn filler(len: usize) -> String {
-    const TEXT: &str = "lorem ipsum dolor sit amet consectetur adipiscing elit ";
-    TEXT.chars().cycle().take(len).collect()
 }
 
 /// Only finished jobs carry an extraction and links (`cleaned` ones keep
@@ -767,9 +769,9 @@ mod tests {
             JobState::Fixed(Some("completed".into())),
             OffsetDateTime::now_utc(),
         );
-        j.set_padding(2048);
+        j.set_padding(Padding::fixed(2048));
         assert_eq!(j.body(None, id).map(|b| b.len()), Some(2048));
-        j.set_padding(0);
+        j.set_padding(Padding::default());
         assert!(j.body(None, id).is_some_and(|b| b.len() < 2048));
     }
 
