@@ -6,7 +6,10 @@
 //!   with no tracing subscriber (the access-log line is then nearly free) and with a text
 //!   subscriber writing to a sink (the cost of formatting that line);
 //! - `rewrite_job/*`: link rewriting of a 2 KB and a 2 MB job as the simulator serves them
-//!   (padded to the byte), the work a miss does once before storing.
+//!   (padded to the byte), the work a miss does once before storing;
+//! - `packed/*`: a 2 KB and an 8 KB job compressed at gzip levels 1 and 6 (what a fill
+//!   stores) and decompressed (what an identity hit outside the front table's copies
+//!   costs); each prints the size it compresses to.
 //!
 //! Run with `cargo bench --bench hot_path`. For the load comparison against a bare hyper
 //! server and nginx, see `benches/load.rs`.
@@ -178,5 +181,35 @@ fn rewrite_job(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route_and_key, hit, rewrite_job);
+fn packed(c: &mut Criterion) {
+    use exagate::cache::packed;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("packed");
+    for (name, size) in [("2KB", 2 * 1024), ("8KB", 8 * 1024)] {
+        let body = rt.block_on(sim_job_body(size));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        for level in [1, packed::LEVEL] {
+            let form = packed::pack_at(&body, level).expect("a job compresses");
+            println!(
+                "packed/{name}: level {level} keeps {} of {} bytes ({:.2}x)",
+                form.len(),
+                body.len(),
+                body.len() as f64 / form.len() as f64
+            );
+            group.bench_function(format!("pack_{name}_level{level}"), |b| {
+                b.iter(|| packed::pack_at(&body, level).expect("compresses"))
+            });
+        }
+        let form = packed::pack(&body).expect("a job compresses");
+        group.bench_function(format!("unpack_{name}"), |b| {
+            b.iter(|| packed::unpack(&form, body.len()).expect("decodes"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, route_and_key, hit, rewrite_job, packed);
 criterion_main!(benches);

@@ -113,7 +113,11 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             watchers: crate::cache::watch::Watchers::new(),
             webhooks,
-            cache: CacheStore::new(config.cache.max_size, Arc::clone(&metrics)),
+            cache: CacheStore::new(
+                config.cache.max_size,
+                config.cache.compress,
+                Arc::clone(&metrics),
+            ),
             metrics,
             flights: Flights::new(),
             guard,
@@ -362,6 +366,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     check("server.listen", old.server.listen != new.server.listen);
     check("admin.listen", old.admin.listen != new.admin.listen);
     check("cache.max_size", old.cache.max_size != new.cache.max_size);
+    check("cache.compress", old.cache.compress != new.cache.compress);
     check(
         "server.max_connections",
         old.server.max_connections != new.server.max_connections,

@@ -164,13 +164,25 @@ pub async fn closed_loop(
     conns: usize,
     stop: Stop,
 ) -> Result<LoadResult, BoxError> {
+    closed_loop_with(addr, paths, conns, stop, HeaderMap::new()).await
+}
+
+/// [`closed_loop`], every request carrying `headers`.
+pub async fn closed_loop_with(
+    addr: SocketAddr,
+    paths: Arc<Vec<String>>,
+    conns: usize,
+    stop: Stop,
+    headers: HeaderMap,
+) -> Result<LoadResult, BoxError> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(conns);
     for _ in 0..conns {
-        let mut conn = Conn::open(addr, HeaderMap::new()).await?;
+        let mut conn = Conn::open(addr, headers.clone()).await?;
         let paths = Arc::clone(&paths);
         let next = Arc::clone(&next);
+        let headers = headers.clone();
         tasks.push(tokio::spawn(async move {
             let mut result = LoadResult::default();
             loop {
@@ -187,7 +199,7 @@ pub async fn closed_loop(
                 result.record(reply, t0.elapsed());
                 if failed {
                     // The connection is likely gone; a fresh one keeps the load going.
-                    match Conn::open(addr, HeaderMap::new()).await {
+                    match Conn::open(addr, headers.clone()).await {
                         Ok(c) => conn = c,
                         Err(_) => break,
                     }

@@ -12,7 +12,7 @@
 //!   mode installs them by default when run as root, the quick mode only with
 //!   `--install`. Without wrk, throughput is measured with the harness's own client;
 //!   without nginx, its column is skipped; the output says so;
-//! - `--only hits,miss,memory,coalescing,shared,webhooks`: a subset (results go to `partial.md`);
+//! - `--only hits,miss,memory,coalescing,shared,webhooks,compression`: a subset (results go to `partial.md`);
 //! - `--latency-load F`: the open-loop rate as a share of the lower measured throughput
 //!   of the gateway and the bare server (default 0.25);
 //! - `--without wrk,nginx`: act as if a tool were missing (exercises the fallbacks);
@@ -45,7 +45,9 @@
 //! and 3 replicas behind round-robin against one gateway in upstream calls per job; (g)
 //! webhooks: the team workload with the simulator's webhooks pointed at the gateway
 //! against without (polling and long-polling, one gateway and two replicas sharing
-//! Redis), and thousands of long-polls held on one job by a gateway process.
+//! Redis), and thousands of long-polls held on one job by a gateway process; (h)
+//! compression: hit throughput of a gateway holding its cache compressed against one
+//! with `cache.compress = false`, for clients that take no gzip and for those that do.
 //!
 //! Output: one Markdown table (printed, and written to `benches/results/latest.md`, or
 //! `quick.md` in quick mode) and `benches/results/throughput.svg` (`quick.svg`).
@@ -110,6 +112,8 @@ enum Scenario {
     Shared,
     /// Webhooks: calls per job with them on, long-poll waiters.
     Webhooks,
+    /// Hits with the cache compressed against uncompressed.
+    Compression,
 }
 
 impl Scenario {
@@ -121,6 +125,7 @@ impl Scenario {
             "coalescing" => Some(Scenario::Coalescing),
             "shared" => Some(Scenario::Shared),
             "webhooks" => Some(Scenario::Webhooks),
+            "compression" => Some(Scenario::Compression),
             _ => None,
         }
     }
@@ -225,7 +230,7 @@ fn main() -> ExitCode {
                         Some(s) => options.only.push(s),
                         None => {
                             eprintln!(
-                                "load: --only takes hits,miss,memory,coalescing,shared,webhooks, not {name:?}"
+                                "load: --only takes hits,miss,memory,coalescing,shared,webhooks,compression, not {name:?}"
                             );
                             return ExitCode::FAILURE;
                         }
@@ -260,7 +265,7 @@ fn main() -> ExitCode {
             "-h" | "--help" => {
                 println!(
                     "cargo bench --bench load [-- [--quick] [--install|--no-install] \
-                     [--only hits,miss,memory,coalescing,shared,webhooks] [--latency-load 0.25] [--without wrk,nginx] [--keep]]"
+                     [--only hits,miss,memory,coalescing,shared,webhooks,compression] [--latency-load 0.25] [--without wrk,nginx] [--keep]]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -457,6 +462,10 @@ fn measure(options: &Options, plan: &Plan, tools: &Tools, dir: &Path) -> Result<
     if options.runs(Scenario::Memory) {
         println!("\n== memory");
         results.memory = Some(scenarios::memory::measure(&rt, dir, plan.memory_jobs)?);
+    }
+    if options.runs(Scenario::Compression) {
+        println!("\n== compression (hits, compressed cache against cache.compress = false)");
+        results.compression = Some(scenarios::compression::measure(plan, tools, &rt, dir)?);
     }
     drop(rt);
     if options.runs(Scenario::Coalescing) {

@@ -209,7 +209,13 @@ pub struct Sim {
 }
 
 /// Starts `exagate sim` with `jobs` completed jobs padded to `padding` bytes.
-pub fn start_sim(dir: &Path, name: &str, jobs: usize, padding: usize) -> Result<Sim, BoxError> {
+/// `padding`: every body's length (`2048`) or their spread (`1024-8192`).
+pub fn start_sim(
+    dir: &Path,
+    name: &str,
+    jobs: usize,
+    padding: impl std::fmt::Display,
+) -> Result<Sim, BoxError> {
     let addr = free_addr()?;
     let stderr = dir.join(format!("{name}.stderr"));
     let child = Command::new(exagate_bin())
@@ -293,6 +299,32 @@ pub fn start_gateway_with(
     cache_size: &str,
     extra: &str,
 ) -> Result<Server, BoxError> {
+    let cache = format!("max_size = \"{cache_size}\"");
+    gateway_process(dir, name, sim, logging, &cache, extra)
+}
+
+/// [`start_gateway`], with its cache held compressed or not (`cache.compress`).
+pub fn start_gateway_compressing(
+    dir: &Path,
+    name: &str,
+    sim: SocketAddr,
+    cache_size: &str,
+    compress: bool,
+) -> Result<Server, BoxError> {
+    let cache = format!("max_size = \"{cache_size}\"\ncompress = {compress}");
+    gateway_process(dir, name, sim, Logging::Off, &cache, "")
+}
+
+/// A gateway process in front of `sim`, its `[cache]` section's lines `cache`, and
+/// `extra` appended to its config.
+fn gateway_process(
+    dir: &Path,
+    name: &str,
+    sim: SocketAddr,
+    logging: Logging,
+    cache: &str,
+    extra: &str,
+) -> Result<Server, BoxError> {
     let addr = free_addr()?;
     let admin = free_addr()?;
     let level = match logging {
@@ -313,7 +345,7 @@ url = "http://{sim}"
 api_key_env = "EXABASE_API_KEY"
 
 [cache]
-max_size = "{cache_size}"
+{cache}
 
 [admin]
 listen = "{admin}"

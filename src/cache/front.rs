@@ -23,8 +23,10 @@
 //! moka holds most job answers by their gzip form alone. A slot may hold such an answer
 //! rebuilt with its identity body (for the clients that take no gzip), so that a hot
 //! job is decompressed once, not at every hit; those rebuilt bodies are memory moka does
-//! not weigh, and they are bounded by a budget of their own (a share of
-//! `cache.max_size`), counted in [`Front::held_bytes`].
+//! not weigh, and they are bounded by a budget of their own ([`COPIES_MAX`] at most),
+//! counted in [`Front::held_bytes`]. When it is spent, a clock hand goes round the
+//! slots and drops the copies not read since it last passed (second chance), so the
+//! copies follow what is hot now, not what was read first.
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
@@ -48,6 +50,14 @@ pub const MAX_BODY: usize = 8 * 1024;
 /// One in this many hits served here (per thread) also reads through moka.
 const TOUCH_EVERY: u32 = 64;
 
+/// The most the rebuilt (decompressed) copies may hold, whatever `cache.max_size`: they
+/// serve only the clients that take no gzip, and 16 MiB holds several thousand hot jobs;
+/// colder ones are decompressed at each hit (microseconds).
+pub const COPIES_MAX: usize = 16 << 20;
+
+/// Slots the clock hand looks at, at most, for one copy that finds the budget spent.
+const RECLAIM_SCAN: usize = 256;
+
 struct Slot {
     key: CacheKey,
     /// What is served.
@@ -59,6 +69,8 @@ struct Slot {
     epoch: u64,
     /// The rebuilt body's share of the budget, given back when the slot goes.
     _charge: Option<Charge>,
+    /// A copy read since the clock hand last passed.
+    referenced: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -89,6 +101,8 @@ pub struct Front {
     held: Arc<AtomicUsize>,
     /// The most `held` may reach.
     budget: usize,
+    /// The clock hand: the next slot it looks at.
+    hand: AtomicUsize,
 }
 
 /// What a lookup found.
@@ -100,14 +114,16 @@ pub enum Lookup {
 }
 
 impl Front {
-    /// An empty table, holding at most `budget` bytes of rebuilt bodies.
+    /// An empty table, holding at most `budget` bytes of rebuilt bodies (and never more
+    /// than [`COPIES_MAX`]).
     pub fn new(budget: usize) -> Front {
         Front {
             slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
             epoch: AtomicU64::new(0),
             hasher: foldhash::fast::RandomState::default(),
             held: Arc::new(AtomicUsize::new(0)),
-            budget,
+            budget: budget.min(COPIES_MAX),
+            hand: AtomicUsize::new(0),
         }
     }
 
@@ -116,10 +132,13 @@ impl Front {
         self.held.load(Ordering::Acquire)
     }
 
-    fn slot(&self, key: &CacheKey) -> &ArcSwapOption<Slot> {
+    /// The two slots `key` may be kept in (two ways, side by side in memory): with one
+    /// only, a tenth of a few thousand hot keys found their slot taken, and each of their
+    /// hits went to moka and was decompressed again.
+    fn ways(&self, key: &CacheKey) -> [&ArcSwapOption<Slot>; 2] {
         // SLOTS is a power of two: the mask keeps the index in range.
         let index = (self.hasher.hash_one(key) as usize) & (SLOTS - 1);
-        &self.slots[index]
+        [&self.slots[index], &self.slots[index ^ 1]]
     }
 
     /// The answer for `key` if this table holds a true one at `now`; with `identity`,
@@ -128,16 +147,24 @@ impl Front {
         // Read first: an invalidation that bumps the epoch after this point is one the
         // caller's moka read may or may not see, and what it offers is then refused.
         let epoch = self.epoch.load(Ordering::Acquire);
-        let slot = self.slot(key).load();
-        if let Some(slot) = slot.as_deref() {
+        for way in self.ways(key) {
+            let slot = way.load();
+            let Some(slot) = slot.as_deref().filter(|s| s.key == *key) else {
+                continue;
+            };
             let fresh = slot.answer.expires_at.is_some_and(|at| now < at);
             let usable = !identity || slot.answer.has_identity();
-            if slot.epoch == epoch && fresh && usable && slot.key == *key {
+            if slot.epoch == epoch && fresh && usable {
+                // Read before written: a hot copy's line is not written at every hit.
+                if slot.source.is_some() && !slot.referenced.load(Ordering::Relaxed) {
+                    slot.referenced.store(true, Ordering::Relaxed);
+                }
                 return Lookup::Hit {
                     answer: Arc::clone(&slot.answer),
                     touch: touch_now(),
                 };
             }
+            break;
         }
         Lookup::Miss { epoch }
     }
@@ -146,11 +173,11 @@ impl Front {
     /// with the identity body, if it is small, still of this epoch, its slot is free,
     /// and (for a rebuilt copy) the budget has room.
     ///
-    /// First come, first kept: a slot holding another key's live answer is not taken
-    /// over, so two hot keys sharing a slot do not evict each other on every read (the
-    /// second is served by moka instead). A slot is free when empty, or holding this
-    /// key, an older epoch, an expired answer, or one moka no longer holds (this table
-    /// has the only reference left).
+    /// The way that holds this key already, else the first free one. First come, first
+    /// kept: a slot holding another key's live answer is not taken over, so hot keys
+    /// sharing a pair of slots do not evict each other on every read (a third is served
+    /// by moka instead). A slot is free when empty, or holding an older epoch, an expired
+    /// answer, or one moka no longer holds (this table has the only reference left).
     pub fn offer(
         &self,
         key: &CacheKey,
@@ -162,21 +189,33 @@ impl Front {
         if answer.len() > MAX_BODY || self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        let slot = self.slot(key);
-        let current = slot.load();
-        if let Some(held) = current.as_deref() {
-            let free = held.key == *key
-                || held.epoch != epoch
-                || held.answer.expires_at.is_none_or(|at| now >= at)
-                || Arc::strong_count(held.moka_answer()) == 1;
-            if !free {
-                return;
-            }
-        }
+        let ways = self.ways(key);
+        let loaded = ways.map(|way| way.load());
+        let free = |held: Option<&Slot>| {
+            held.is_none_or(|held| {
+                held.epoch != epoch
+                    || held.answer.expires_at.is_none_or(|at| now >= at)
+                    || Arc::strong_count(held.moka_answer()) == 1
+            })
+        };
+        let chosen = (0..2)
+            .find(|&i| loaded[i].as_deref().is_some_and(|held| held.key == *key))
+            .or_else(|| (0..2).find(|&i| free(loaded[i].as_deref())));
+        let Some(chosen) = chosen else {
+            return;
+        };
+        let (slot, current) = (ways[chosen], &loaded[chosen]);
         let charge = match source {
-            Some(_) => match self.charge(answer.len()) {
+            Some(_) => match self.charge(super::answer::allocated(answer.len())) {
                 Some(charge) => Some(charge),
-                None => return,
+                None => {
+                    self.reclaim();
+                    match self.charge(super::answer::allocated(answer.len())) {
+                        Some(charge) => Some(charge),
+                        // Served all the same, decompressed again next time.
+                        None => return,
+                    }
+                }
             },
             None => None,
         };
@@ -186,10 +225,32 @@ impl Front {
             source: source.cloned(),
             epoch,
             _charge: charge,
+            referenced: std::sync::atomic::AtomicBool::new(false),
         }));
         // Lost a race with another offer or a removal: leave the slot to the winner (the
         // charge goes back as the refused slot drops).
-        let _ = slot.compare_and_swap(&current, new);
+        let _ = slot.compare_and_swap(current, new);
+    }
+
+    /// Moves the clock hand over up to [`RECLAIM_SCAN`] slots: a copy read since the
+    /// hand last passed is spared (and marked unread), one not read is dropped. Its
+    /// bytes go back to the budget once no reader holds the slot.
+    fn reclaim(&self) {
+        let start = self.hand.fetch_add(RECLAIM_SCAN, Ordering::Relaxed);
+        for i in 0..RECLAIM_SCAN {
+            let slot = &self.slots[(start + i) & (SLOTS - 1)];
+            let current = slot.load();
+            let Some(held) = current.as_deref() else {
+                continue;
+            };
+            if held.source.is_none() {
+                continue;
+            }
+            if held.referenced.swap(false, Ordering::Relaxed) {
+                continue;
+            }
+            let _ = slot.compare_and_swap(&current, None);
+        }
     }
 
     /// `bytes` of the budget, if it has room for them.
@@ -205,12 +266,13 @@ impl Front {
 
     /// Forgets `answer` if its slot holds it (moka removed it).
     pub fn removed(&self, key: &CacheKey, answer: &Arc<Answer>) {
-        let slot = self.slot(key);
-        let current = slot.load();
-        if let Some(held) = current.as_deref() {
-            if Arc::ptr_eq(held.moka_answer(), answer) {
-                // Only if unchanged meanwhile: a newer answer offered since stays.
-                let _ = slot.compare_and_swap(&current, None);
+        for slot in self.ways(key) {
+            let current = slot.load();
+            if let Some(held) = current.as_deref() {
+                if Arc::ptr_eq(held.moka_answer(), answer) {
+                    // Only if unchanged meanwhile: a newer answer offered since stays.
+                    let _ = slot.compare_and_swap(&current, None);
+                }
             }
         }
     }
@@ -351,24 +413,31 @@ mod tests {
         assert!(hit(&front, &k, Instant::now()).is_none());
     }
 
-    /// Two keys that share a slot of `front`.
-    fn colliding(front: &Front) -> (CacheKey, CacheKey) {
+    /// Three keys that share a pair of slots of `front`.
+    fn colliding(front: &Front) -> (CacheKey, CacheKey, CacheKey) {
+        let pair = |k: &CacheKey| front.ways(k).map(|w| w as *const _ as usize).into_iter().min();
         let first = key();
-        loop {
+        let mut others = Vec::new();
+        while others.len() < 2 {
             let other = key();
-            if std::ptr::eq(front.slot(&first), front.slot(&other)) {
-                return (first, other);
+            if pair(&other) == pair(&first) {
+                others.push(other);
             }
         }
+        let b = others.remove(0);
+        (first, b, others.remove(0))
     }
 
     #[test]
     fn a_live_answer_keeps_its_slot_until_moka_lets_go_of_it() {
         let front = Front::default();
-        let (a, b) = colliding(&front);
+        let (a, c, b) = colliding(&front);
         let held_by_moka = answer(100, Duration::from_secs(10));
         front.offer(&a, &held_by_moka, None, epoch(&front, &a), Instant::now());
-        // b's answer does not push a's out: both would thrash on every read.
+        let c_answer = answer(100, Duration::from_secs(10));
+        front.offer(&c, &c_answer, None, epoch(&front, &c), Instant::now());
+        assert!(hit(&front, &c, Instant::now()).is_some(), "two ways: both kept");
+        // b's answer does not push a's or c's out: they would thrash on every read.
         front.offer(
             &b,
             &answer(100, Duration::from_secs(10)),
@@ -399,5 +468,79 @@ mod tests {
             Instant::now(),
         );
         assert!(hit(&front, &k, Instant::now()).is_none());
+    }
+
+    /// A stored answer of `body` bytes of text, as moka holds it (gzip only), and its
+    /// rebuilt copy.
+    fn packed_and_copy(body: usize) -> (Arc<Answer>, Arc<Answer>) {
+        let text: Vec<u8> = (0..body).map(|i| b"abcdefgh "[i % 9]).collect();
+        let full = Answer::new(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Bytes::from(text),
+            None,
+            Some(Duration::from_secs(10)),
+            Duration::ZERO,
+        )
+        .compressed()
+        .expect("text compresses");
+        let packed = Arc::new(full.packed().expect("a gzip form"));
+        let copy = Arc::new(packed.inflated().expect("decodes"));
+        (packed, copy)
+    }
+
+    #[test]
+    fn a_packed_answer_serves_gzip_readers_and_a_copy_serves_everyone() {
+        let front = Front::default();
+        let k = key();
+        let (packed, copy) = packed_and_copy(4096);
+        front.offer(&k, &packed, None, epoch(&front, &k), Instant::now());
+        assert!(matches!(front.get(&k, Instant::now(), false), Lookup::Hit { .. }));
+        assert!(matches!(front.get(&k, Instant::now(), true), Lookup::Miss { .. }));
+        assert_eq!(front.held_bytes(), 0, "the packed answer is moka's own");
+        front.offer(&k, &copy, Some(&packed), epoch(&front, &k), Instant::now());
+        assert!(matches!(front.get(&k, Instant::now(), true), Lookup::Hit { .. }));
+        assert_eq!(front.held_bytes(), 4096);
+        // moka's removal names its own answer, not the copy: the copy goes with it.
+        front.removed(&k, &packed);
+        assert!(hit(&front, &k, Instant::now()).is_none());
+        assert_eq!(front.held_bytes(), 0);
+    }
+
+    #[test]
+    fn copies_stay_within_the_budget_and_the_hand_drops_the_unread_ones() {
+        // Room for three 4 KiB copies.
+        let front = Front::new(3 * 4096 + 100);
+        let keys: Vec<CacheKey> = (0..6).map(|_| key()).collect();
+        let answers: Vec<_> = keys.iter().map(|_| packed_and_copy(4096)).collect();
+        let offer = |i: usize| {
+            let (packed, copy) = &answers[i];
+            front.offer(&keys[i], copy, Some(packed), epoch(&front, &keys[i]), Instant::now());
+        };
+        for i in 0..3 {
+            offer(i);
+        }
+        assert_eq!(front.held_bytes(), 3 * 4096);
+        // Key 0 is read: it is spared by the hand's first pass.
+        assert!(hit(&front, &keys[0], Instant::now()).is_some());
+        for i in 3..6 {
+            // Spent budget: the hand goes round, a part of the table per offer. A copy
+            // read since its last pass is spared once, so two rounds free a slot.
+            for _ in 0..(4 * SLOTS / RECLAIM_SCAN) {
+                offer(i);
+                if hit(&front, &keys[i], Instant::now()).is_some() {
+                    break;
+                }
+            }
+            assert!(front.held_bytes() <= 3 * 4096 + 100, "{}", front.held_bytes());
+        }
+        let held = keys
+            .iter()
+            .filter(|k| hit(&front, k, Instant::now()).is_some())
+            .count();
+        assert!(held <= 3, "{held} copies held");
+        assert!(hit(&front, &keys[5], Instant::now()).is_some(), "the newest got in");
+        front.invalidate();
+        assert_eq!(front.held_bytes(), 0);
     }
 }

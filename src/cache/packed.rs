@@ -10,10 +10,10 @@
 //! curl) all accept gzip, few accept zstd, and a zstd form would need a gzip copy beside
 //! it for them, which holds more, not less.
 
-use std::io::{Read, Write};
+use std::cell::RefCell;
 
 use bytes::Bytes;
-use flate2::Compression;
+use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// Bodies shorter than this stay as they are: gzip's 18 bytes of framing and a second
 /// allocation would eat most of what it saves, against an entry's fixed cost of several
@@ -27,21 +27,52 @@ pub const MAX_PACKED: usize = 1 << 20;
 
 /// gzip's level: 6 (zlib's default). Compression runs once per upstream answer (the
 /// quota bounds those to a few thousand an hour), so the smaller form is worth its cost:
-/// level 1 kept about 10% more bytes on job bodies (benches/hot_path.rs measures both).
+/// level 1 keeps about a third more bytes of job bodies (benches/hot_path.rs measures
+/// both).
 pub const LEVEL: u32 = 6;
+
+/// The gzip header of every form made here: no name, no time, no flags (RFC 1952).
+const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+
+/// The gzip trailer's length: CRC-32 and length, little-endian.
+const TRAILER: usize = 8;
+
+thread_local! {
+    /// Each thread's deflate state, by level, made once: a fresh one allocates and
+    /// clears a few hundred KiB, which cost more than compressing a 2 KiB body.
+    static DEFLATERS: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's inflate state (its 32 KiB window), made once, for the same reason.
+    static INFLATER: RefCell<Option<Decompress>> = const { RefCell::new(None) };
+}
 
 /// `body` gzip-compressed at `level`, if that makes it at least an eighth smaller.
 pub fn pack_at(body: &[u8], level: u32) -> Option<Bytes> {
     if !(MIN_PACKED..=MAX_PACKED).contains(&body.len()) {
         return None;
     }
-    let mut encoder =
-        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), Compression::new(level));
-    encoder.write_all(body).ok()?;
-    let packed = encoder.finish().ok()?;
-    // Kept only when worth the second form's bookkeeping; the copy trims the vector's
-    // spare capacity, which would otherwise be held for as long as the entry lives.
-    (packed.len() <= body.len() - body.len() / 8).then(|| Bytes::copy_from_slice(&packed))
+    // What is worth keeping; deflate stops when its output reaches this, without
+    // compressing the rest.
+    let limit = body.len() - body.len() / 8;
+    let mut out = Vec::with_capacity(limit);
+    out.extend_from_slice(&HEADER);
+    let deflated = with_deflater(level, |deflater| {
+        // One call with room for all that is worth keeping: it ends the stream, or runs
+        // out of room (not worth it).
+        matches!(
+            deflater.compress_vec(body, &mut out, FlushCompress::Finish),
+            Ok(Status::StreamEnd)
+        )
+    });
+    if !deflated || out.len() + TRAILER > limit {
+        return None;
+    }
+    let mut crc = Crc::new();
+    crc.update(body);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    // Into `Bytes` as it is: the vector was sized for `limit`, and `Bytes` from a vector
+    // keeps its capacity; a copy holds exactly the form.
+    Some(Bytes::copy_from_slice(&out))
 }
 
 /// `body` gzip-compressed at [`LEVEL`], when that saves memory.
@@ -52,10 +83,68 @@ pub fn pack(body: &[u8]) -> Option<Bytes> {
 /// The identity body of `gzip`, which must be exactly `len` bytes; `None` if it is not
 /// (never for what [`pack`] made: a bit flip in memory, not input, would be the cause).
 pub fn unpack(gzip: &[u8], len: usize) -> Option<Bytes> {
+    // Only the forms made here: this header, a deflate stream, the trailer.
+    if gzip.len() < HEADER.len() + TRAILER || gzip[..4] != HEADER[..4] {
+        return None;
+    }
+    let (stream, trailer) = gzip[HEADER.len()..].split_at(gzip.len() - HEADER.len() - TRAILER);
     let mut out = Vec::with_capacity(len);
-    let mut decoder = flate2::read::GzDecoder::new(gzip).take(len as u64 + 1);
-    decoder.read_to_end(&mut out).ok()?;
-    (out.len() == len).then(|| Bytes::from(out))
+    let inflated = with_inflater(|inflater| {
+        // Room for `len` bytes exactly: a longer stream cannot end in it.
+        matches!(
+            inflater.decompress_vec(stream, &mut out, FlushDecompress::Finish),
+            Ok(Status::StreamEnd)
+        )
+    });
+    if !inflated || out.len() != len {
+        return None;
+    }
+    let mut crc = Crc::new();
+    crc.update(&out);
+    let stated = |at: usize| {
+        trailer
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+    };
+    (stated(0) == Some(crc.sum()) && stated(4) == Some(len as u32)).then(|| Bytes::from(out))
+}
+
+/// Runs `f` with this thread's deflate state for `level`, reset.
+fn with_deflater<T>(level: u32, mut f: impl FnMut(&mut Compress) -> T) -> T {
+    let fresh = || Compress::new(Compression::new(level), false);
+    let kept = DEFLATERS.try_with(|cell| {
+        let mut all = cell.try_borrow_mut().ok()?;
+        let at = match all.iter().position(|(l, _)| *l == level) {
+            Some(at) => at,
+            None => {
+                all.push((level, fresh()));
+                all.len() - 1
+            }
+        };
+        let deflater = &mut all[at].1;
+        deflater.reset();
+        Some(f(deflater))
+    });
+    match kept {
+        Ok(Some(done)) => done,
+        // The thread is ending (or the state is in use): a state of its own.
+        _ => f(&mut fresh()),
+    }
+}
+
+/// Runs `f` with this thread's inflate state, reset.
+fn with_inflater<T>(mut f: impl FnMut(&mut Decompress) -> T) -> T {
+    let kept = INFLATER.try_with(|cell| {
+        let mut kept = cell.try_borrow_mut().ok()?;
+        let inflater = kept.get_or_insert_with(|| Decompress::new(false));
+        inflater.reset(false);
+        Some(f(inflater))
+    });
+    match kept {
+        Ok(Some(done)) => done,
+        _ => f(&mut Decompress::new(false)),
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +172,29 @@ mod tests {
             let packed = pack(&body).expect("job text compresses");
             assert!(packed.len() < body.len() / 2, "{len}: {}", packed.len());
             assert_eq!(unpack(&packed, body.len()).as_deref(), Some(&body[..]));
+        }
+    }
+
+    #[test]
+    fn the_form_is_plain_gzip_that_any_decoder_reads() {
+        use std::io::{Read, Write};
+        let body = job_like(4096);
+        let packed = pack(&body).expect("compresses");
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_end(&mut decoded)
+            .expect("a gzip stream");
+        assert_eq!(decoded, body);
+        // And a gzip stream made elsewhere (a header without flags) is read back too.
+        let mut encoder =
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&body).expect("gzip");
+        let other = encoder.finish().expect("gzip");
+        assert_eq!(unpack(&other, body.len()).as_deref(), Some(&body[..]));
+        // Many in a row on one thread: the kept states are reset between uses.
+        for len in [600, 8000, 1000, 3000] {
+            let b = job_like(len);
+            assert_eq!(unpack(&pack(&b).expect("packs"), len).as_deref(), Some(&b[..]));
         }
     }
 

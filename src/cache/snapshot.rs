@@ -131,7 +131,7 @@ pub async fn load(
         match Answer::restored(&envelope, body, wall) {
             Some(answer) => {
                 let epoch = store.epoch(key.job().job);
-                if store.insert(key, Arc::new(answer), epoch).await {
+                if store.insert(key, Arc::new(answer), epoch).await.is_some() {
                     loaded += 1;
                 }
             }

@@ -79,6 +79,8 @@ pub struct CacheStore {
     everything: Arc<std::sync::atomic::AtomicU64>,
     /// Counts the fills an invalidation overtook.
     metrics: Arc<Metrics>,
+    /// `cache.compress`: entries are held by their gzip form where it saves memory.
+    compress: bool,
 }
 
 /// One of the store's moka tables.
@@ -93,16 +95,20 @@ pub const CHUNKS_SHARE: u64 = 4;
 /// The part of `cache.max_size` the negative table gets.
 pub const NEGATIVE_SHARE: u64 = 8;
 
-/// The part of `cache.max_size` the front table's rebuilt (decompressed) bodies may hold.
+/// The part of `cache.max_size` the front table's rebuilt (decompressed) bodies may hold
+/// (up to [`COPIES_MAX`](super::front::COPIES_MAX)).
 pub const FRONT_SHARE: u64 = 16;
 
 impl CacheStore {
     /// A cache holding at most `max_bytes` of answers (as weighed by [`Answer::weight`],
     /// and the front table's rebuilt bodies): an eighth of it for negative answers, a
-    /// quarter for chunk windows, a sixteenth for the front table, the rest (nine
-    /// sixteenths) for jobs.
-    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> CacheStore {
-        let front_bytes = max_bytes / FRONT_SHARE;
+    /// quarter for chunk windows, a sixteenth (16 MiB at most) for the front table's
+    /// copies, the rest for jobs.
+    ///
+    /// `compress`: hold answers by their gzip form where that saves memory.
+    pub fn new(max_bytes: u64, compress: bool, metrics: Arc<Metrics>) -> CacheStore {
+        let front_bytes = (max_bytes / FRONT_SHARE)
+            .min(u64::try_from(super::front::COPIES_MAX).unwrap_or(u64::MAX));
         let front = Arc::new(Front::new(
             usize::try_from(front_bytes).unwrap_or(usize::MAX),
         ));
@@ -123,6 +129,7 @@ impl CacheStore {
                 .collect(),
             everything: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             metrics,
+            compress,
         }
     }
 
@@ -228,19 +235,34 @@ impl CacheStore {
 
     /// Stores an answer whose `expires_at` is set (others are ignored), unless an
     /// invalidation came after `since` (the [`epoch`](Self::epoch) read when its fill
-    /// began). Returns whether it was stored.
-    pub async fn insert(&self, key: CacheKey, answer: Arc<Answer>, since: u64) -> bool {
-        if answer.expires_at.is_none() {
-            return false;
-        }
+    /// began). Returns the answer as stored, with its gzip form if one was made (for the
+    /// requests waiting on it), or `None` if it was not stored.
+    pub async fn insert(
+        &self,
+        key: CacheKey,
+        answer: Arc<Answer>,
+        since: u64,
+    ) -> Option<Arc<Answer>> {
+        // Only answers to be stored (they have an expiry).
+        answer.expires_at?;
+        // Compressed before the gate: an invalidation need not wait for it.
+        let answer = self.with_gzip(answer);
         let _fill = self.gate.read().await;
         if self.epoch(key.job().job) != since {
             self.metrics.fills_discarded.inc();
             tracing::debug!(key = ?key, "answer not stored: an invalidation came after its fetch began");
-            return false;
+            return None;
         }
-        self.put(key, answer).await;
-        true
+        self.put(key, Arc::clone(&answer)).await;
+        Some(answer)
+    }
+
+    /// `answer` with its gzip form, when compression is on and saves memory.
+    fn with_gzip(&self, answer: Arc<Answer>) -> Arc<Answer> {
+        match self.compress {
+            true => answer.compressed().map(Arc::new).unwrap_or(answer),
+            false => answer,
+        }
     }
 
     /// Puts `answer` in its table. A key lives in one table at a time: a 404 after a 200
@@ -261,18 +283,19 @@ impl CacheStore {
     /// Stores an answer that is newer than any fill under way (a webhook delivery, a
     /// create's answer): those fills are turned away, as by an invalidation, and the
     /// answer takes the old one's place in one step, so no lookup in between finds the
-    /// key empty (and goes upstream for it).
-    pub async fn replace(&self, key: CacheKey, answer: Arc<Answer>) -> bool {
-        if answer.expires_at.is_none() {
-            return false;
-        }
+    /// key empty (and goes upstream for it). Returns the answer as stored (see
+    /// [`insert`](Self::insert)).
+    pub async fn replace(&self, key: CacheKey, answer: Arc<Answer>) -> Option<Arc<Answer>> {
+        // Only answers to be stored (they have an expiry).
+        answer.expires_at?;
+        let answer = self.with_gzip(answer);
         let _replacing = self.gate.write().await;
         self.stripe(key.job().job)
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.put(key, answer).await;
+        self.put(key, Arc::clone(&answer)).await;
         // The front table may hold the old answer: its epoch moves after the insert.
         self.front.invalidate();
-        true
+        Some(answer)
     }
 
     /// Drops a job and all its chunk windows, in every scope (a job id is unique, and a

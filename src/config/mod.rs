@@ -378,6 +378,10 @@ pub struct CacheConfig {
     /// it (read from the URLs), so an app that gets the job still has time to use them.
     #[serde(with = "duration")]
     pub link_margin: Duration,
+    /// Hold stored answers by their gzip form where that saves memory (most job
+    /// bodies: two to three times), sent as it is to clients that accept gzip. Off, every
+    /// entry holds its identity body only.
+    pub compress: bool,
 }
 
 impl Default for CacheConfig {
@@ -391,6 +395,7 @@ impl Default for CacheConfig {
             in_progress_ttl: Duration::from_secs(1),
             not_found_ttl: Duration::from_secs(2),
             link_margin: Duration::from_secs(60),
+            compress: true,
         }
     }
 }
@@ -742,7 +747,15 @@ pub fn describe(config: &Config) -> Vec<String> {
             d(config.upstream.timeout),
             d(config.upstream.connect_timeout)
         ),
-        format!("cache holds at most {}", format_size(c.max_size)),
+        format!(
+            "cache holds at most {}{}",
+            format_size(c.max_size),
+            if c.compress {
+                ", bodies gzip-compressed"
+            } else {
+                ", bodies uncompressed"
+            }
+        ),
         format!(
             "completed jobs are kept up to {} after creation, and at most {}",
             d(c.retention),

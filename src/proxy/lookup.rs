@@ -439,15 +439,18 @@ pub async fn prime(
 /// Stores `answer` if it is to be stored and no invalidation overtook its fill; an
 /// answer that was to be stored but was not is handed on as unstored (`no-store`).
 async fn keep(gw: &Gateway, key: &CacheKey, answer: Arc<Answer>, epoch: u64) -> Arc<Answer> {
-    if answer.expires_at.is_none()
-        || gw
-            .cache
-            .insert(key.clone(), Arc::clone(&answer), epoch)
-            .await
-    {
+    if answer.expires_at.is_none() {
         return answer;
     }
-    Arc::new(answer.unstored())
+    match gw
+        .cache
+        .insert(key.clone(), Arc::clone(&answer), epoch)
+        .await
+    {
+        // As stored: with its gzip form, for the waiters that take it.
+        Some(stored) => stored,
+        None => Arc::new(answer.unstored()),
+    }
 }
 
 /// The upstream's answer for `key`, its body as the upstream sent it, and for a job

@@ -4,6 +4,7 @@
 //! is `results.rs`'s.
 
 pub mod coalescing;
+pub mod compression;
 pub mod latency;
 pub mod memory;
 pub mod miss;
