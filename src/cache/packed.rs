@@ -186,15 +186,17 @@ mod tests {
             .expect("a gzip stream");
         assert_eq!(decoded, body);
         // And a gzip stream made elsewhere (a header without flags) is read back too.
-        let mut encoder =
-            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(&body).expect("gzip");
         let other = encoder.finish().expect("gzip");
         assert_eq!(unpack(&other, body.len()).as_deref(), Some(&body[..]));
         // Many in a row on one thread: the kept states are reset between uses.
         for len in [600, 8000, 1000, 3000] {
             let b = job_like(len);
-            assert_eq!(unpack(&pack(&b).expect("packs"), len).as_deref(), Some(&b[..]));
+            assert_eq!(
+                unpack(&pack(&b).expect("packs"), len).as_deref(),
+                Some(&b[..])
+            );
         }
     }
 

@@ -120,7 +120,11 @@ pub fn measure(
         for (i, t) in measured.into_iter().enumerate() {
             println!(
                 "compression {:<28} round {}: {:>8.0} req/s, p99 {:>7.0} µs, {} errors",
-                ["identity, compressed cache", "identity, compress = false", "gzip, compressed cache"][i],
+                [
+                    "identity, compressed cache",
+                    "identity, compress = false",
+                    "gzip, compressed cache"
+                ][i],
                 round + 1,
                 t.rps,
                 t.p99_us,
