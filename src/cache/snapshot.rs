@@ -61,30 +61,34 @@ pub enum LoadError {
 pub async fn write(store: &CacheStore, dir: &Path, identity: &Identity) -> std::io::Result<usize> {
     store.run_pending_tasks().await;
     let entries = store.entries();
-    let (now, wall) = (Instant::now(), now_ms());
-    let mut out = BytesMut::with_capacity(64 * 1024);
-    out.put_slice(MAGIC);
     let header = serde_json::to_vec(identity).map_err(std::io::Error::other)?;
-    out.put_u32(u32::try_from(header.len()).unwrap_or(u32::MAX));
-    out.put_slice(&header);
-    let mut count = 0;
-    for (key, answer) in entries {
-        let Some(envelope) = answer.envelope(now, wall) else {
-            continue;
-        };
-        put_key(&mut out, &key);
-        let bytes = envelope.encode();
-        out.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
-        out.put_slice(&bytes);
-        count += 1;
-    }
-    let digest = crate::auth::sha256(&out);
-    out.put_slice(&digest);
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || replace(&dir, &out))
-        .await
-        .map_err(std::io::Error::other)??;
-    Ok(count)
+    // All of it off the runtime's threads: entries held compressed are decompressed
+    // (the snapshot keeps identity bodies), tens of microseconds each, seconds for a
+    // full cache, which a request's thread must not wait behind.
+    tokio::task::spawn_blocking(move || {
+        let (now, wall) = (Instant::now(), now_ms());
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        out.put_slice(MAGIC);
+        out.put_u32(u32::try_from(header.len()).unwrap_or(u32::MAX));
+        out.put_slice(&header);
+        let mut count = 0;
+        for (key, answer) in entries {
+            let Some(envelope) = answer.envelope(now, wall) else {
+                continue;
+            };
+            put_key(&mut out, &key);
+            let bytes = envelope.encode();
+            out.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+            out.put_slice(&bytes);
+            count += 1;
+        }
+        let digest = crate::auth::sha256(&out);
+        out.put_slice(&digest);
+        replace(&dir, &out).map(|()| count)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The file, written beside and renamed over the old one.
@@ -125,21 +129,48 @@ pub async fn load(
     };
     let records = parse(&bytes, identity)?;
     let wall = now_ms();
+    let compress = store.compresses();
     let (mut loaded, mut expired) = (0, 0);
-    for (key, envelope) in records {
-        let body = envelope.body.clone();
-        match Answer::restored(&envelope, body, wall) {
-            Some(answer) => {
-                let epoch = store.epoch(key.job().job);
-                if store.insert(key, Arc::new(answer), epoch).await.is_some() {
-                    loaded += 1;
+    let mut records = records.into_iter();
+    loop {
+        // Compressed off the runtime's threads, a batch at a time (tens of microseconds
+        // an entry; a batch bounds what is held twice meanwhile).
+        let batch: Vec<_> = records.by_ref().take(LOAD_BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let answers = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|(key, envelope)| {
+                    let answer = Answer::restored(&envelope, envelope.body.clone(), wall);
+                    let answer = match (answer, compress) {
+                        (Some(answer), true) => Some(answer.compressed().unwrap_or(answer)),
+                        (answer, _) => answer,
+                    };
+                    (key, answer)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| LoadError::Io(format!("restoring the snapshot: {e}")))?;
+        for (key, answer) in answers {
+            match answer {
+                Some(answer) => {
+                    let epoch = store.epoch(key.job().job);
+                    if store.insert(key, Arc::new(answer), epoch).await.is_some() {
+                        loaded += 1;
+                    }
                 }
+                None => expired += 1,
             }
-            None => expired += 1,
         }
     }
     Ok((loaded, expired))
 }
+
+/// Snapshot records rebuilt (and compressed) per blocking task.
+const LOAD_BATCH: usize = 1024;
 
 /// The records of a snapshot whose header is `identity`'s.
 fn parse(bytes: &Bytes, identity: &Identity) -> Result<Vec<(CacheKey, Envelope)>, LoadError> {

@@ -257,6 +257,11 @@ impl CacheStore {
         Some(answer)
     }
 
+    /// Whether entries are held by their gzip form (`cache.compress`).
+    pub fn compresses(&self) -> bool {
+        self.compress
+    }
+
     /// `answer` with its gzip form, when compression is on and saves memory.
     fn with_gzip(&self, answer: Arc<Answer>) -> Arc<Answer> {
         match self.compress {
