@@ -290,6 +290,8 @@ impl Gateway {
             .set(i64::try_from(self.cache.weighted_size()).unwrap_or(i64::MAX));
         m.cache_front_bytes
             .set(i64::try_from(self.cache.front_bytes()).unwrap_or(i64::MAX));
+        m.cache_copies_bytes
+            .set(i64::try_from(self.cache.copies_bytes()).unwrap_or(i64::MAX));
         let (tokens, burst) = self.guard.quota_gauges().unwrap_or((-1.0, -1.0));
         m.quota_tokens.set(tokens);
         m.quota_burst.set(burst);

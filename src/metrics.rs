@@ -198,6 +198,9 @@ pub struct Metrics {
     /// Bytes of decompressed bodies the front table holds, part of `cache_bytes` (set at
     /// scrape time).
     pub cache_front_bytes: Gauge,
+    /// Bytes of decompressed copies alive, the front table's and those being sent (set at
+    /// scrape time).
+    pub cache_copies_bytes: Gauge,
     /// Tokens left in the quota bucket; -1 when no limit (set at scrape time).
     pub quota_tokens: Gauge<f64, AtomicU64>,
     /// The most tokens the quota bucket holds (its burst); -1 when no limit (set at
@@ -381,6 +384,12 @@ impl Metrics {
             "Bytes of decompressed bodies kept for hot entries (part of exagate_cache_bytes)",
             cache_front_bytes.clone(),
         );
+        let cache_copies_bytes = Gauge::default();
+        registry.register(
+            "cache_copies_bytes",
+            "Bytes of decompressed copies alive: the front table's and those of answers being sent, one per entry",
+            cache_copies_bytes.clone(),
+        );
         let quota_tokens = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "quota_tokens",
@@ -509,6 +518,7 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             cache_front_bytes,
+            cache_copies_bytes,
             quota_tokens,
             quota_burst,
             cooldown_seconds,

@@ -267,3 +267,119 @@ async fn a_long_poll_answers_a_gzip_client_with_the_stored_form() {
     let hit = get(&h, &job_path(id), &[]).await;
     assert_eq!(gunzip(&completed.body), hit.body);
 }
+
+/// VmRSS of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}
+
+/// The review's finding: each identity reader of a job held compressed got a
+/// decompressed copy of its own, held until it had read it all, so stalled readers of one
+/// large job pinned their number times its size beyond `cache.max_size`. They now share
+/// one copy (counted in `exagate_cache_copies_bytes`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_identity_readers_of_a_large_job_share_one_copy() {
+    const READERS: usize = 30;
+    // A cache whose front table has no room for the copy (its budget is a sixteenth of
+    // 8 MiB): the readers share it all the same.
+    let h = Harness::with(|c| {
+        c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.cache.max_size = 8 << 20;
+    })
+    .await;
+    h.sim.set_padding(1_000_000);
+    let id = h.sim.add_completed(None);
+    let path = job_path(id);
+    let first = get(&h, &path, &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let len = first.body.len();
+    assert!(len > 900_000, "{len}");
+    // Held compressed: the gzip form is what a gzip client is sent.
+    let gzip = get(&h, &path, &[GZIP]).await;
+    assert_eq!(header(&gzip, "content-encoding"), "gzip");
+    let before = rss();
+    // HTTP/2 streams whose window stays shut: the gateway holds each answer's body
+    // until `server.send_timeout`.
+    let addr: SocketAddr = h.url().trim_start_matches("http://").parse().expect("addr");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h2c");
+    tokio::spawn(connection);
+    let mut stalled = Vec::new();
+    for _ in 0..READERS {
+        let request = http::Request::get(format!("{}{path}", h.url()))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.as_bytes()),
+            None
+        );
+        // Held, never read.
+        stalled.push(response);
+    }
+    let copies = h.metric("exagate_cache_copies_bytes").await;
+    let grown = rss().saturating_sub(before);
+    assert!(
+        copies >= len as f64 && copies <= 2.0 * len as f64,
+        "{copies} bytes of copies for a {len}-byte job"
+    );
+    assert!(
+        grown < (READERS as u64 / 2) * len as u64,
+        "RSS grew {grown} bytes for {READERS} stalled readers of a {len}-byte job"
+    );
+    assert_eq!(
+        h.metric("exagate_cache_front_bytes").await,
+        0.0,
+        "no room there"
+    );
+    drop(stalled);
+}
+
+/// The review's other finding: identity hits on jobs over 8 KiB were decompressed at
+/// every hit, the front table taking no copy of them. A copy of up to 2 MiB now goes in,
+/// under the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_large_job_is_decompressed_once() {
+    let h = harness().await;
+    h.sim.set_padding(200_000);
+    let id = h.sim.add_completed(None);
+    let path = job_path(id);
+    let first = get(&h, &path, &[]).await;
+    assert_eq!(first.cache(), "miss");
+    for _ in 0..3 {
+        let again = get(&h, &path, &[]).await;
+        assert_eq!(again.cache(), "hit");
+        assert_eq!(again.body, first.body);
+    }
+    let front = h.metric("exagate_cache_front_bytes").await;
+    assert!(front >= first.body.len() as f64, "{front}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_carries_no_content_encoding() {
+    let h = harness().await;
+    let id = h.sim.add_completed(None);
+    let path = job_path(id);
+    let identity = get(&h, &path, &[]).await;
+    let strong = header(&identity, "etag").to_owned();
+    let reply = get(&h, &path, &[GZIP, ("if-none-match", &strong)]).await;
+    assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(header(&reply, "content-encoding"), "");
+    assert_eq!(header(&reply, "etag"), format!("W/{strong}"));
+    assert!(header(&reply, "vary").contains("accept-encoding"));
+}

@@ -283,6 +283,17 @@ impl Answer {
         Some(self.with_forms(Some(identity), self.gzip.clone()))
     }
 
+    /// This answer with `identity` as its identity body (the gzip form kept): a copy
+    /// whose body was decompressed elsewhere (see [`copies`](super::copies)).
+    pub fn with_identity(&self, identity: Bytes) -> Answer {
+        self.with_forms(Some(identity), self.gzip.clone())
+    }
+
+    /// The gzip form, when there is one.
+    pub fn gzip(&self) -> Option<&Bytes> {
+        self.gzip.as_ref()
+    }
+
     /// Whether the identity body is held (not only the gzip form).
     pub fn has_identity(&self) -> bool {
         self.identity.is_some()
@@ -340,6 +351,9 @@ impl Answer {
         let headers = response.headers_mut();
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::CONTENT_TYPE);
+        // Representation metadata is not sent with a 304 (RFC 9110 15.4.5): a client
+        // cache revalidating its identity copy must not take it for a gzip body.
+        headers.remove(header::CONTENT_ENCODING);
         response
     }
 

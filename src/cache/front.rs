@@ -55,6 +55,9 @@ const TOUCH_EVERY: u32 = 64;
 /// colder ones are decompressed at each hit (microseconds).
 pub const COPIES_MAX: usize = 16 << 20;
 
+/// Largest decompressed copy kept (an eighth of the most the copies hold).
+pub const MAX_COPY: usize = COPIES_MAX / 8;
+
 /// Slots the clock hand looks at, at most, for one copy that finds the budget spent.
 const RECLAIM_SCAN: usize = 256;
 
@@ -186,7 +189,14 @@ impl Front {
         epoch: u64,
         now: Instant,
     ) {
-        if answer.len() > MAX_BODY || self.epoch.load(Ordering::Acquire) != epoch {
+        // A large copy may go in (under the budget): decompressing it at every hit
+        // would cost the most. A large answer that is moka's own stays out, not to take
+        // the slots of hot jobs for nothing.
+        let largest = match source {
+            Some(_) => MAX_COPY,
+            None => MAX_BODY,
+        };
+        if answer.len() > largest || self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
         let ways = self.ways(key);

@@ -5,6 +5,7 @@
 //! gzip form stored answers are held in.
 
 pub mod answer;
+pub mod copies;
 pub mod envelope;
 pub mod flight;
 pub mod front;

@@ -83,6 +83,11 @@ pub fn pack(body: &[u8]) -> Option<Bytes> {
 /// The identity body of `gzip`, which must be exactly `len` bytes; `None` if it is not
 /// (never for what [`pack`] made: a bit flip in memory, not input, would be the cause).
 pub fn unpack(gzip: &[u8], len: usize) -> Option<Bytes> {
+    unpack_vec(gzip, len).map(Bytes::from)
+}
+
+/// [`unpack`], into a vector of exactly `len` bytes.
+pub fn unpack_vec(gzip: &[u8], len: usize) -> Option<Vec<u8>> {
     // Only the forms made here: this header, a deflate stream, the trailer.
     if gzip.len() < HEADER.len() + TRAILER || gzip[..4] != HEADER[..4] {
         return None;
@@ -107,7 +112,7 @@ pub fn unpack(gzip: &[u8], len: usize) -> Option<Bytes> {
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(u32::from_le_bytes)
     };
-    (stated(0) == Some(crc.sum()) && stated(4) == Some(len as u32)).then(|| Bytes::from(out))
+    (stated(0) == Some(crc.sum()) && stated(4) == Some(len as u32)).then_some(out)
 }
 
 /// Runs `f` with this thread's deflate state for `level`, reset.

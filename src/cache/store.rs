@@ -81,6 +81,8 @@ pub struct CacheStore {
     metrics: Arc<Metrics>,
     /// `cache.compress`: entries are held by their gzip form where it saves memory.
     compress: bool,
+    /// The decompressed copies alive, one per entry.
+    copies: Arc<super::copies::Copies>,
 }
 
 /// One of the store's moka tables.
@@ -130,6 +132,7 @@ impl CacheStore {
             everything: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             metrics,
             compress,
+            copies: Arc::default(),
         }
     }
 
@@ -201,7 +204,7 @@ impl CacheStore {
                 // read that needs it.
                 match Box::pin(self.positive(key).get(key)).await {
                     Some(answer) if identity && !answer.has_identity() => {
-                        let Some(full) = answer.inflated().map(Arc::new) else {
+                        let Some(full) = self.copies.of(key, &answer) else {
                             // Never for what the cache packed itself: drop the entry
                             // rather than serve or keep it; the caller fetches anew.
                             tracing::error!(key = ?key, "a cached answer's gzip form did not decode: dropped");
@@ -360,6 +363,12 @@ impl CacheStore {
             + self.chunks.weighted_size()
             + self.negative.weighted_size()
             + self.front_bytes()
+    }
+
+    /// Bytes of the decompressed copies alive: the front table's, and those of answers
+    /// being sent.
+    pub fn copies_bytes(&self) -> u64 {
+        u64::try_from(self.copies.bytes()).unwrap_or(u64::MAX)
     }
 
     /// Bytes of rebuilt (decompressed) bodies the front table holds.

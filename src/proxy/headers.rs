@@ -105,9 +105,11 @@ pub const VARY_SCOPE_ENCODING: HeaderValue =
 
 /// Whether a request's `Accept-Encoding` takes gzip (RFC 9110 12.5.3): `gzip` (or
 /// `x-gzip`) with a q-value above 0, or else `*` with one. A request without the header
-/// gets the identity body: many clients that send none do not decode gzip.
+/// gets the identity body: many clients that send none do not decode gzip. Named more
+/// than once, any refusal (`q=0`) wins, in whatever order the entries come.
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
     let mut star = None;
+    let mut named: Option<bool> = None;
     for value in headers.get_all(header::ACCEPT_ENCODING) {
         let Ok(value) = value.to_str() else {
             continue;
@@ -125,14 +127,13 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
                 })
                 .unwrap_or(1.0);
             if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-                return q > 0.0;
-            }
-            if coding == "*" {
-                star = Some(q > 0.0);
+                named = Some(named.unwrap_or(true) && q > 0.0);
+            } else if coding == "*" {
+                star = Some(star.unwrap_or(true) && q > 0.0);
             }
         }
     }
-    star.unwrap_or(false)
+    named.or(star).unwrap_or(false)
 }
 
 /// `Cache-Control` of a stored answer that stays true for `max_age` seconds (counted,
@@ -202,6 +203,11 @@ mod tests {
         assert!(!takes(&["*;q=0"]));
         assert!(!takes(&["gzip;q=nonsense"]));
         assert!(takes(&["gzip;Q=1"]));
+        // Named twice: the refusal wins whichever comes first, on one line or two.
+        assert!(!takes(&["gzip;q=0, gzip"]));
+        assert!(!takes(&["gzip, gzip;q=0"]));
+        assert!(!takes(&["gzip", "gzip;q=0"]));
+        assert!(!takes(&["x-gzip;q=0", "gzip"]));
     }
 
     #[test]
