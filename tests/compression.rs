@@ -291,6 +291,9 @@ async fn stalled_identity_readers_of_a_large_job_share_one_copy() {
     let h = Harness::with(|c| {
         c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         c.cache.max_size = 8 << 20;
+        // Short, so the test also sees the connection cut (below).
+        c.server.idle_timeout = std::time::Duration::from_secs(2);
+        c.server.send_timeout = std::time::Duration::from_secs(3);
     })
     .await;
     h.sim.set_padding(1_000_000);
@@ -314,7 +317,7 @@ async fn stalled_identity_readers_of_a_large_job_share_one_copy() {
             .handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .expect("h2c");
-    tokio::spawn(connection);
+    let connection = tokio::spawn(connection);
     let mut stalled = Vec::new();
     for _ in 0..READERS {
         let request = http::Request::get(format!("{}{path}", h.url()))
@@ -347,7 +350,22 @@ async fn stalled_identity_readers_of_a_large_job_share_one_copy() {
         0.0,
         "no room there"
     );
-    drop(stalled);
+    // The second review's finding: hyper never ends an HTTP/2 stream whose window stays
+    // shut, so the connection stayed open (and the copy held) for as long as the client
+    // kept it. Idle, then nothing moving for the send timeout, it is cut, with the client
+    // still holding every stream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !connection.is_finished() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(connection.is_finished(), "the stalled connection was cut");
+    assert_eq!(h.metric("exagate_cache_copies_bytes").await, 0.0);
+    assert!(
+        h.metric("exagate_connections_closed_total{cause=\"send_timeout\"}")
+            .await
+            >= 1.0
+    );
+    drop((stalled, sender));
 }
 
 /// The review's other finding: identity hits on jobs over 8 KiB were decompressed at

@@ -373,6 +373,13 @@ fn judge(tracked: &mut Tracked, now: Instant, timeouts: &Timeouts) -> Option<(Ve
         if in_flight == 0 && calm >= GOODBYE_GRACE.min(idle) {
             return Some((Verdict::Abort, Reason::GoodbyeTimeout));
         }
+        // Requests still in flight that move nothing either way for the send timeout
+        // do not keep it open either: HTTP/2 streams whose window the client keeps shut
+        // (hyper waits for the window, never ends them, and holds their bodies), which
+        // an outside review saw hold 115 MB until the client went away.
+        if in_flight > 0 && calm >= send {
+            return Some((Verdict::Abort, Reason::SendTimeout));
+        }
         return None;
     }
     if now.duration_since(tracked.quiet_since) >= idle {
@@ -606,6 +613,43 @@ mod tests {
                 slow.conn.on_write_blocked(false);
             }
             assert_eq!(judge(&mut slow, after(t0, s), &LIMITS), SERVE, "at {s} s");
+        }
+    }
+
+    #[test]
+    fn a_finishing_connection_whose_streams_move_nothing_is_cut_at_the_send_timeout() {
+        let t0 = Instant::now();
+        let mut t = tracked(t0);
+        let mut heads = H2Heads::default();
+        h2_read(&t, &mut heads, PREFACE);
+        h2_read(&t, &mut heads, SETTINGS);
+        // A stream answered but never read: its window stays shut, nothing moves.
+        let _stalled = t.conn.request();
+        t.conn.on_write();
+        let idle = LIMITS.idle.as_secs();
+        let send = LIMITS.send.as_secs();
+        assert_eq!(judge(&mut t, t0, &LIMITS), SERVE);
+        assert_eq!(judge(&mut t, after(t0, idle - 1), &LIMITS), SERVE);
+        assert_eq!(
+            judge(&mut t, after(t0, idle), &LIMITS),
+            Some((Verdict::Finish, Reason::Idle))
+        );
+        t.conn.decide(Verdict::Finish, Reason::Idle);
+        assert_eq!(judge(&mut t, after(t0, idle + send - 1), &LIMITS), SERVE);
+        assert_eq!(
+            judge(&mut t, after(t0, idle + send), &LIMITS),
+            Some((Verdict::Abort, Reason::SendTimeout))
+        );
+        // One whose streams still move bytes is left to finish them.
+        let mut moving = tracked(t0);
+        let _streaming = moving.conn.request();
+        moving.conn.decide(Verdict::Finish, Reason::Idle);
+        assert_eq!(judge(&mut moving, t0, &LIMITS), SERVE);
+        for s in 1..(3 * send) {
+            if s % 10 == 0 {
+                moving.conn.on_write();
+            }
+            assert_eq!(judge(&mut moving, after(t0, s), &LIMITS), SERVE, "at {s} s");
         }
     }
 
