@@ -25,6 +25,7 @@ mod common;
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 
+use exagate::sim::Rng;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -154,30 +155,21 @@ fn mix() -> Vec<(Kind, u32)> {
     mix
 }
 
-/// A small, seedable generator (SplitMix64): no extra dependency, reproducible runs.
-struct Rng(u64);
+/// What the clients draw with the simulator's seedable generator (SplitMix64:
+/// reproducible runs).
+trait Draw {
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T;
+    fn kind(&mut self, mix: &[(Kind, u32)]) -> Kind;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
+impl Draw for Rng {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
 
     fn kind(&mut self, mix: &[(Kind, u32)]) -> Kind {
         let total: u32 = mix.iter().map(|(_, w)| w).sum();
-        let mut roll = (self.next() % u64::from(total.max(1))) as u32;
+        let mut roll = (self.next_u64() % u64::from(total.max(1))) as u32;
         for &(kind, weight) in mix {
             if roll < weight {
                 return kind;

@@ -504,6 +504,34 @@ fn age(secs: u64) -> HeaderValue {
     }
 }
 
+/// What the cache's unit tests build answers from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    use super::Answer;
+
+    /// A stored answer of `len` bytes of text, as moka holds it: by its gzip form alone.
+    pub(crate) fn packed(len: usize) -> Arc<Answer> {
+        let text: Vec<u8> = (0..len).map(|i| b"lorem ipsum "[i % 12]).collect();
+        let full = Answer::new(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Bytes::from(text),
+            None,
+            Some(Duration::from_secs(10)),
+            Duration::ZERO,
+        )
+        .compressed()
+        .expect("text compresses");
+        Arc::new(full.packed().expect("a gzip form"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

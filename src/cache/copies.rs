@@ -103,28 +103,9 @@ impl Copies {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use bytes::Bytes;
-    use http::{HeaderMap, StatusCode};
-
     use super::*;
+    use crate::cache::answer::testing::packed;
     use crate::cache::{JobKey, Scope};
-
-    fn packed(len: usize) -> Arc<Answer> {
-        let text: Vec<u8> = (0..len).map(|i| b"lorem ipsum "[i % 12]).collect();
-        let full = Answer::new(
-            StatusCode::OK,
-            &HeaderMap::new(),
-            Bytes::from(text),
-            None,
-            Some(Duration::from_secs(10)),
-            Duration::ZERO,
-        )
-        .compressed()
-        .expect("compresses");
-        Arc::new(full.packed().expect("packed"))
-    }
 
     fn key() -> CacheKey {
         CacheKey::Job(JobKey {

@@ -492,18 +492,7 @@ mod tests {
     /// A stored answer of `body` bytes of text, as moka holds it (gzip only), and its
     /// rebuilt copy.
     fn packed_and_copy(body: usize) -> (Arc<Answer>, Arc<Answer>) {
-        let text: Vec<u8> = (0..body).map(|i| b"abcdefgh "[i % 9]).collect();
-        let full = Answer::new(
-            StatusCode::OK,
-            &HeaderMap::new(),
-            Bytes::from(text),
-            None,
-            Some(Duration::from_secs(10)),
-            Duration::ZERO,
-        )
-        .compressed()
-        .expect("text compresses");
-        let packed = Arc::new(full.packed().expect("a gzip form"));
+        let packed = crate::cache::answer::testing::packed(body);
         let copy = Arc::new(packed.inflated().expect("decodes"));
         (packed, copy)
     }

@@ -23,6 +23,7 @@ mod ports;
 mod server;
 mod store;
 mod text;
+pub use text::Rng;
 mod tls;
 mod webhooks;
 

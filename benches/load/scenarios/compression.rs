@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::client::{self, Stop};
 use crate::procs::{self, Server};
-use crate::scenarios::throughput::Throughput;
+use crate::scenarios::throughput::{self, Throughput};
 use crate::scenarios::{CONNS, PADDING};
 use crate::{warm, wrk, BoxError, Plan, Tools};
 
@@ -70,27 +70,7 @@ pub fn measure(
     let body_bytes = (sizes(HeaderMap::new())?, sizes(gzip.clone())?);
 
     let run = |server: &Server, script: &Path, headers: &HeaderMap, duration: Duration| {
-        let measured = if tools.wrk {
-            wrk::run(script, server.addr, CONNS, duration).map(|r| Throughput {
-                rps: r.rps,
-                p99_us: r.p99_us,
-                errors: r.errors,
-            })
-        } else {
-            rt.block_on(client::closed_loop_with(
-                server.addr,
-                Arc::clone(&paths),
-                CONNS,
-                Stop::After(duration),
-                headers.clone(),
-            ))
-            .map(|mut r| Throughput {
-                rps: r.rps(),
-                p99_us: r.quantile_us(0.99),
-                errors: r.errors,
-            })
-        };
-        measured.map_err(|e| -> BoxError { format!("{e}\n{}", server.proc.diagnose()).into() })
+        throughput::once_with(rt, tools, script, &paths, server, CONNS, duration, headers)
     };
     let none = HeaderMap::new();
     if plan.warmup {

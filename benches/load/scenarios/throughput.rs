@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderMap;
+
 use crate::client::{self, LoadResult, Stop};
 use crate::procs::Server;
 use crate::report::Curve;
@@ -110,6 +112,30 @@ pub fn once(
     conns: usize,
     duration: Duration,
 ) -> Result<Throughput, BoxError> {
+    once_with(
+        rt,
+        tools,
+        script,
+        paths,
+        server,
+        conns,
+        duration,
+        &HeaderMap::new(),
+    )
+}
+
+/// [`once`], every request carrying `headers` (`script` must send the same ones).
+#[allow(clippy::too_many_arguments)]
+pub fn once_with(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    script: &Path,
+    paths: &Arc<Vec<String>>,
+    server: &Server,
+    conns: usize,
+    duration: Duration,
+    headers: &HeaderMap,
+) -> Result<Throughput, BoxError> {
     let measured = if tools.wrk {
         wrk::run(script, server.addr, conns, duration).map(|r| Throughput {
             rps: r.rps,
@@ -117,11 +143,12 @@ pub fn once(
             errors: r.errors,
         })
     } else {
-        rt.block_on(client::closed_loop(
+        rt.block_on(client::closed_loop_with(
             server.addr,
             Arc::clone(paths),
             conns,
             Stop::After(duration),
+            headers.clone(),
         ))
         .and_then(|mut r: LoadResult| {
             if r.rps() > 0.0 {
