@@ -310,14 +310,7 @@ async fn stalled_identity_readers_of_a_large_job_share_one_copy() {
     // HTTP/2 streams whose window stays shut: the gateway holds each answer's body
     // until `server.send_timeout`.
     let addr: SocketAddr = h.url().trim_start_matches("http://").parse().expect("addr");
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(0)
-            .handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("h2c");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = common::h2_shut_windows(addr).await;
     let mut stalled = Vec::new();
     for _ in 0..READERS {
         let request = http::Request::get(format!("{}{path}", h.url()))

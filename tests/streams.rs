@@ -226,14 +226,7 @@ async fn a_download_the_client_never_reads_is_ended_at_the_send_timeout() {
     let request = format!("GET /v2/extract/{id}/download HTTP/1.1\r\nhost: gw\r\n\r\n");
     h1.write_all(request.as_bytes()).await.expect("write");
     // HTTP/2: five downloads on a connection whose stream windows are 0.
-    let stream = TcpStream::connect(gw.addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(0)
-            .handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = common::h2_shut_windows(gw.addr).await;
     let mut held = Vec::new();
     for _ in 0..5 {
         let id = sim.add_completed(None);
@@ -356,14 +349,7 @@ async fn a_large_answer_nobody_reads_is_ended_at_the_send_timeout() {
     )
     .await;
     assert!(whole.body.len() > 300 * 1024, "{}", whole.body.len());
-    let stream = TcpStream::connect(gw.addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(0)
-            .handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = common::h2_shut_windows(gw.addr).await;
     let mut held = Vec::new();
     for _ in 0..5 {
         let request = http::Request::get(format!("http://gw{path}"))

@@ -1207,6 +1207,23 @@ async fn a_new_secret_in_the_secret_file_is_picked_up_without_a_signal() {
     );
 }
 
+/// Two replicas sharing `redis` with webhooks on (their state in `dir`), and a job in
+/// progress that the first has looked up: it knows the job's scope, the second does not.
+async fn replicas_with_a_job_in_progress(
+    sim: &exagate::sim::Simulator,
+    redis: &common::redis::RedisServer,
+    dir: &std::path::Path,
+) -> (Vec<exagate::RunningGateway>, Uuid) {
+    let hooks = hooks(dir);
+    let gws = common::redis::replicas(sim, redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
+    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    assert_eq!(
+        state(&common::get_from(&gws[0], &job_path(id)).await),
+        "processing"
+    );
+    (gws, id)
+}
+
 async fn upstream_body_of(sim: &exagate::sim::Simulator, id: Uuid) -> Bytes {
     common::send(
         &common::client(),
@@ -1549,13 +1566,7 @@ async fn with_shared_a_delivery_that_cannot_be_placed_is_refused_for_a_retry() {
         return;
     };
     let dir = common::tempdir();
-    let hooks = hooks(dir.path());
-    let gws = common::redis::replicas(&sim, &redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
-    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
-    assert_eq!(
-        state(&common::get_from(&gws[0], &job_path(id)).await),
-        "processing"
-    );
+    let (gws, id) = replicas_with_a_job_in_progress(&sim, &redis, dir.path()).await;
     sim.set_state(id, Some("completed"));
     let body = upstream_body_of(&sim, id).await;
     redis.freeze();
@@ -1798,11 +1809,8 @@ async fn with_shared_a_completion_primed_during_an_outage_reaches_the_others_aft
         return;
     };
     let dir = common::tempdir();
-    let hooks = hooks(dir.path());
-    let gws = common::redis::replicas(&sim, &redis, 2, |c| c.webhooks = Some(hooks.clone())).await;
-    let id = sim.add_job(None, Some("processing"), time::OffsetDateTime::now_utc());
+    let (gws, id) = replicas_with_a_job_in_progress(&sim, &redis, dir.path()).await;
     let path = job_path(id);
-    assert_eq!(state(&common::get_from(&gws[0], &path).await), "processing");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(state(&common::get_from(&gws[1], &path).await), "processing");
     redis.freeze();

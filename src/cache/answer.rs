@@ -6,8 +6,9 @@
 //! the body.
 //!
 //! A stored answer is held in the cache by its gzip form alone where that saves memory
-//! ([`packed`](super::packed)); [`Answer::inflated`] rebuilds the identity body for the
-//! front table, and clients that accept gzip are sent the stored bytes as they are.
+//! ([`packed`](super::packed)); its identity body is rebuilt once per entry for the
+//! clients that take no gzip ([`copies`](super::copies), kept hot by the front table),
+//! and clients that accept gzip are sent the stored bytes as they are.
 
 use std::time::{Duration, Instant};
 
@@ -272,17 +273,6 @@ impl Answer {
             .then(|| self.with_forms(None, Some(gzip)))
     }
 
-    /// This answer with its identity body rebuilt from the gzip form (and that form
-    /// kept, for the clients that take it). `None` when it holds its identity body
-    /// already, or the gzip form does not decode to it.
-    pub fn inflated(&self) -> Option<Answer> {
-        if self.identity.is_some() {
-            return None;
-        }
-        let identity = super::packed::unpack(self.gzip.as_deref()?, self.len)?;
-        Some(self.with_forms(Some(identity), self.gzip.clone()))
-    }
-
     /// This answer with `identity` as its identity body (the gzip form kept): a copy
     /// whose body was decompressed elsewhere (see [`copies`](super::copies)).
     pub fn with_identity(&self, identity: Bytes) -> Answer {
@@ -297,11 +287,6 @@ impl Answer {
     /// Whether the identity body is held (not only the gzip form).
     pub fn has_identity(&self) -> bool {
         self.identity.is_some()
-    }
-
-    /// Whether a gzip form is held.
-    pub fn has_gzip(&self) -> bool {
-        self.gzip.is_some()
     }
 
     /// The identity body's length.

@@ -117,15 +117,15 @@ pub enum Lookup {
 }
 
 impl Front {
-    /// An empty table, holding at most `budget` bytes of rebuilt bodies (and never more
-    /// than [`COPIES_MAX`]).
+    /// An empty table, holding at most `budget` bytes of rebuilt bodies (the store gives
+    /// it a share of `cache.max_size`, [`COPIES_MAX`] at most).
     pub fn new(budget: usize) -> Front {
         Front {
             slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
             epoch: AtomicU64::new(0),
             hasher: foldhash::fast::RandomState::default(),
             held: Arc::new(AtomicUsize::new(0)),
-            budget: budget.min(COPIES_MAX),
+            budget,
             hand: AtomicUsize::new(0),
         }
     }
@@ -493,7 +493,7 @@ mod tests {
     /// rebuilt copy.
     fn packed_and_copy(body: usize) -> (Arc<Answer>, Arc<Answer>) {
         let packed = crate::cache::answer::testing::packed(body);
-        let copy = Arc::new(packed.inflated().expect("decodes"));
+        let copy = Arc::new(packed.with_identity(packed.identity().expect("decodes")));
         (packed, copy)
     }
 

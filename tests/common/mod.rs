@@ -291,6 +291,24 @@ pub async fn wait_listening(port: u16) {
     panic!("nothing listens on 127.0.0.1:{port} after 5 s");
 }
 
+/// An HTTP/2 (cleartext) connection to `addr` whose stream windows are 0: the client
+/// never takes a byte of any body. Returns the request sender and the connection's
+/// task, which ends when the server closes the connection.
+pub async fn h2_shut_windows(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    (sender, tokio::spawn(connection))
+}
+
 /// The path of a job.
 pub fn job_path(id: uuid::Uuid) -> String {
     format!("/v2/extract/{id}")

@@ -70,7 +70,7 @@ pub fn measure(
     let body_bytes = (sizes(HeaderMap::new())?, sizes(gzip.clone())?);
 
     let run = |server: &Server, script: &Path, headers: &HeaderMap, duration: Duration| {
-        throughput::once_with(rt, tools, script, &paths, server, CONNS, duration, headers)
+        throughput::once(rt, tools, script, &paths, server, CONNS, duration, headers)
     };
     let none = HeaderMap::new();
     if plan.warmup {
@@ -97,22 +97,17 @@ pub fn measure(
             reference,
             run(&packed, &gzip_script, &gzip, plan.duration)?,
         ];
+        let labels = [
+            "identity, compressed cache",
+            "identity, compress = false",
+            "gzip, compressed cache",
+        ];
         for (i, t) in measured.into_iter().enumerate() {
-            println!(
-                "compression {:<28} round {}: {:>8.0} req/s, p99 {:>7.0} µs, {} errors",
-                [
-                    "identity, compressed cache",
-                    "identity, compress = false",
-                    "gzip, compressed cache"
-                ][i],
-                round + 1,
-                t.rps,
-                t.p99_us,
-                t.errors
+            t.keep_best(
+                &mut best[i],
+                &format!("compression {:<28}", labels[i]),
+                round,
             );
-            if best[i].is_none_or(|b| t.rps > b.rps) {
-                best[i] = Some(t);
-            }
         }
     }
     packed.proc.stop();

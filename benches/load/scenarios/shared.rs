@@ -147,7 +147,16 @@ fn local_hits(
     for round in 0..plan.rounds.max(2) * 2 {
         let on_now = round % 4 == 1 || round % 4 == 2;
         let server = if on_now { &on } else { &off };
-        let t = throughput::once(rt, tools, &script, &paths, server, CONNS, plan.duration)?;
+        let t = throughput::once(
+            rt,
+            tools,
+            &script,
+            &paths,
+            server,
+            CONNS,
+            plan.duration,
+            &HeaderMap::new(),
+        )?;
         let best = if on_now { &mut on_rps } else { &mut off_rps };
         *best = best.max(t.rps);
     }

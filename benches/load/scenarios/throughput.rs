@@ -23,6 +23,23 @@ pub struct Throughput {
     pub errors: u64,
 }
 
+impl Throughput {
+    /// Prints this round's figures after `label`, and keeps them in `best` if they are
+    /// the fastest yet.
+    pub fn keep_best(self, best: &mut Option<Throughput>, label: &str, round: usize) {
+        println!(
+            "{label} round {}: {:>8.0} req/s, p99 {:>7.0} µs, {} errors",
+            round + 1,
+            self.rps,
+            self.p99_us,
+            self.errors
+        );
+        if best.is_none_or(|b| self.rps > b.rps) {
+            *best = Some(self);
+        }
+    }
+}
+
 /// (a) Throughput at 50 connections: interleaved rounds, the best of each server kept.
 pub fn measure(
     plan: &Plan,
@@ -42,25 +59,26 @@ pub fn measure(
                 server,
                 CONNS,
                 Duration::from_secs(1),
+                &HeaderMap::new(),
             )?;
         }
     }
+    let none = HeaderMap::new();
     let mut best: [Option<Throughput>; 3] = [None; 3];
     for round in 0..plan.rounds {
         for (i, server) in servers.iter().enumerate() {
             let Some(server) = server else { continue };
-            let t = once(rt, tools, script, paths, server, CONNS, plan.duration)?;
-            println!(
-                "throughput {:<10} round {}: {:>8.0} req/s, p99 {:>7.0} µs, {} errors",
-                NAMES[i],
-                round + 1,
-                t.rps,
-                t.p99_us,
-                t.errors
-            );
-            if best[i].is_none_or(|b| t.rps > b.rps) {
-                best[i] = Some(t);
-            }
+            let t = once(
+                rt,
+                tools,
+                script,
+                paths,
+                server,
+                CONNS,
+                plan.duration,
+                &none,
+            )?;
+            t.keep_best(&mut best[i], &format!("throughput {:<10}", NAMES[i]), round);
         }
     }
     Ok(best)
@@ -79,7 +97,16 @@ pub fn sweep(
     for &conns in &plan.sweep {
         for (i, server) in servers.iter().enumerate() {
             let Some(server) = server else { continue };
-            let t = once(rt, tools, script, paths, server, conns, plan.sweep_duration)?;
+            let t = once(
+                rt,
+                tools,
+                script,
+                paths,
+                server,
+                conns,
+                plan.sweep_duration,
+                &HeaderMap::new(),
+            )?;
             println!(
                 "sweep {:<10} {:>3} conns: {:>8.0} req/s, p99 {:>7.0} µs",
                 NAMES[i], conns, t.rps, t.p99_us
@@ -98,35 +125,14 @@ pub fn sweep(
         .collect())
 }
 
-/// Hit throughput with wrk, or with the harness's closed-loop client without wrk.
+/// Hit throughput with wrk, or with the harness's closed-loop client without wrk, every
+/// request carrying `headers` (`script` must send the same ones).
 ///
 /// A run that completes no request, or whose report cannot be read, fails with what is
 /// known about the server (running or not, its stderr, the free disk): a bare "0
 /// requests" from CI says nothing about why.
-pub fn once(
-    rt: &tokio::runtime::Runtime,
-    tools: &Tools,
-    script: &Path,
-    paths: &Arc<Vec<String>>,
-    server: &Server,
-    conns: usize,
-    duration: Duration,
-) -> Result<Throughput, BoxError> {
-    once_with(
-        rt,
-        tools,
-        script,
-        paths,
-        server,
-        conns,
-        duration,
-        &HeaderMap::new(),
-    )
-}
-
-/// [`once`], every request carrying `headers` (`script` must send the same ones).
 #[allow(clippy::too_many_arguments)]
-pub fn once_with(
+pub fn once(
     rt: &tokio::runtime::Runtime,
     tools: &Tools,
     script: &Path,
