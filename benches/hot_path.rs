@@ -96,16 +96,20 @@ async fn sim_and_gateway(padding: usize) -> (Simulator, Arc<Gateway>) {
     (sim, gw)
 }
 
-/// A simulator with one padded completed job and a gateway in front of it, the job
+/// A simulator with `jobs` padded completed jobs and a gateway in front of it, each job
 /// already fetched once so every benched request is a hit.
-async fn warm_gateway(padding: usize) -> (Simulator, Arc<Gateway>, String) {
+async fn warm_gateway(padding: usize, jobs: usize) -> (Simulator, Arc<Gateway>, Vec<String>) {
     let (sim, gw) = sim_and_gateway(padding).await;
-    let job = sim.add_completed(None);
-    let path = format!("/v2/extract/{job}");
-    let first = exagate::proxy::handler::handle(gw.clone(), get(&path)).await;
-    assert_eq!(first.status(), 200, "warming the job");
-    let _ = first.into_body().collect().await;
-    (sim, gw, path)
+    let mut paths = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        let job = sim.add_completed(None);
+        let path = format!("/v2/extract/{job}");
+        let first = exagate::proxy::handler::handle(gw.clone(), get(&path)).await;
+        assert_eq!(first.status(), 200, "warming the job");
+        let _ = first.into_body().collect().await;
+        paths.push(path);
+    }
+    (sim, gw, paths)
 }
 
 fn get(path: &str) -> Request<Empty<Bytes>> {
@@ -133,11 +137,12 @@ fn hit(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (sim, gw, path) = rt.block_on(warm_gateway(2048));
+    let (sim, gw, paths) = rt.block_on(warm_gateway(2048, 1));
+    let path = &paths[0];
     let mut group = c.benchmark_group("hit");
     group.throughput(Throughput::Elements(1));
     group.bench_function("no_subscriber", |b| {
-        b.to_async(&rt).iter(|| one_hit(&gw, &path))
+        b.to_async(&rt).iter(|| one_hit(&gw, path))
     });
     {
         // The text format the binary uses, written to a sink: formatting the line is the
@@ -149,9 +154,21 @@ fn hit(c: &mut Criterion) {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         group.bench_function("access_log_to_sink", |b| {
-            b.to_async(&rt).iter(|| one_hit(&gw, &path))
+            b.to_async(&rt).iter(|| one_hit(&gw, path))
         });
     }
+    rt.block_on(sim.shutdown());
+    // As the load harness reads them: thousands of jobs in turn, so each hit finds its
+    // entry, its slot and its body cold in the CPU's caches, as a busy gateway does.
+    let (sim, gw, paths) = rt.block_on(warm_gateway(2048, 3000));
+    let next = std::cell::Cell::new(0usize);
+    group.bench_function("3000_jobs", |b| {
+        b.to_async(&rt).iter(|| {
+            let i = next.get();
+            next.set((i + 1) % paths.len());
+            one_hit(&gw, &paths[i])
+        })
+    });
     group.finish();
     rt.block_on(sim.shutdown());
 }

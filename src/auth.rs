@@ -181,9 +181,12 @@ impl Clients {
     }
 }
 
+/// Where a client may present its token (as a `HeaderName`: no parse per lookup).
+const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 /// The token from `X-Api-Key`, else from `Authorization: Bearer`.
 fn presented_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+    if let Some(key) = headers.get(X_API_KEY).and_then(|v| v.to_str().ok()) {
         return Some(key.trim());
     }
     let auth = headers.get(AUTHORIZATION)?.to_str().ok()?;

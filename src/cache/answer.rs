@@ -407,7 +407,20 @@ impl Answer {
         let headers = response.headers_mut();
         match &self.headers {
             Some(extra) => headers.clone_from(extra),
-            None => headers.reserve(7),
+            // Room for exactly what follows: the map's table is sized in powers of two
+            // from this, and a hit's six headers fit the table for six, half the one for
+            // seven (a header map's entry is about a hundred bytes).
+            None => headers.reserve(
+                usize::from(!matches!(self.content_type, ContentType::None))
+                    + usize::from(head)
+                    + 1
+                    + usize::from(encoded)
+                    + usize::from(self.etag.is_some())
+                    + match self.expires_at {
+                        Some(_) => 3,
+                        None => 1,
+                    },
+            ),
         }
         if let Some(content_type) = self.content_type.header() {
             headers.insert(header::CONTENT_TYPE, content_type);

@@ -180,6 +180,27 @@ fn table(name: &str, max_bytes: u64, front: &Arc<Front>, metrics: &Arc<Metrics>)
 }
 
 impl CacheStore {
+    /// The answer for `key` if the front table holds a true one at `now`, found without
+    /// waiting (see [`get`](Self::get) for `identity`): what lets a hit be answered with
+    /// no future at all. `None` says nothing but "ask [`get`](Self::get)".
+    pub fn get_now(&self, key: &CacheKey, now: Instant, identity: bool) -> Option<Arc<Answer>> {
+        let Lookup::Hit { answer, touch } = self.front.get(key, now, identity) else {
+            return None;
+        };
+        if touch {
+            // moka's read is async: done on a task of its own, which keeps the key hot
+            // in moka's eviction policy as `get` does (only in a runtime: everywhere
+            // but a synchronous test, which needs no eviction policy).
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (table, key) = (self.positive(key).clone(), key.clone());
+                runtime.spawn(async move {
+                    let _ = table.get(&key).await;
+                });
+            }
+        }
+        Some(answer)
+    }
+
     /// The stored answer, if any and still true at `now`: from the front table when it
     /// holds it, else from moka (and then offered to the front table). The caller's
     /// `now` also dates a hit's `Age`, so a hit reads the clock once.
@@ -208,7 +229,7 @@ impl CacheStore {
                             // Never for what the cache packed itself: drop the entry
                             // rather than serve or keep it; the caller fetches anew.
                             tracing::error!(key = ?key, "a cached answer's gzip form did not decode: dropped");
-                            self.positive(key).invalidate(key).await;
+                            Box::pin(self.positive(key).invalidate(key)).await;
                             return None;
                         };
                         self.front.offer(key, &full, Some(&answer), epoch, now);

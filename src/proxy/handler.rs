@@ -1,6 +1,9 @@
 //! The request's entry point: route it, dispatch it, write its access-log line.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -12,7 +15,7 @@ use super::route::{self, Route};
 use super::{lookup, passthrough};
 use crate::body::Body;
 use crate::cache::answer::XCache;
-use crate::cache::JobKey;
+use crate::cache::{CacheKey, JobKey, Scope};
 use crate::error::BoxError;
 use crate::gateway::Gateway;
 use crate::metrics::{CauseLabels, ClientLabel, RequestLabels};
@@ -21,20 +24,25 @@ use crate::metrics::{CauseLabels, ClientLabel, RequestLabels};
 ///
 /// Generic over the request body so benchmarks can drive the whole path in-process; the
 /// server passes hyper's `Incoming`.
-pub async fn handle<B>(gw: Arc<Gateway>, request: Request<B>) -> Response<Body>
+pub fn handle<B>(gw: Arc<Gateway>, request: Request<B>) -> Handled
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    handle_from(gw, request, None).await
+    handle_from(gw, request, None)
 }
 
 /// [`handle`] for a request from `address` (the server's peer).
-pub async fn handle_from<B>(
+///
+/// What can be answered at once (a hit in the front table, a refusal) is answered before
+/// this returns: a hit builds, moves and polls no future of its own. Everything else
+/// (misses, long-polls, pass-through, webhooks) is one boxed future, whose state (an
+/// upstream call in flight) would otherwise size every request's, hits included.
+pub fn handle_from<B>(
     gw: Arc<Gateway>,
     request: Request<B>,
     address: Option<std::net::IpAddr>,
-) -> Response<Body>
+) -> Handled
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -53,20 +61,55 @@ where
         };
         (Instant::now(), request.method().clone(), path)
     });
-    let mut answering = Answering {
-        gw: &gw,
-        ex: Exchange {
-            address,
-            ..Exchange::default()
-        },
-        head,
-        answered: false,
+    let mut ex = Exchange {
+        address,
+        ..Exchange::default()
     };
-    let response = dispatch(&gw, request, &mut answering.ex).await;
-    answering.answered = true;
-    let ex = std::mem::take(&mut answering.ex);
-    let head = answering.head.take();
-    record_metrics(&gw, &ex, response.status());
+    match prepare(&gw, request, &mut ex) {
+        Step::Done(response) => Handled::Now(std::future::ready(finish(&gw, ex, head, response))),
+        Step::Later(later) => Handled::Later(Box::pin(async move {
+            let mut answering = Answering {
+                gw: &gw,
+                ex,
+                head,
+                answered: false,
+            };
+            let response = later.run(&gw, &mut answering.ex).await;
+            answering.answered = true;
+            let ex = std::mem::take(&mut answering.ex);
+            let head = answering.head.take();
+            finish(&gw, ex, head, response)
+        })),
+    }
+}
+
+/// What [`handle`] returns: the answer, or the future of it.
+pub enum Handled {
+    /// Answered at once.
+    Now(std::future::Ready<Response<Body>>),
+    /// To be answered.
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for Handled {
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        match self.get_mut() {
+            Handled::Now(ready) => Pin::new(ready).poll(cx),
+            Handled::Later(later) => later.as_mut().poll(cx),
+        }
+    }
+}
+
+/// A request's metrics, and its access-log line (written when its body is sent).
+fn finish(
+    gw: &Gateway,
+    ex: Exchange,
+    head: Option<(Instant, Method, String)>,
+    response: Response<Body>,
+) -> Response<Body> {
+    record_metrics(gw, &ex, response.status());
     let Some((started, method, path)) = head else {
         return response;
     };
@@ -140,14 +183,53 @@ fn record_metrics(gw: &Gateway, ex: &Exchange, status: StatusCode) {
     }
 }
 
-async fn dispatch<B>(gw: &Arc<Gateway>, request: Request<B>, ex: &mut Exchange) -> Response<Body>
+/// Where [`prepare`] leaves a request.
+enum Step<B> {
+    /// Answered.
+    Done(Response<Body>),
+    /// To be answered by waiting for something.
+    Later(Later<B>),
+}
+
+/// A request that waits for something (the upstream, a fill, a state change, a body).
+enum Later<B> {
+    /// A webhook delivery.
+    Receive(Request<B>),
+    /// A lookup of a job the front table could not answer.
+    Job {
+        key: JobKey,
+        head: bool,
+        ask: lookup::Ask,
+    },
+    /// A chunk window the front table could not answer.
+    Chunks { key: CacheKey, head: bool },
+    /// A route that is never cached.
+    Forward(Request<B>, Route, Scope),
+}
+
+impl<B> Later<B>
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
+    async fn run(self, gw: &Arc<Gateway>, ex: &mut Exchange) -> Response<Body> {
+        match self {
+            Later::Receive(request) => crate::webhooks::receiver::receive(gw, request, ex).await,
+            Later::Job { key, head, ask } => lookup::job(gw, key, head, ask, ex).await,
+            Later::Chunks { key, head } => lookup::read(gw, key, head, ex).await,
+            Later::Forward(request, route, scope) => {
+                passthrough::forward(gw, request, &route, scope, ex).await
+            }
+        }
+    }
+}
+
+/// Everything about a request that needs no waiting: the target's checks, the route,
+/// the scope, the client and its rights, and a hit in the front table.
+fn prepare<B>(gw: &Arc<Gateway>, request: Request<B>, ex: &mut Exchange) -> Step<B> {
     let refuse = |e: crate::error::GatewayError, ex: &mut Exchange| {
         ex.error = Some(e.kind.code());
-        e.to_response(XCache::Bypass.as_str())
+        Step::Done(e.to_response(XCache::Bypass.as_str()))
     };
     if let Err(e) = route::check_target(request.uri()) {
         return refuse(e, ex);
@@ -158,7 +240,7 @@ where
         .starts_with(crate::webhooks::RECEIVER_PREFIX)
     {
         // Before the clients' check: the API calls with no client token.
-        return Box::pin(crate::webhooks::receiver::receive(gw, request, ex)).await;
+        return Step::Later(Later::Receive(request));
     }
     let route = match route::route(request.method(), request.uri().path()) {
         Ok(route) => route,
@@ -198,13 +280,22 @@ where
                 },
                 if_none_match: if_none_match(request.headers()),
             };
-            lookup::job(gw, JobKey { scope, job }, head, ask, ex).await
+            let key = JobKey { scope, job };
+            // A long-poll waits even on a hit (for a change of state): never at once.
+            if ask.wait.is_none() {
+                let tags = ask.if_none_match.as_ref();
+                if let Some(response) = lookup::answer_now(gw, &CacheKey::Job(key), head, tags, ex)
+                {
+                    return Step::Done(response);
+                }
+            }
+            Step::Later(Later::Job { key, head, ask })
         }
         // The account's settings hold the receiver's URL, secret and all: an app reads
         // the gateway's own account of them, never the upstream's.
         Route::Settings if managed && request.method() != Method::PUT => {
             ex.cache = XCache::Bypass;
-            crate::webhooks::settings_answer(&gw.peek(), head)
+            Step::Done(crate::webhooks::settings_answer(&gw.peek(), head))
         }
         Route::Settings if managed => refuse(
             crate::error::GatewayError::new(
@@ -214,17 +305,20 @@ where
             ex,
         ),
         Route::Chunks(job) => match route::chunk_window(request.uri().query().unwrap_or("")) {
-            Ok(window) => lookup::chunks(gw, JobKey { scope, job }, &window, head, ex).await,
+            Ok(window) => {
+                let key = CacheKey::Chunks(JobKey { scope, job }, window.into());
+                match lookup::answer_now(gw, &key, head, None, ex) {
+                    Some(response) => Step::Done(response),
+                    None => Step::Later(Later::Chunks { key, head }),
+                }
+            }
             Err(e) => refuse(e, ex),
         },
         Route::Download(_)
         | Route::JobAction(_)
         | Route::Collection
         | Route::Upload
-        // Boxed: its state (an upstream request and response in flight) is the largest
-        // of any route, and inline it would size every request's future, hits included,
-        // which hyper then moves around by value.
-        | Route::Settings => Box::pin(passthrough::forward(gw, request, &route, scope, ex)).await,
+        | Route::Settings => Step::Later(Later::Forward(request, route, scope)),
     }
 }
 

@@ -140,10 +140,32 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
 /// as `Age` is, from when the gateway fetched it). `private`: only the calling app's own
 /// cache may keep it, never one shared between apps, which would mix bases and clients.
 pub fn private_max_age(max_age: u64) -> HeaderValue {
-    // Into `Bytes` without a copy: one allocation per answer sent.
-    let text = format!("private, max-age={max_age}");
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or(NO_STORE)
+    // Nearly every stored answer has one of a few lifetimes (the completed-job TTL, the
+    // in-progress one), and a hit sends it again and again: each thread keeps the last
+    // few values it made, so a hit clones one rather than formatting and allocating it.
+    thread_local! {
+        static MADE: std::cell::RefCell<Made> =
+            const { std::cell::RefCell::new((0, [const { None }; MADE_KEPT])) };
+    }
+    MADE.with(|made| {
+        let mut made = made.borrow_mut();
+        let (next, kept) = &mut *made;
+        if let Some((_, value)) = kept.iter().flatten().find(|(age, _)| *age == max_age) {
+            return value.clone();
+        }
+        let text = format!("private, max-age={max_age}");
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or(NO_STORE);
+        kept[*next] = Some((max_age, value.clone()));
+        *next = (*next + 1) % MADE_KEPT;
+        value
+    })
 }
+
+/// How many `Cache-Control` values each thread keeps made ([`private_max_age`]).
+const MADE_KEPT: usize = 4;
+
+/// The values a thread keeps made, by `max-age`, and which to replace next.
+type Made = (usize, [Option<(u64, HeaderValue)>; MADE_KEPT]);
 
 /// Headers kept with a buffered answer. A stored answer is replayed to other clients for
 /// a long time, so it keeps only its content type (the body may be rewritten, which makes
@@ -174,6 +196,21 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_control_values_kept_per_thread_are_the_ones_asked_for() {
+        // More lifetimes than are kept, asked for in turn and again: each answer names
+        // its own, whether made now or kept from before.
+        for round in 0..3 {
+            for max_age in (0..=MADE_KEPT as u64 + 2).chain([86_400, u64::MAX]) {
+                assert_eq!(
+                    private_max_age(max_age).to_str().expect("ascii"),
+                    format!("private, max-age={max_age}"),
+                    "round {round}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn accept_encoding_is_read_as_rfc_9110_says() {

@@ -75,18 +75,38 @@ pub async fn job(
     }
 }
 
-/// `GET`/`HEAD /v2/extract/{id}/chunks?...`.
-pub async fn chunks(
+/// The answer for `key` if the front table holds it (no waiting, see
+/// [`CacheStore::get_now`](crate::cache::CacheStore::get_now)): a whole hit, `If-None-Match`
+/// and all. `None`: look it up the async way ([`job`], [`read`]).
+pub fn answer_now(
+    gw: &Gateway,
+    key: &CacheKey,
+    head: bool,
+    if_none_match: Option<&http::HeaderValue>,
+    ex: &mut Exchange,
+) -> Option<Response<Body>> {
+    // One clock read serves the freshness check and the hit's `Age`.
+    let now = Instant::now();
+    let answer = gw.cache.get_now(key, now, !ex.gzip)?;
+    ex.cache = XCache::Hit;
+    Some(conditional(
+        gw,
+        &answer,
+        head,
+        XCache::Hit,
+        now,
+        ex.gzip,
+        if_none_match,
+    ))
+}
+
+/// `GET`/`HEAD` of a job or a chunk window: from the cache, else fetched.
+pub async fn read(
     gw: &Arc<Gateway>,
-    key: JobKey,
-    query: &str,
+    key: CacheKey,
     head: bool,
     ex: &mut Exchange,
 ) -> Response<Body> {
-    read(gw, CacheKey::Chunks(key, query.into()), head, ex).await
-}
-
-async fn read(gw: &Arc<Gateway>, key: CacheKey, head: bool, ex: &mut Exchange) -> Response<Body> {
     // One clock read serves the lookup's freshness check and the hit's `Age`.
     let now = Instant::now();
     match answer_for(gw, key, ex, now).await {

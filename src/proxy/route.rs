@@ -10,11 +10,13 @@ use crate::cache::Scope;
 
 use crate::error::{ErrorKind, GatewayError};
 
-/// The header selecting a base (sandboxed scope).
-pub const BASE_HEADER: &str = "x-exabase-base-id";
+/// The header selecting a base (sandboxed scope). A `HeaderName`, not a `&str`: every
+/// request looks both scope headers up, and a lookup by `&str` parses and checks the
+/// name each time.
+pub const BASE_HEADER: HeaderName = HeaderName::from_static("x-exabase-base-id");
 
 /// The API's earlier name for the scope header ([`Scope::Legacy`]).
-pub const WORKSPACE_HEADER: &str = "x-exabase-workspace-id";
+pub const WORKSPACE_HEADER: HeaderName = HeaderName::from_static("x-exabase-workspace-id");
 
 /// A recognised request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,7 +329,7 @@ pub fn scope_header(scope: Scope) -> Option<(HeaderName, HeaderValue)> {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = id.hyphenated().encode_lower(&mut text);
     let value = HeaderValue::from_str(text).ok()?;
-    Some((HeaderName::from_static(name), value))
+    Some((name, value))
 }
 
 /// Reads `X-Exabase-Base-Id`: absent is the workspace scope; present must be one UUID.
@@ -343,7 +345,7 @@ pub fn parse_base(headers: &HeaderMap) -> Result<Option<Uuid>, GatewayError> {
 /// One hyphenated UUID in header `name`, or none; anything else is `kind`.
 fn parse_uuid_header(
     headers: &HeaderMap,
-    name: &'static str,
+    name: HeaderName,
     kind: ErrorKind,
     message: &'static str,
 ) -> Result<Option<Uuid>, GatewayError> {
