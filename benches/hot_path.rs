@@ -151,6 +151,9 @@ fn hit(c: &mut Criterion) {
             .with_ansi(false)
             .with_writer(std::io::sink)
             .with_env_filter("info")
+            .event_format(exagate::telemetry::plain::Plain::new(
+                tracing_subscriber::fmt::format(),
+            ))
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         group.bench_function("access_log_to_sink", |b| {

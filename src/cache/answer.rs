@@ -462,7 +462,7 @@ impl Answer {
                 };
                 headers.insert(header::VARY, vary);
                 if cache == XCache::Hit || age_secs > 0 {
-                    headers.insert(header::AGE, age(age_secs));
+                    headers.insert(header::AGE, headers::age(age_secs));
                 }
             }
             None => {
@@ -485,21 +485,6 @@ fn weak(etag: &HeaderValue) -> HeaderValue {
     text.extend_from_slice(b"W/");
     text.extend_from_slice(etag.as_bytes());
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| etag.clone())
-}
-
-/// `Age` values: the first minute without an allocation per hit (most hits of hot jobs
-/// are young); older ones are rendered.
-fn age(secs: u64) -> HeaderValue {
-    const SMALL: [&str; 60] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
-        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
-        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59",
-    ];
-    match usize::try_from(secs).ok().and_then(|i| SMALL.get(i)) {
-        Some(text) => HeaderValue::from_static(text),
-        None => HeaderValue::from(secs),
-    }
 }
 
 /// What the cache's unit tests build answers from.

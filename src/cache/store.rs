@@ -1,5 +1,6 @@
 //! The moka cache, bounded in bytes, with per-entry expiry taken from each answer.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,15 +189,12 @@ impl CacheStore {
             return None;
         };
         if touch {
-            // moka's read is async: done on a task of its own, which keeps the key hot
-            // in moka's eviction policy as `get` does (only in a runtime: everywhere
-            // but a synchronous test, which needs no eviction policy).
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let (table, key) = (self.positive(key).clone(), key.clone());
-                runtime.spawn(async move {
-                    let _ = table.get(&key).await;
-                });
-            }
+            // Keeps moka's eviction policy aware that this key is hot, as `get` does.
+            // moka's read is async but does not wait for anything unless its upkeep is
+            // busy on another thread: it is polled once, here, and a read that would
+            // wait is let go (a hint missed, no more).
+            let read = std::pin::pin!(self.positive(key).get(key));
+            let _ = read.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
         }
         Some(answer)
     }

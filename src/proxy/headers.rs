@@ -11,6 +11,8 @@
 //! headers stop at each hop (RFC 9110 §7.6.1). Responses: a stored answer keeps only what stays true for every
 //! later reader; an answer passed through keeps all its end-to-end headers.
 
+use std::cell::RefCell;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers meaningful only on one connection.
@@ -141,31 +143,66 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
 /// cache may keep it, never one shared between apps, which would mix bases and clients.
 pub fn private_max_age(max_age: u64) -> HeaderValue {
     // Nearly every stored answer has one of a few lifetimes (the completed-job TTL, the
-    // in-progress one), and a hit sends it again and again: each thread keeps the last
-    // few values it made, so a hit clones one rather than formatting and allocating it.
+    // in-progress one), and a hit sends it again and again.
     thread_local! {
-        static MADE: std::cell::RefCell<Made> =
-            const { std::cell::RefCell::new((0, [const { None }; MADE_KEPT])) };
+        static MADE: RefCell<Made> = const { RefCell::new(Made::new()) };
     }
     MADE.with(|made| {
-        let mut made = made.borrow_mut();
-        let (next, kept) = &mut *made;
-        if let Some((_, value)) = kept.iter().flatten().find(|(age, _)| *age == max_age) {
-            return value.clone();
-        }
-        let text = format!("private, max-age={max_age}");
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or(NO_STORE);
-        kept[*next] = Some((max_age, value.clone()));
-        *next = (*next + 1) % MADE_KEPT;
-        value
+        made.borrow_mut().get(max_age, |max_age| {
+            let text = format!("private, max-age={max_age}");
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or(NO_STORE)
+        })
     })
 }
 
-/// How many `Cache-Control` values each thread keeps made ([`private_max_age`]).
+/// `Age: {secs}`. The hits on a hot job within one second send the same value, and so
+/// do those on jobs fetched together.
+pub fn age(secs: u64) -> HeaderValue {
+    const SMALL: [&str; 60] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59",
+    ];
+    if let Some(text) = usize::try_from(secs).ok().and_then(|i| SMALL.get(i)) {
+        return HeaderValue::from_static(text);
+    }
+    thread_local! {
+        static MADE: RefCell<Made> = const { RefCell::new(Made::new()) };
+    }
+    MADE.with(|made| made.borrow_mut().get(secs, HeaderValue::from))
+}
+
+/// Header values a thread made last, by the number they were made from: a hit then
+/// clones one (a reference count) rather than formatting and allocating it again.
+struct Made {
+    kept: [Option<(u64, HeaderValue)>; MADE_KEPT],
+    /// Which to replace next.
+    next: usize,
+}
+
+/// How many values each [`Made`] keeps.
 const MADE_KEPT: usize = 4;
 
-/// The values a thread keeps made, by `max-age`, and which to replace next.
-type Made = (usize, [Option<(u64, HeaderValue)>; MADE_KEPT]);
+impl Made {
+    const fn new() -> Made {
+        Made {
+            kept: [const { None }; MADE_KEPT],
+            next: 0,
+        }
+    }
+
+    /// The value for `n`, kept or made now by `make` (and kept in place of the oldest).
+    fn get(&mut self, n: u64, make: impl FnOnce(u64) -> HeaderValue) -> HeaderValue {
+        if let Some((_, value)) = self.kept.iter().flatten().find(|(kept, _)| *kept == n) {
+            return value.clone();
+        }
+        let value = make(n);
+        self.kept[self.next] = Some((n, value.clone()));
+        self.next = (self.next + 1) % MADE_KEPT;
+        value
+    }
+}
 
 /// Headers kept with a buffered answer. A stored answer is replayed to other clients for
 /// a long time, so it keeps only its content type (the body may be rewritten, which makes
@@ -198,14 +235,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cache_control_values_kept_per_thread_are_the_ones_asked_for() {
-        // More lifetimes than are kept, asked for in turn and again: each answer names
-        // its own, whether made now or kept from before.
+    fn values_kept_per_thread_are_the_ones_asked_for() {
+        // More numbers than are kept, asked for in turn and again: each answer names its
+        // own, whether made now or kept from before.
         for round in 0..3 {
-            for max_age in (0..=MADE_KEPT as u64 + 2).chain([86_400, u64::MAX]) {
+            for n in (0..=MADE_KEPT as u64 + 2)
+                .chain(58..=62)
+                .chain(100..=100 + MADE_KEPT as u64 + 1)
+                .chain([86_400, u64::MAX])
+            {
                 assert_eq!(
-                    private_max_age(max_age).to_str().expect("ascii"),
-                    format!("private, max-age={max_age}"),
+                    private_max_age(n).to_str().expect("ascii"),
+                    format!("private, max-age={n}"),
+                    "round {round}"
+                );
+                assert_eq!(
+                    age(n).to_str().expect("ascii"),
+                    n.to_string(),
                     "round {round}"
                 );
             }

@@ -151,6 +151,10 @@ pub async fn hold(
 /// Reads `wait` from a job lookup's query: `30s`, `1m`, `500ms` or plain seconds
 /// (`30`). `None` when absent; `400` when it is not a duration.
 pub fn wait_param(query: &str) -> Result<Option<Duration>, GatewayError> {
+    // Nearly every lookup has no query at all.
+    if query.is_empty() {
+        return Ok(None);
+    }
     let Some(value) = query
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))

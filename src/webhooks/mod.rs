@@ -36,9 +36,17 @@ pub const RECEIVER_PREFIX: &str = "/webhooks/exabase/";
 /// `webhooks/exabase/` in any case.
 pub fn names_receiver(path: &str) -> bool {
     const NEEDLE: &[u8] = b"webhooks/exabase/";
-    path.as_bytes()
-        .windows(NEEDLE.len())
-        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+    // Compared only where a `w` is (this runs for every request the access log writes).
+    let bytes = path.as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.eq_ignore_ascii_case(&b'w'))
+        .any(|(at, _)| {
+            bytes
+                .get(at..at + NEEDLE.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
+        })
 }
 
 /// What the access log shows instead of the receiver's path.
@@ -172,5 +180,32 @@ impl Webhooks {
             scopes: Scopes::open(state_dir),
             relay: Arc::new(Relay::new(state_dir, ca_file, shared, metrics)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_receivers_path_is_known_in_any_spelling() {
+        for path in [
+            "/webhooks/exabase/s3cr3t",
+            "/WebHooks/Exabase/s3cr3t",
+            "//webhooks/exabase/s3cr3t",
+            "/x/wwebhooks/exabase/",
+            "/webhooks/exabase/",
+        ] {
+            assert!(names_receiver(path), "{path}");
+        }
+        for path in [
+            "/v2/extract/123e4567-e89b-12d3-a456-426614174000",
+            "/webhooks/exabase",
+            "/webhooks/exabas/x",
+            "/w",
+            "",
+        ] {
+            assert!(!names_receiver(path), "{path}");
+        }
     }
 }

@@ -11,6 +11,8 @@
 //! time was a tenth of the gateway's CPU with the access log on). It flushes whenever
 //! the queue runs empty, so a line never waits for later ones.
 
+pub mod plain;
+
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
@@ -44,7 +46,9 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
         .with_ansi(ansi)
         .with_writer(writer);
     let result = match config.format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .event_format(plain::Plain::new(tracing_subscriber::fmt::format()))
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     match result {
