@@ -32,21 +32,67 @@ pub use scopes::Scopes;
 /// The receiver's path, before the secret.
 pub const RECEIVER_PREFIX: &str = "/webhooks/exabase/";
 
-/// Whether `path` may be a spelling of the receiver's (and hold its secret): it holds
-/// `webhooks/exabase/` in any case.
+/// Whether `path` may be a spelling of the receiver's (and hold its secret): once
+/// percent-decoded, read in any case, with empty and `.` segments dropped and `..` ones
+/// applied, it holds `webhooks/exabase/` or ends in `webhooks/exabase`. An outside
+/// review found `/webhooks//exabase/{secret}`, `/webhooks/./exabase/…`,
+/// `/webhooks/%65xabase/…` and `/webhooks/exabase%2f{secret}` written to the log whole.
 pub fn names_receiver(path: &str) -> bool {
-    const NEEDLE: &[u8] = b"webhooks/exabase/";
-    // Compared only where a `w` is (this runs for every request the access log writes).
+    // Every request the access log writes comes here: a path with neither a `w` nor a
+    // percent-escape (every job path: ids are hex) cannot spell it.
     let bytes = path.as_bytes();
-    bytes
+    if !bytes
         .iter()
-        .enumerate()
-        .filter(|(_, b)| b.eq_ignore_ascii_case(&b'w'))
-        .any(|(at, _)| {
-            bytes
-                .get(at..at + NEEDLE.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
-        })
+        .any(|b| b.eq_ignore_ascii_case(&b'w') || *b == b'%')
+    {
+        return false;
+    }
+    let decoded = percent_decoded(bytes);
+    let mut segments: Vec<&[u8]> = Vec::new();
+    for segment in decoded.split(|&b| b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    segments.windows(2).any(|pair| {
+        pair[0].eq_ignore_ascii_case(b"webhooks") && pair[1].eq_ignore_ascii_case(b"exabase")
+    })
+}
+
+/// `bytes` with every `%XX` escape decoded (a malformed one left as it is), again until
+/// none is left, so a doubly encoded path reads the same.
+fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
+    let mut current = bytes.to_vec();
+    // Each pass shortens the text or leaves it unchanged: the loop ends.
+    loop {
+        let mut out = Vec::with_capacity(current.len());
+        let mut at = 0;
+        while at < current.len() {
+            let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+            match (
+                current[at],
+                hex(current.get(at + 1)),
+                hex(current.get(at + 2)),
+            ) {
+                (b'%', Some(high), Some(low)) => {
+                    out.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
+                    at += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    at += 1;
+                }
+            }
+        }
+        if out.len() == current.len() {
+            return out;
+        }
+        current = out;
+    }
 }
 
 /// What the access log shows instead of the receiver's path.
@@ -193,16 +239,27 @@ mod tests {
             "/webhooks/exabase/s3cr3t",
             "/WebHooks/Exabase/s3cr3t",
             "//webhooks/exabase/s3cr3t",
-            "/x/wwebhooks/exabase/",
+            "/webhooks//exabase/s3cr3t",
+            "/webhooks/./exabase/s3cr3t",
+            "/webhooks/x/../exabase/s3cr3t",
+            "/webhooks/%65xabase/s3cr3t",
+            "/webhooks/exabase%2fs3cr3t",
+            "/webhooks/exabase%252Fs3cr3t",
+            "/%77ebhooks/exabase/s3cr3t",
+            "/x/webhooks/exabase/",
             "/webhooks/exabase/",
+            "/webhooks/exabase",
         ] {
             assert!(names_receiver(path), "{path}");
         }
         for path in [
             "/v2/extract/123e4567-e89b-12d3-a456-426614174000",
-            "/webhooks/exabase",
+            "/x/wwebhooks/exabase/",
             "/webhooks/exabas/x",
+            "/webhooks/../exabase/x",
             "/w",
+            "/%",
+            "/%zz%2",
             "",
         ] {
             assert!(!names_receiver(path), "{path}");
